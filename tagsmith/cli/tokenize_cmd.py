@@ -2,18 +2,207 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
 
 from tagsmith.cli._app import app
+from tagsmith.errors import InputError, UsageError
+
+# Alternating piece colours: neighbouring pieces must be told apart at a glance.
+PIECE_STYLES = ("bold cyan", "bold magenta", "bold green", "bold yellow")
+
+
+def gather_tags(tags: list[str] | None, file: Path | None) -> list[tuple[str, str]]:
+    """(label, tag) pairs from arguments and --file, in order; labels name where a tag came from."""
+    from tagsmith.fileio import read_tag_lines
+
+    out: list[tuple[str, str]] = []
+    for i, tag in enumerate(tags or [], start=1):
+        if not tag.strip():
+            raise InputError(f"Tag {i} is empty; give a tag with at least one visible character.")
+        out.append((f"argument {i}", tag))
+    if file is not None:
+        name = "standard input" if str(file) == "-" else str(file)
+        out.extend((f"line {n} of {name}", line) for n, line in read_tag_lines(file))
+    if not out:
+        if file is not None:
+            raise InputError(f"{file} holds no tags (every line is blank).")
+        raise UsageError("Give at least one tag, or --file PATH (- for standard input).")
+    return out
+
+
+def render_pieces(tokens, *, start_style: int = 0):  # noqa: ANN001, ANN201 - rich Text
+    """Colour-coded pieces; a dim `</w>` marks a piece that ends a word."""
+    from rich.text import Text
+
+    from tagsmith.tokenizer import WORD_END, piece_text
+
+    text = Text()
+    for i, piece in enumerate(tokens):
+        if i:
+            text.append(" ")
+        text.append(piece_text(piece), style=PIECE_STYLES[(start_style + i) % len(PIECE_STYLES)])
+        if piece.endswith(WORD_END):
+            text.append(WORD_END, style="dim")
+    return text
+
+
+def render_words(analysis):  # noqa: ANN001, ANN201 - rich Text
+    from rich.text import Text
+
+    from tagsmith.tokenizer import piece_text
+
+    text = Text()
+    shown = [w for w in analysis.words if not w.is_punctuation]
+    for i, word in enumerate(shown):
+        if i:
+            text.append("  ")
+        if word.known:
+            text.append(f"{word.text} ", style="green")
+            text.append("known", style="dim green")
+        else:
+            split = "+".join(piece_text(p) for p in word.pieces)
+            text.append(f"{word.text} ", style="yellow")
+            text.append(f"split {split}", style="dim yellow")
+    return text
 
 
 @app.command("tokenize")
 def tokenize_command(
-    tags: list[str] = typer.Argument(None, help="Tags to tokenize."),
+    tags: list[str] = typer.Argument(
+        None, help="Tags to tokenize, e.g. \"mayonnaise bottle\" cross-arm 1girl.", show_default=False
+    ),
+    file: Path = typer.Option(
+        None, "--file", "-f", help="Read one tag per line from this file (- for standard input).",
+        show_default=False,
+    ),
+    prompt: bool = typer.Option(
+        False, "--prompt", "-p",
+        help="Treat the input as one whole A1111 prompt: show its 75-token chunks and which tag "
+        "crosses a chunk boundary.",
+    ),
+    keep_underscores: bool = typer.Option(
+        False, "--keep-underscores",
+        help="Tokenize underscores as written instead of turning Danbooru's `_` into spaces.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON array, one object per tag."),
 ) -> None:
-    """Show how each tag splits into SD1.5 CLIP tokens."""
-    from tagsmith.tokenizer import load_tokenizer
+    """Show how each tag splits into SD1.5 CLIP tokens, and which words the model knows whole."""
+    from tagsmith.cli._console import console, err_console
 
-    tok = load_tokenizer()
-    for t in tok.analyze_batch(tags or []):
-        typer.echo(f"{t.tag}: {' | '.join(t.tokens)}")
+    pairs = gather_tags(tags, file)
+    underscores = not keep_underscores
+    if prompt:
+        _tokenize_prompt(", ".join(t for _, t in pairs), underscores=underscores, as_json=as_json)
+        return
+
+    from tagsmith.prompt import analyze_tags, tag_warnings
+
+    analyses = analyze_tags([t for _, t in pairs], underscores=underscores)
+    warnings = []
+    for (label, _), a in zip(pairs, analyses):
+        if not a.ids:
+            warnings.append(f"{label} ('{a.tag}') is empty once prompt syntax is removed")
+        warnings.extend(f"{label} ('{a.tag}') {w}" for w in tag_warnings(a))
+
+    if as_json:
+        console.print_json(json.dumps([a.to_dict() for a in analyses], ensure_ascii=False))
+    else:
+        from rich.table import Table
+
+        table = Table(show_lines=False, header_style="bold", pad_edge=False)
+        table.add_column("tag", overflow="fold")
+        table.add_column("tokens", overflow="fold")
+        table.add_column("n", justify="right")
+        table.add_column("ids", overflow="fold", style="dim")
+        table.add_column("words", overflow="fold")
+        for a in analyses:
+            n_style = "red" if a.n_tokens > 75 else ""
+            shown = a.tag if a.text == a.tag else f"{a.tag}\n[dim]→ {a.text}[/dim]"
+            table.add_row(
+                shown,
+                render_pieces(a.tokens),
+                f"[{n_style}]{a.n_tokens}[/]" if n_style else str(a.n_tokens),
+                " ".join(map(str, a.ids)),
+                render_words(a),
+            )
+        console.print(table)
+    for w in warnings:
+        err_console.print(f"Warning: {w}.", style="yellow", highlight=False, markup=False)
+
+
+def _tokenize_prompt(prompt: str, *, underscores: bool, as_json: bool) -> None:
+    from rich.table import Table
+
+    from tagsmith.cli._console import console, err_console
+    from tagsmith.prompt import layout_prompt
+
+    layout = layout_prompt(prompt, underscores=underscores)
+    if as_json:
+        rows = []
+        for t in layout.tags:
+            rows.append(
+                {
+                    "tag": t.text,
+                    "text": t.text,
+                    "tokens": t.tokens,
+                    "ids": t.ids,
+                    "n_tokens": t.n_tokens,
+                    "weight": round(t.weight, 4),
+                    "chunk": t.chunk,
+                    "chunk_end": t.chunk_end,
+                    "positions": [p for _, p in t.positions],
+                    "crosses_boundary": t.crosses_boundary,
+                    "scheduled": t.scheduled,
+                }
+            )
+        console.print_json(json.dumps(rows, ensure_ascii=False))
+        return
+    total = layout.n_tokens
+    console.print(
+        f"[bold]{total}[/bold] tokens in [bold]{len(layout.chunks)}[/bold] chunk"
+        f"{'s' if len(layout.chunks) != 1 else ''} of 75 (each encoded as BOS + 75 + EOS)"
+    )
+    for ci, chunk in enumerate(layout.chunks):
+        table = Table(
+            title=f"chunk {ci + 1}: {chunk.length}/75 tokens", title_justify="left",
+            header_style="bold", pad_edge=False,
+        )
+        table.add_column("#", justify="right", style="dim")
+        table.add_column("tag", overflow="fold")
+        table.add_column("positions", justify="right")
+        table.add_column("tokens", overflow="fold")
+        table.add_column("weight", justify="right")
+        for ti in chunk.tag_indices:
+            t = layout.tags[ti]
+            own = [(c, p) for c, p in t.positions if c == ci]
+            toks = [tok for tok, (c, _) in zip(t.tokens, t.positions) if c == ci]
+            note = ""
+            if t.crosses_boundary:
+                note = f"\n[red]crosses into chunk {t.chunk_end + 1}[/red]" if t.chunk == ci else (
+                    f"\n[red]continued from chunk {t.chunk + 1}[/red]"
+                )
+            table.add_row(
+                str(ti + 1),
+                t.text + note,
+                f"{own[0][1] + 1}-{own[-1][1] + 1}" if len(own) > 1 else str(own[0][1] + 1),
+                render_pieces(toks),
+                f"{t.weight:.2f}" if abs(t.weight - 1.0) > 1e-9 else "",
+            )
+        console.print(table)
+    crossing = [t for t in layout.tags if t.crosses_boundary]
+    for t in crossing:
+        err_console.print(
+            f"Warning: '{t.text}' is split between chunk {t.chunk + 1} and chunk "
+            f"{t.chunk_end + 1}; SD encodes the two halves separately. Move it or add BREAK "
+            "before it.",
+            style="yellow", highlight=False, markup=False,
+        )
+    scheduled = [t.text for t in layout.tags if t.scheduled]
+    if scheduled:
+        console.print(
+            "[dim]Prompt-editing branches not in the first step (not laid out): "
+            + ", ".join(scheduled) + "[/dim]"
+        )
