@@ -40,7 +40,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         result = app(args=args, prog_name="tagsmith", standalone_mode=False)
     except exit_types as exc:
-        return int(getattr(exc, "exit_code", 0) or 0)
+        code = int(getattr(exc, "exit_code", 0) or 0)
+        if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
+            err_console.print("Interrupted.", style="yellow", highlight=False)
+        return code
     except abort_types:
         err_console.print("Interrupted.", style="yellow", highlight=False)
         return EXIT_INTERRUPTED
@@ -57,6 +60,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         # `tagsmith ... | head` closed the pipe: not an error worth a message.
         return EXIT_OK
     if isinstance(result, int):
+        # With standalone_mode=False typer returns Exit codes instead of raising, Ctrl-C too.
+        if result == EXIT_INTERRUPTED:
+            err_console.print("Interrupted.", style="yellow", highlight=False)
         return result
     return EXIT_OK
 

@@ -72,7 +72,7 @@ def render_words(analysis):  # noqa: ANN001, ANN201 - rich Text
 @app.command("tokenize")
 def tokenize_command(
     tags: list[str] = typer.Argument(
-        None, help="Tags to tokenize, e.g. \"mayonnaise bottle\" cross-arm 1girl.", show_default=False
+        None, help="Tags to tokenize, e.g. \"mayonnaise bottle\" cross-arm.", show_default=False
     ),
     file: Path = typer.Option(
         None, "--file", "-f", help="Read one tag per line from this file (- for standard input).",
@@ -136,7 +136,7 @@ def tokenize_command(
 def _tokenize_prompt(prompt: str, *, underscores: bool, as_json: bool) -> None:
     from rich.table import Table
 
-    from tagsmith.cli._console import console, err_console
+    from tagsmith.cli._console import console
     from tagsmith.prompt import layout_prompt
 
     layout = layout_prompt(prompt, underscores=underscores)
@@ -159,6 +159,7 @@ def _tokenize_prompt(prompt: str, *, underscores: bool, as_json: bool) -> None:
                 }
             )
         console.print_json(json.dumps(rows, ensure_ascii=False))
+        _warn_crossing(layout)
         return
     total = layout.n_tokens
     console.print(
@@ -192,17 +193,22 @@ def _tokenize_prompt(prompt: str, *, underscores: bool, as_json: bool) -> None:
                 f"{t.weight:.2f}" if abs(t.weight - 1.0) > 1e-9 else "",
             )
         console.print(table)
-    crossing = [t for t in layout.tags if t.crosses_boundary]
-    for t in crossing:
-        err_console.print(
-            f"Warning: '{t.text}' is split between chunk {t.chunk + 1} and chunk "
-            f"{t.chunk_end + 1}; SD encodes the two halves separately. Move it or add BREAK "
-            "before it.",
-            style="yellow", highlight=False, markup=False,
-        )
+    _warn_crossing(layout)
     scheduled = [t.text for t in layout.tags if t.scheduled]
     if scheduled:
         console.print(
             "[dim]Prompt-editing branches not in the first step (not laid out): "
             + ", ".join(scheduled) + "[/dim]"
+        )
+
+
+def _warn_crossing(layout) -> None:  # noqa: ANN001
+    from tagsmith.cli._console import err_console
+
+    for t in (t for t in layout.tags if t.crosses_boundary):
+        err_console.print(
+            f"Warning: '{t.text}' is split between chunk {t.chunk + 1} and chunk "
+            f"{t.chunk_end + 1}; SD encodes the two halves separately. Move it or add BREAK "
+            "before it.",
+            style="yellow", highlight=False, markup=False,
         )
