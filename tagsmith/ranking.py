@@ -1,0 +1,138 @@
+"""Similarity, scores and reasons. Pure numpy: no model, no I/O.
+
+The suggest score of a candidate form ``c`` (higher is better)::
+
+    score = w_fidelity * fidelity(c)        mean cosine to what the tag must still mean (--keep)
+          - w_leakage  * leakage(c)         highest cosine to a neighbour it must not become
+          - w_avoid    * avoid(c)           highest cosine to an --avoid tag (0 without any)
+          + w_reuse    * reuse(c)           share of its words that are known whole-word tokens
+          - w_tokens   * n_tokens(c)        token cost: every token takes one of 75 slots
+
+Cosines are between tag vectors (see tagsmith.embedding): the encoder's hidden states averaged
+over the tag's own tokens. Fidelity and leakage are on the same scale, so the default weights
+are 1 and 1: a form that is 0.05 less like ``wine bottle`` at the cost of being 0.05 less like
+``mayonnaise`` gains nothing. Reuse and token cost only break near-ties.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ScoreWeights:
+    fidelity: float = 1.0
+    leakage: float = 1.0
+    avoid: float = 1.0
+    reuse: float = 0.05
+    tokens: float = 0.01
+
+    @classmethod
+    def parse(cls, spec: str) -> ScoreWeights:
+        """``"leakage=1.5,tokens=0"`` -> weights with those two changed."""
+        from tagsmith.errors import UsageError
+
+        values = {}
+        names = {f.name for f in fields(cls)}
+        for item in filter(None, (s.strip() for s in spec.split(","))):
+            name, sep, raw = item.partition("=")
+            name = name.strip()
+            if not sep or name not in names:
+                raise UsageError(
+                    f"Unknown weight '{item}'; use NAME=NUMBER with NAME one of "
+                    + ", ".join(sorted(names)) + "."
+                )
+            try:
+                values[name] = float(raw)
+            except ValueError as exc:
+                raise UsageError(f"Weight {name} must be a number, not '{raw.strip()}'.") from exc
+        return cls(**values)
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(norms == 0, 1.0, norms)
+
+
+def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) cosine similarities."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), dtype=np.float32)
+    return normalize_rows(a) @ normalize_rows(b).T
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    score: float
+    fidelity: float | None
+    leakage: float | None
+    leak_neighbor: int | None  # column of the neighbour that set ``leakage``
+    avoid: float | None
+    avoid_neighbor: int | None
+    reuse: float
+    n_tokens: int
+
+
+def score_candidates(
+    sim: np.ndarray,
+    *,
+    keep_cols: Sequence[int],
+    leak_cols: Sequence[int],
+    avoid_cols: Sequence[int],
+    reuse: Sequence[float],
+    n_tokens: Sequence[int],
+    weights: ScoreWeights = ScoreWeights(),
+) -> list[CandidateScore]:
+    """Score every candidate (rows of ``sim``) against neighbour columns by role."""
+    out = []
+    for i in range(sim.shape[0]):
+        row = sim[i]
+        fidelity = float(row[list(keep_cols)].mean()) if len(keep_cols) else None
+        leakage, leak_j = _row_max(row, leak_cols)
+        avoid, avoid_j = _row_max(row, avoid_cols)
+        score = (
+            weights.fidelity * (fidelity or 0.0)
+            - weights.leakage * (leakage or 0.0)
+            - weights.avoid * (avoid or 0.0)
+            + weights.reuse * reuse[i]
+            - weights.tokens * n_tokens[i]
+        )
+        out.append(
+            CandidateScore(
+                score=score, fidelity=fidelity, leakage=leakage, leak_neighbor=leak_j,
+                avoid=avoid, avoid_neighbor=avoid_j, reuse=float(reuse[i]),
+                n_tokens=int(n_tokens[i]),
+            )
+        )
+    return out
+
+
+def _row_max(row: np.ndarray, cols: Sequence[int]) -> tuple[float | None, int | None]:
+    if not len(cols):
+        return None, None
+    vals = row[list(cols)]
+    k = int(np.argmax(vals))
+    return float(vals[k]), int(cols[k])
+
+
+def family_separation(member_vectors: np.ndarray) -> tuple[float, tuple[int, int] | None]:
+    """Smallest pairwise distance (1 - cosine) between family members, and the closest pair.
+
+    A trigger family such as cross-arm / cross-chest / cross-legs must keep its members apart,
+    or the LoRA cannot learn where the tattoo goes.
+    """
+    n = len(member_vectors)
+    if n < 2:
+        return 1.0, None
+    sim = cosine_matrix(member_vectors, member_vectors)
+    np.fill_diagonal(sim, -np.inf)
+    i, j = np.unravel_index(int(np.argmax(sim)), sim.shape)
+    return float(1.0 - sim[i, j]), (int(min(i, j)), int(max(i, j)))
+
+
+def fmt_delta(value: float) -> str:
+    return f"{abs(value):.2f}"
