@@ -1,0 +1,1343 @@
+"""Caption folders as kohya reads them: tag statistics, token budgets, entangled tags.
+
+A dataset is a folder of images with a caption file beside each one (``img.png`` +
+``img.txt`` or ``img.caption``), searched recursively. What kohya's sd-scripts does with it,
+and what this module therefore assumes:
+
+* A folder named ``N_name`` (``10_mychar``) repeats its images N times per epoch; the repeat
+  count applies to everything below it (the nearest such folder wins), and images outside any
+  repeat folder count once. An image's caption weighs ``repeats`` in every statistic that is
+  about what training sees: tag share per epoch, pair statistics, shuffled truncation rates.
+  Counts of captions stay unweighted, and minimum supports are counted in captions, because a
+  pair seen in two images is two observations however often they repeat.
+* kohya reads only the **first line** of a caption file, as UTF-8, strips it, and (with
+  ``shuffle_caption``) splits it at commas, keeps the first ``keep_tokens`` tags in place and
+  shuffles the rest, joining them with ``", "``. It tokenizes that text as written
+  (underscores stay underscores) and cuts it after 75 tokens. Statistics here use the first
+  line; later lines are reported, not counted.
+* A ``.txt``/``.caption`` file without an image beside it is not a caption (kohya never reads
+  it, and it may be someone's notes): it is listed as an orphan and left out of statistics and
+  out of retagging. When both ``img.txt`` and ``img.caption`` exist, ``.txt`` is used.
+* Hidden folders (``.git``, tagsmith's own ``.tagsmith-backup``) are skipped.
+
+Tags are compared in their analysed form (``clean_text(normalize_tag(...))``): A1111 weight
+syntax around the tag removed, underscores as spaces, ``\\(`` as ``(``, lowercased, so
+``Red_Hair`` and ``(red hair:1.2)`` are one tag.
+
+Files are decoded as UTF-8, UTF-8 with BOM, UTF-16/32 with BOM, BOM-less UTF-16 (detected by
+its zero bytes), CP1252, and Latin-1 as the last resort; the encoding and BOM are kept per
+file so that ``tagsmith.retag`` can write each file back the way it was.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tagsmith.errors import DatasetError
+from tagsmith.tokenizer import CHUNK_LENGTH, clean_text, load_tokenizer, normalize_tag
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".avif", ".jxl"})
+CAPTION_EXTENSIONS = (".txt", ".caption")  # in order of preference for one image
+BACKUP_DIR_NAME = ".tagsmith-backup"
+
+DEFAULT_MIN_SCORE = 0.3
+DEFAULT_MAX_Q = 0.1
+EMBED_BASELINE_TAGS = 200  # most frequent tags whose pairwise similarity calibrates "close"
+COLLISION_PERCENTILE = 95.0
+MAX_CLUSTER_NODES = 400
+EXACT_SHUFFLE_MAX_TAGS = 400  # beyond this many shuffled tags, a seeded Monte Carlo estimate
+
+_REPEAT_FOLDER = re.compile(r"^(\d+)(?:_(.*))?$", re.S)
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # Python's universal newlines, as kohya's readlines
+_SEPARATOR = re.compile(r",|\r\n|\r|\n")
+_WEIGHT_SUFFIX = re.compile(r":\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*$")
+
+
+# -- encodings ------------------------------------------------------------------------------
+
+_BOMS: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xfe\x00\x00", "utf-32-le"),
+    (b"\x00\x00\xfe\xff", "utf-32-be"),
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+)
+
+
+@dataclass(frozen=True)
+class DecodedText:
+    """A caption file's text and how to write it back byte for byte."""
+
+    text: str
+    encoding: str  # a Python codec name, BOM not included
+    bom: bytes = b""
+
+    @property
+    def label(self) -> str:
+        names = {
+            "utf-8": "UTF-8", "utf-16-le": "UTF-16 LE", "utf-16-be": "UTF-16 BE",
+            "utf-32-le": "UTF-32 LE", "utf-32-be": "UTF-32 BE", "cp1252": "CP1252",
+            "latin-1": "Latin-1",
+        }
+        name = names.get(self.encoding, self.encoding)
+        return f"{name} with BOM" if self.bom else name
+
+    def encode(self, text: str) -> bytes:
+        return self.bom + text.encode(self.encoding)
+
+
+def decode_caption_bytes(data: bytes) -> DecodedText:
+    """Decode a caption file, recognising BOMs, BOM-less UTF-16, UTF-8, CP1252 and Latin-1."""
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            try:
+                return DecodedText(data[len(bom):].decode(codec), codec, bom)
+            except UnicodeDecodeError:
+                break  # a BOM followed by garbage: fall through to the byte-level guesses
+    if b"\x00" in data and len(data) % 2 == 0:
+        # Mostly-ASCII UTF-16 without a BOM has a zero byte in every other position.
+        odd_zeros = data[1::2].count(0)
+        even_zeros = data[0::2].count(0)
+        half = len(data) // 2
+        for codec, zeros in (("utf-16-le", odd_zeros), ("utf-16-be", even_zeros)):
+            if zeros >= half * 0.6:
+                try:
+                    return DecodedText(data.decode(codec), codec)
+                except UnicodeDecodeError:
+                    pass
+    try:
+        return DecodedText(data.decode("utf-8"), "utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return DecodedText(data.decode("cp1252"), "cp1252")
+    except UnicodeDecodeError:
+        # CP1252 leaves five bytes undefined; Latin-1 maps every byte, so this cannot fail.
+        return DecodedText(data.decode("latin-1"), "latin-1")
+
+
+def detect_newline(text: str) -> str:
+    """The file's line ending: the first one used, or "" for a single line without one."""
+    m = _LINE_BREAK.search(text)
+    return m.group(0) if m else ""
+
+
+# -- tags inside a caption -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaptionTag:
+    """One comma- or line-separated tag of a caption file and where it sits in the text."""
+
+    text: str  # as written, A1111 syntax around it removed: "mayonnaise_bottle"
+    key: str  # analysed form used for statistics and matching: "mayonnaise bottle"
+    start: int  # span of ``text`` in the decoded file text
+    end: int
+    seg_start: int  # span between the separators around it, whitespace and syntax included
+    seg_end: int
+    line: int  # 0-based line of the file
+    weighted: bool = False  # wrapped in (), [] or (…:1.2), or part of such a group
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.key
+
+
+def _escaped_positions(s: str) -> set[int]:
+    out: set[int] = set()
+    i = 0
+    while i < len(s):
+        if s[i] == "\\" and i + 1 < len(s):
+            out.add(i + 1)
+            i += 2
+            continue
+        i += 1
+    return out
+
+
+def _bracket_matches(s: str, escaped: set[int]) -> dict[int, int | None]:
+    """For every unescaped bracket, the index of its partner (None when it has none)."""
+    out: dict[int, int | None] = {}
+    stacks: dict[str, list[int]] = {"(": [], "[": []}
+    opener = {")": "(", "]": "["}
+    for i, ch in enumerate(s):
+        if i in escaped or ch == "\\":
+            continue
+        if ch in stacks:
+            stacks[ch].append(i)
+            out[i] = None
+        elif ch in opener:
+            stack = stacks[opener[ch]]
+            if stack:
+                j = stack.pop()
+                out[j], out[i] = i, j
+            else:
+                out[i] = None
+    return out
+
+
+def _peel_syntax(s: str) -> tuple[int, int, bool]:
+    """Span of the tag inside one stripped segment, without A1111 weight syntax around it.
+
+    Handles ``(tag)``, ``[tag]``, ``(tag:1.2)``, nesting, and a group split by commas
+    (``(red hair`` … ``blue eyes:1.2)``). Escaped brackets are literal, and a segment without
+    a letter or digit (``:)``, ``>_<``) is an emoticon tag and is kept whole.
+    """
+    i, j = 0, len(s)
+    if not any(ch.isalnum() for ch in s):
+        return i, j, False
+    escaped = _escaped_positions(s)
+    match = _bracket_matches(s, escaped)
+    weighted = False
+
+    def trim(a: int, b: int) -> tuple[int, int]:
+        while a < b and s[a].isspace():
+            a += 1
+        while b > a and s[b - 1].isspace():
+            b -= 1
+        return a, b
+
+    def drop_weight(a: int, b: int) -> int:
+        m = _WEIGHT_SUFFIX.search(s, a, b)
+        if m and m.end() == b and s[a : m.start()].strip():
+            return m.start()
+        return b
+
+    while j - i >= 2:
+        first, last = s[i], s[j - 1]
+        if first in "([" and i not in escaped and match.get(i) == j - 1:
+            i, j = i + 1, j - 1
+            if first == "(":
+                j = drop_weight(i, j)
+        elif first in "([" and i not in escaped and i in match and match[i] is None:
+            i += 1
+        elif last in ")]" and (j - 1) not in escaped and (j - 1) in match and match[j - 1] is None:
+            j -= 1
+            if last == ")":
+                j = drop_weight(i, j)
+        else:
+            break
+        weighted = True
+        i, j = trim(i, j)
+    return i, j, weighted
+
+
+def tag_key(text: str) -> str:
+    """The analysed form of a tag as written (no syntax around it): what statistics compare."""
+    return clean_text(normalize_tag(text))
+
+
+def parse_caption_text(text: str) -> list[CaptionTag]:
+    """Every tag of a caption file in order, empty ones (``a,,b``, a trailing comma) included.
+
+    Tags are separated by commas and line breaks; whatever lies between them (spaces, weight
+    syntax) is kept out of the tag's span so that a rewrite can leave it untouched.
+    """
+    out: list[CaptionTag] = []
+    pos = 0
+    line = 0
+    bounds: list[tuple[int, int, int]] = []
+    for m in _SEPARATOR.finditer(text):
+        bounds.append((pos, m.start(), line))
+        if m.group(0) != ",":
+            line += 1
+        pos = m.end()
+    bounds.append((pos, len(text), line))
+    for seg_start, seg_end, seg_line in bounds:
+        seg = text[seg_start:seg_end]
+        lead = len(seg) - len(seg.lstrip())
+        body = seg.strip()
+        a, b, weighted = _peel_syntax(body)
+        core = body[a:b]
+        start = seg_start + lead + a
+        out.append(
+            CaptionTag(
+                text=core, key=tag_key(core) if core else "", start=start, end=start + len(core),
+                seg_start=seg_start, seg_end=seg_end, line=seg_line, weighted=weighted,
+            )
+        )
+    return out
+
+
+def kohya_parts(text: str) -> list[str]:
+    """The comma-separated pieces kohya shuffles: first line, stripped, split, each stripped."""
+    first = _LINE_BREAK.split(text, maxsplit=1)[0].strip()
+    return [t.strip() for t in first.split(",")]
+
+
+# -- finding captions ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaptionFile:
+    """A caption file that belongs to at least one image."""
+
+    path: Path
+    rel: str  # POSIX path relative to the dataset root
+    images: tuple[str, ...]  # images (relative) that share this caption: img.png and img.jpg
+    repeats: int  # from the nearest N_name folder, 1 outside any
+    repeat_folder: str  # relative path of that folder ("" when none)
+
+    @property
+    def weight(self) -> int:
+        """Times per epoch training sees this caption."""
+        return self.repeats * len(self.images)
+
+
+@dataclass
+class DatasetFiles:
+    root: Path
+    captions: list[CaptionFile] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)  # caption-like files with no image
+    uncaptioned_images: list[str] = field(default_factory=list)
+    shadowed: list[str] = field(default_factory=list)  # img.caption ignored beside img.txt
+    repeat_folders: dict[str, int] = field(default_factory=dict)  # rel folder -> repeats
+
+
+def _repeats_of(name: str) -> int | None:
+    m = _REPEAT_FOLDER.match(name)
+    return int(m.group(1)) if m else None
+
+
+def find_caption_files(root: str | Path) -> DatasetFiles:
+    """Caption files beside images under ``root``, recursively, with their repeat counts."""
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"{root} does not exist.")
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder; give the folder that holds the images.")
+    found = DatasetFiles(root=root)
+    own = _repeats_of(root.resolve().name)
+    if own is not None:
+        found.repeat_folders["."] = own
+
+    def walk_error(exc: OSError) -> None:
+        raise DatasetError(f"Cannot read {exc.filename}: {exc.strerror or exc}.")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=walk_error):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        rel_dir = here.relative_to(root).as_posix()
+        if rel_dir != ".":
+            reps = _repeats_of(here.name)
+            if reps is not None:
+                found.repeat_folders[rel_dir] = reps
+        repeats, folder = _nearest_repeats(rel_dir, found.repeat_folders)
+        images: dict[str, list[str]] = {}
+        captions: dict[str, dict[str, str]] = {}
+        for name in sorted(filenames):
+            stem, ext = os.path.splitext(name)
+            low = ext.lower()
+            if low in IMAGE_EXTENSIONS:
+                images.setdefault(stem, []).append(name)
+            elif low in CAPTION_EXTENSIONS:
+                captions.setdefault(stem, {})[low] = name
+        for stem, by_ext in captions.items():
+            chosen = next(by_ext[e] for e in CAPTION_EXTENSIONS if e in by_ext)
+            rel = _join(rel_dir, chosen)
+            if stem not in images:
+                found.orphans.extend(_join(rel_dir, n) for n in by_ext.values())
+                continue
+            found.shadowed.extend(_join(rel_dir, n) for n in by_ext.values() if n != chosen)
+            found.captions.append(
+                CaptionFile(
+                    path=here / chosen, rel=rel,
+                    images=tuple(_join(rel_dir, n) for n in images[stem]),
+                    repeats=repeats, repeat_folder=folder,
+                )
+            )
+        for stem, names in images.items():
+            if stem not in captions:
+                found.uncaptioned_images.extend(_join(rel_dir, n) for n in names)
+    found.captions.sort(key=lambda c: c.rel)
+    return found
+
+
+def _join(rel_dir: str, name: str) -> str:
+    return name if rel_dir == "." else f"{rel_dir}/{name}"
+
+
+def _nearest_repeats(rel_dir: str, folders: dict[str, int]) -> tuple[int, str]:
+    parts = [] if rel_dir == "." else rel_dir.split("/")
+    for k in range(len(parts), 0, -1):
+        key = "/".join(parts[:k])
+        if key in folders:
+            return folders[key], key
+    if "." in folders:
+        return folders["."], "."
+    return 1, ""
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caption:
+    """A caption file read and parsed."""
+
+    file: CaptionFile
+    decoded: DecodedText
+    tags: tuple[CaptionTag, ...]  # all lines, empty entries included
+
+    @property
+    def text(self) -> str:
+        return self.decoded.text
+
+    @property
+    def first_line_tags(self) -> list[CaptionTag]:
+        """The tags kohya trains on (the first line), without empty entries."""
+        return [t for t in self.tags if t.line == 0 and t.key]
+
+    @property
+    def n_lines(self) -> int:
+        return len([ln for ln in _LINE_BREAK.split(self.text) if ln.strip()])
+
+
+@dataclass
+class Dataset:
+    files: DatasetFiles
+    captions: list[Caption]
+
+    @property
+    def root(self) -> Path:
+        return self.files.root
+
+
+def read_caption(file: CaptionFile) -> Caption:
+    try:
+        data = file.path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"Cannot read {file.path}: {exc.strerror or exc}.") from exc
+    decoded = decode_caption_bytes(data)
+    return Caption(file=file, decoded=decoded, tags=tuple(parse_caption_text(decoded.text)))
+
+
+def load_dataset(root: str | Path) -> Dataset:
+    """Find and read every caption under ``root``; refuse a folder with none."""
+    files = find_caption_files(root)
+    if not files.captions:
+        hint = ""
+        if files.orphans:
+            hint = (
+                f" ({len(files.orphans)} .txt/.caption file"
+                f"{'s have' if len(files.orphans) != 1 else ' has'} no image beside it"
+                f"{'' if len(files.orphans) == 1 else ' each'})"
+            )
+        raise DatasetError(
+            f"{files.root} holds no caption files beside images (.txt or .caption next to "
+            f".png/.jpg/.jpeg/.webp/.bmp){hint}."
+        )
+    return Dataset(files=files, captions=[read_caption(f) for f in files.captions])
+
+
+# -- co-occurrence -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairStat:
+    """Two tags and how much more often they appear together than chance would have it.
+
+    ``together``, ``count_a`` and ``count_b`` count captions; the probabilities behind
+    ``npmi``, ``lift``, ``phi`` and the conditionals are weighted by repeats. ``score`` is NPMI
+    times Pantel and Lin's discount ``c/(c+1) * m/(m+1)`` (c = captions together, m = captions
+    of the rarer tag), so that a pair seen in a handful of captions cannot outrank a pair that
+    is as exclusive but seen in most of them. ``p_value`` is the one-sided hypergeometric
+    (Fisher) probability of seeing the pair this often by chance, from caption counts;
+    ``q_value`` is that p-value adjusted (Benjamini-Hochberg) over every pair tested.
+    """
+
+    a: str
+    b: str
+    together: int
+    count_a: int
+    count_b: int
+    npmi: float
+    lift: float
+    phi: float
+    p_b_given_a: float
+    p_a_given_b: float
+    score: float
+    p_value: float = 1.0
+    q_value: float = 1.0
+
+    def to_dict(self) -> dict:
+        out: dict = {}
+        for k, v in asdict(self).items():
+            if k in ("p_value", "q_value"):
+                out[k] = float(f"{v:.3g}")
+            else:
+                out[k] = round(v, 4) if isinstance(v, float) else v
+        return out
+
+
+@dataclass
+class Cooccurrence:
+    """Caption x tag incidence with weights, ready for pair statistics."""
+
+    tags: list[str]  # column order
+    index: dict[str, int]
+    matrix: object  # scipy.sparse.csr_matrix (captions x tags), 1 where a caption has a tag
+    weights: object  # numpy array, repeats x images per caption
+    counts: object  # captions per tag (numpy int array)
+    weighted_counts: object  # repeats-weighted presence per tag
+
+    @property
+    def n_captions(self) -> int:
+        return int(self.matrix.shape[0])
+
+    @property
+    def total_weight(self) -> float:
+        return float(self.weights.sum())
+
+    def pair(self, a: str, b: str) -> PairStat | None:
+        if a not in self.index or b not in self.index:
+            return None
+        ia, ib = self.index[a], self.index[b]
+        col_a = self.matrix[:, ia].toarray().ravel()
+        col_b = self.matrix[:, ib].toarray().ravel()
+        both = col_a * col_b
+        return pair_stat(
+            a, b, int(both.sum()), int(self.counts[ia]), int(self.counts[ib]),
+            float((both * self.weights).sum()), float(self.weighted_counts[ia]),
+            float(self.weighted_counts[ib]), self.total_weight,
+        )
+
+
+def build_cooccurrence(tag_sets: Sequence[Iterable[str]], weights: Sequence[float]) -> Cooccurrence:
+    import numpy as np
+    from scipy import sparse
+
+    index: dict[str, int] = {}
+    rows: list[int] = []
+    cols: list[int] = []
+    for r, tags in enumerate(tag_sets):
+        for t in set(tags):
+            rows.append(r)
+            cols.append(index.setdefault(t, len(index)))
+    x = sparse.csr_matrix(
+        (np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(len(tag_sets), len(index))
+    )
+    w = np.asarray(weights, dtype=np.float64)
+    if w.sum() <= 0:  # every repeat folder is 0_name: fall back to counting captions once
+        w = np.ones(len(tag_sets))
+    return Cooccurrence(
+        tags=list(index), index=index, matrix=x, weights=w,
+        counts=np.asarray(x.sum(axis=0)).ravel(),
+        weighted_counts=np.asarray(x.T @ w).ravel(),
+    )
+
+
+def pair_stat(
+    a: str, b: str, together: int, count_a: int, count_b: int,
+    w_ab: float, w_a: float, w_b: float, w_total: float,
+    *, p_value: float = 1.0, q_value: float = 1.0,
+) -> PairStat:
+    """Association of two tags from caption counts (support) and weighted presence (strength)."""
+    p_ab, p_a, p_b = w_ab / w_total, w_a / w_total, w_b / w_total
+    if p_ab <= 0:
+        npmi, lift = -1.0, 0.0
+    elif p_ab >= 1:
+        npmi, lift = 0.0, 1.0  # both in every caption: no evidence either way
+    else:
+        lift = p_ab / (p_a * p_b)
+        npmi = math.log(lift) / -math.log(p_ab)
+    var = p_a * (1 - p_a) * p_b * (1 - p_b)
+    phi = (p_ab - p_a * p_b) / math.sqrt(var) if var > 0 else 0.0
+    rarer = min(count_a, count_b)
+    discount = together / (together + 1) * rarer / (rarer + 1)
+    return PairStat(
+        a=a, b=b, together=together, count_a=count_a, count_b=count_b, npmi=npmi, lift=lift,
+        phi=phi, p_b_given_a=p_ab / p_a if p_a else 0.0, p_a_given_b=p_ab / p_b if p_b else 0.0,
+        score=npmi * discount, p_value=p_value, q_value=q_value,
+    )
+
+
+def default_min_support(n_captions: int) -> int:
+    """Captions a pair needs before it is ranked: 3, or 1% of the captions when that is more."""
+    return max(3, math.ceil(0.01 * n_captions))
+
+
+def strong_pairs(
+    co: Cooccurrence,
+    *,
+    min_support: int,
+    min_score: float = DEFAULT_MIN_SCORE,
+    max_q: float = DEFAULT_MAX_Q,
+) -> list[PairStat]:
+    """Pairs that co-occur far above chance, best first (ties: more captions together first).
+
+    A pair qualifies when it is seen together in at least ``min_support`` captions, its
+    ``score`` is at least ``min_score``, and its ``q_value`` is at most ``max_q`` (the
+    Benjamini-Hochberg false discovery rate over all pairs that met the support): in a small
+    dataset with many tags, some pairs look exclusive by luck alone, and the test removes
+    them. Tags in every caption are left out: they co-occur with everything, which says
+    nothing about any pair (see ``always_present``).
+    """
+    import numpy as np
+    from scipy.stats import hypergeom
+
+    n = co.n_captions
+    keep = np.flatnonzero((co.counts >= min_support) & (co.counts < n))
+    if len(keep) < 2:
+        return []
+    x = co.matrix[:, keep].tocsc().astype(np.float64)
+    together = sparse_upper(x.T @ x, min_support)
+    if not len(together[0]):
+        return []
+    weighted = (x.T @ x.multiply(co.weights[:, None]).tocsc()).tocsr()
+    rows, cols, counts = together
+    ca = co.counts[keep[rows]]
+    cb = co.counts[keep[cols]]
+    # P(X >= together) for X ~ Hypergeometric(captions, count_a, count_b).
+    p_values = hypergeom.sf(counts - 1, n, ca, cb)
+    q_values = benjamini_hochberg(p_values)
+    total = co.total_weight
+    out: list[PairStat] = []
+    for i, j, c, p, q in zip(rows, cols, counts, p_values, q_values):
+        ia, ib = keep[i], keep[j]
+        a, b = co.tags[ia], co.tags[ib]
+        if b < a:
+            a, b, ia, ib = b, a, ib, ia
+        stat = pair_stat(
+            a, b, int(c), int(co.counts[ia]), int(co.counts[ib]), float(weighted[i, j]),
+            float(co.weighted_counts[ia]), float(co.weighted_counts[ib]), total,
+            p_value=float(p), q_value=float(q),
+        )
+        if stat.score >= min_score and stat.q_value <= max_q:
+            out.append(stat)
+    out.sort(key=lambda s: (-s.score, -s.together, s.a, s.b))
+    return out
+
+
+def sparse_upper(m, min_value: float) -> tuple:  # noqa: ANN001 - scipy sparse matrix
+    """(rows, cols, values) of the strict upper triangle of ``m`` with values >= min_value."""
+    import numpy as np
+
+    coo = m.tocoo()
+    mask = (coo.row < coo.col) & (coo.data >= min_value)
+    return coo.row[mask], coo.col[mask], np.rint(coo.data[mask]).astype(np.int64)
+
+
+def benjamini_hochberg(p_values) -> object:  # noqa: ANN001 - numpy array in and out
+    """Benjamini-Hochberg adjusted p-values (q-values), in the input order."""
+    import numpy as np
+
+    p = np.asarray(p_values, dtype=np.float64)
+    m = len(p)
+    if m == 0:
+        return p
+    order = np.argsort(p)
+    ranked = p[order] * m / np.arange(1, m + 1)
+    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
+    q = np.empty(m)
+    q[order] = np.minimum(ranked, 1.0)
+    return q
+
+
+def always_present(co: Cooccurrence) -> list[str]:
+    """Tags in every caption (a trigger word, usually): entangled with the whole dataset."""
+    return sorted(t for t, c in zip(co.tags, co.counts) if c == co.n_captions)
+
+
+# -- clusters ------------------------------------------------------------------------------
+
+
+@dataclass
+class ClusterEmbedding:
+    """How close a cluster's tags sit in the text encoder, against the dataset's own tags."""
+
+    mean_cosine: float
+    pairs: list[tuple[str, str, float, float | None]]  # a, b, cosine, percentile (or None)
+    close_pairs: list[tuple[str, str]]  # at or above the COLLISION_PERCENTILE of dataset pairs
+
+    @property
+    def collision(self) -> bool:
+        return bool(self.close_pairs)
+
+    def to_dict(self) -> dict:
+        return {
+            "mean_cosine": round(self.mean_cosine, 4),
+            "pairs": [
+                {"a": a, "b": b, "cosine": round(c, 4),
+                 "percentile": None if p is None else round(p, 1)}
+                for a, b, c, p in self.pairs
+            ],
+            "close_pairs": [list(p) for p in self.close_pairs],
+            "collision": self.collision,
+        }
+
+
+@dataclass
+class TagCluster:
+    tags: list[str]  # most frequent first
+    mean_score: float  # average pair score inside the cluster
+    together: int  # captions holding every tag of the cluster
+    any_of: int  # captions holding at least one
+    pairs: list[PairStat]  # its strong pairs
+    embedding: ClusterEmbedding | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "tags": self.tags,
+            "mean_score": round(self.mean_score, 4),
+            "together": self.together,
+            "any_of": self.any_of,
+            "pairs": [p.to_dict() for p in self.pairs],
+            "embedding": None if self.embedding is None else self.embedding.to_dict(),
+        }
+
+
+def cluster_tags(
+    co: Cooccurrence, pairs: Sequence[PairStat], *, min_score: float = DEFAULT_MIN_SCORE
+) -> list[TagCluster]:
+    """Average-linkage clusters over the strong pairs: merge while the mean score between two
+    clusters (0 for pairs that are not strong) stays at or above ``min_score``.
+
+    Average linkage rather than connected components, so that one tag shared by two groups
+    (``1girl`` with a character and with an outfit) does not chain them into one.
+    """
+    import numpy as np
+
+    nodes: list[str] = []
+    seen: set[str] = set()
+    for p in pairs:  # strongest first, so a cap keeps the pairs that matter most
+        for t in (p.a, p.b):
+            if t not in seen and len(nodes) < MAX_CLUSTER_NODES:
+                seen.add(t)
+                nodes.append(t)
+    if len(nodes) < 2:
+        return []
+    pos = {t: i for i, t in enumerate(nodes)}
+    sim = np.zeros((len(nodes), len(nodes)))
+    for p in pairs:
+        if p.a in pos and p.b in pos:
+            sim[pos[p.a], pos[p.b]] = sim[pos[p.b], pos[p.a]] = p.score
+    np.fill_diagonal(sim, -np.inf)
+    members: list[list[int] | None] = [[i] for i in range(len(nodes))]
+    active = np.ones(len(nodes), dtype=bool)
+    while True:
+        masked = np.where(np.outer(active, active), sim, -np.inf)
+        flat = int(np.argmax(masked))
+        i, j = divmod(flat, len(nodes))
+        if masked[i, j] < min_score:
+            break
+        ni, nj = len(members[i]), len(members[j])
+        # Lance-Williams update for average linkage.
+        merged = (ni * sim[i] + nj * sim[j]) / (ni + nj)
+        sim[i, :] = merged
+        sim[:, i] = merged
+        sim[i, i] = -np.inf
+        sim[j, :] = -np.inf
+        sim[:, j] = -np.inf
+        members[i] = members[i] + members[j]
+        members[j] = None
+        active[j] = False
+    by_pair = {(p.a, p.b): p for p in pairs}
+    out: list[TagCluster] = []
+    for group in members:
+        if group is None or len(group) < 2:
+            continue
+        tags = [nodes[k] for k in group]
+        tags.sort(key=lambda t: (-int(co.counts[co.index[t]]), t))
+        inner = [
+            by_pair[(min(a, b), max(a, b))]
+            for k, a in enumerate(tags) for b in tags[k + 1:]
+            if (min(a, b), max(a, b)) in by_pair
+        ]
+        n_pairs = len(tags) * (len(tags) - 1) / 2
+        cols = co.matrix[:, [co.index[t] for t in tags]]
+        per_caption = np.asarray(cols.sum(axis=1)).ravel()
+        out.append(
+            TagCluster(
+                tags=tags,
+                mean_score=sum(p.score for p in inner) / n_pairs,
+                together=int((per_caption == len(tags)).sum()),
+                any_of=int((per_caption > 0).sum()),
+                pairs=sorted(inner, key=lambda s: (-s.score, -s.together)),
+            )
+        )
+    out.sort(key=lambda c: (-c.mean_score * math.sqrt(len(c.tags)), -c.together, c.tags))
+    return out
+
+
+def attach_embeddings(
+    clusters: Sequence[TagCluster],
+    frequent_tags: Sequence[str],
+    embed: Callable[[list[str]], object],
+) -> None:
+    """Fill ``cluster.embedding``: cosine of every pair inside each cluster, and its percentile
+    among all pairs of the dataset's most frequent tags (the baseline that says what "close"
+    means for this encoder, whose states are all fairly similar to each other)."""
+    import numpy as np
+
+    texts: list[str] = []
+    pos: dict[str, int] = {}
+    for t in list(frequent_tags[:EMBED_BASELINE_TAGS]) + [t for c in clusters for t in c.tags]:
+        if t not in pos:
+            pos[t] = len(texts)
+            texts.append(t)
+    if not texts:
+        return
+    vectors = np.asarray(embed(texts), dtype=np.float64)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit = vectors / np.where(norms > 0, norms, 1.0)
+    base_idx = [pos[t] for t in frequent_tags[:EMBED_BASELINE_TAGS]]
+    baseline = None
+    if len(base_idx) >= 10:
+        b = unit[base_idx] @ unit[base_idx].T
+        baseline = np.sort(b[np.triu_indices(len(base_idx), k=1)])
+    for c in clusters:
+        rows: list[tuple[str, str, float, float | None]] = []
+        close: list[tuple[str, str]] = []
+        for k, a in enumerate(c.tags):
+            for bt in c.tags[k + 1:]:
+                cos = float(unit[pos[a]] @ unit[pos[bt]])
+                pct = None
+                if baseline is not None:
+                    pct = 100.0 * np.searchsorted(baseline, cos, side="right") / len(baseline)
+                    if pct >= COLLISION_PERCENTILE:
+                        close.append((a, bt))
+                rows.append((a, bt, cos, pct))
+        rows.sort(key=lambda r: -r[2])
+        c.embedding = ClusterEmbedding(
+            mean_cosine=sum(r[2] for r in rows) / len(rows), pairs=rows, close_pairs=close
+        )
+
+
+# -- tokens and truncation -----------------------------------------------------------------
+
+
+def shuffled_cut_probabilities(
+    fixed_lengths: Sequence[int], flex_lengths: Sequence[int], limit: int = CHUNK_LENGTH,
+) -> list[float]:
+    """For each shuffled tag, the probability that kohya's shuffle puts any of its tokens past
+    ``limit``.
+
+    The caption is ``", ".join(fixed + shuffled(flex))``; every tag but the last is followed
+    by one comma token (tags ending in punctuation can merge with that comma into one token,
+    ignored here). A shuffled tag at position p is preceded by a uniformly random p-subset of
+    the other shuffled tags, and p is uniform, so
+    ``P(cut) = mean over p of P(sum of a random p-subset > limit - start - length)``.
+    The subset-sum distribution is counted exactly by dynamic programming over (size, sum),
+    once per distinct tag length; past EXACT_SHUFFLE_MAX_TAGS tags a seeded Monte Carlo
+    estimate (4,000 shuffles) is used instead.
+    """
+    import numpy as np
+
+    m = len(flex_lengths)
+    if m == 0:
+        return []
+    fixed_tokens = sum(n + 1 for n in fixed_lengths)  # each fixed tag is followed by a comma
+    steps = [n + 1 for n in flex_lengths]  # a tag and the comma after it
+    out = [0.0] * m
+    if fixed_tokens + sum(steps) - 1 <= limit:
+        return out  # the whole caption fits: nothing is ever cut
+    if m > EXACT_SHUFFLE_MAX_TAGS:
+        return _shuffled_cut_monte_carlo(fixed_tokens, list(flex_lengths), limit)
+    cache: dict[int, list[float]] = {}
+    for j, n in enumerate(flex_lengths):
+        if n == 0:
+            continue  # an empty entry has no tokens to lose
+        threshold = limit - fixed_tokens - n  # cut when the tags before it add up to more
+        if threshold < 0:
+            out[j] = 1.0
+            continue
+        if n not in cache:
+            others = list(steps)
+            others.remove(n + 1)
+            cache[n] = _tail_by_size(others, threshold)
+        out[j] = float(np.mean(cache[n]))
+    return out
+
+
+def _tail_by_size(items: list[int], threshold: int) -> list[float]:
+    """P(sum of a uniform random p-subset of ``items`` > threshold), for p = 0..len(items)."""
+    import numpy as np
+
+    k = len(items)
+    cap = threshold + 1  # every sum above the threshold is kept in this last bin
+    counts = np.zeros((k + 1, cap + 1))
+    counts[0, 0] = 1.0
+    for w in items:
+        shifted = np.zeros_like(counts[:-1])
+        if w <= cap:
+            shifted[:, w:] = counts[:-1, : cap + 1 - w]
+            shifted[:, cap] += counts[:-1, cap + 1 - w :].sum(axis=1)
+        else:
+            shifted[:, cap] = counts[:-1].sum(axis=1)
+        counts[1:] += shifted
+    totals = counts.sum(axis=1)
+    return list(counts[:, cap] / totals)
+
+
+def _shuffled_cut_monte_carlo(fixed_tokens: int, flex: list[int], limit: int) -> list[float]:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    lengths = np.asarray(flex)
+    steps = lengths + 1
+    hits = np.zeros(len(flex))
+    trials = 4000
+    for _ in range(trials // 200):
+        order = np.argsort(rng.random((200, len(flex))), axis=1)
+        ordered_steps = np.take(steps, order)
+        starts = fixed_tokens + np.cumsum(ordered_steps, axis=1) - ordered_steps
+        ends = starts + np.take(lengths, order)
+        cut = (ends > limit) & (np.take(lengths, order) > 0)
+        np.add.at(hits, order[cut], 1)
+    return list(hits / trials)
+
+
+@dataclass
+class LongCaption:
+    """A caption past the 75-token limit in file order."""
+
+    rel: str
+    n_tokens: int
+    cut_tags: list[str]  # tags (as written) with tokens past the limit, in file order
+    expected_cut_shuffled: float  # expected number of tags cut per shuffled epoch
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["expected_cut_shuffled"] = round(self.expected_cut_shuffled, 3)
+        return d
+
+
+@dataclass
+class TokenStats:
+    keep_tokens: int
+    limit: int
+    mean: float
+    median: float
+    p90: float
+    max: int
+    over_limit: list[LongCaption]  # file order, longest first
+    shuffled_cut_share: float  # share of shuffled tag appearances (weighted) cut per epoch
+    captions_at_risk: int  # captions long enough that some shuffle cuts a tag
+    fixed_cut: int  # captions whose keep_tokens prefix alone passes the limit
+
+    def to_dict(self) -> dict:
+        return {
+            "keep_tokens": self.keep_tokens,
+            "limit": self.limit,
+            "mean": round(self.mean, 2),
+            "median": self.median,
+            "p90": self.p90,
+            "max": self.max,
+            "over_limit": [c.to_dict() for c in self.over_limit],
+            "shuffled_cut_share": round(self.shuffled_cut_share, 4),
+            "captions_at_risk": self.captions_at_risk,
+            "fixed_cut": self.fixed_cut,
+        }
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+@dataclass
+class TagStat:
+    tag: str  # analysed form
+    captions: int
+    share: float  # of captions
+    weighted_share: float  # of per-epoch exposures (repeats)
+    n_tokens: int  # tokens of its most common written form, as kohya tokenizes it
+    forms: list[str]  # written forms, most common first ("red_hair", "red hair")
+    cut_rate_file_order: float  # weighted share of its appearances past the limit, file order
+    cut_rate_shuffled: float  # the same under shuffle_caption with keep_tokens
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class RepeatFolder:
+    folder: str
+    repeats: int
+    captions: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DatasetReport:
+    root: str
+    n_captions: int
+    n_images: int
+    repeat_folders: list[RepeatFolder]
+    weighted: bool  # repeats differ between captions, so weighting changes numbers
+    encodings: dict[str, int]
+    tags: list[TagStat]  # most frequent first
+    always_present: list[str]
+    tokens: TokenStats
+    min_support: int
+    min_score: float
+    max_q: float
+    pairs: list[PairStat]
+    clusters: list[TagCluster]
+    embedding_note: str | None = None  # why the model column is missing, when it is
+    notes: list[str] = field(default_factory=list)  # things about the files worth knowing
+    orphans: list[str] = field(default_factory=list)
+    uncaptioned_images: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "root": self.root,
+            "n_captions": self.n_captions,
+            "n_images": self.n_images,
+            "repeat_folders": [r.to_dict() for r in self.repeat_folders],
+            "weighted_by_repeats": self.weighted,
+            "encodings": self.encodings,
+            "tags": [t.to_dict() for t in self.tags],
+            "always_present": self.always_present,
+            "tokens": self.tokens.to_dict(),
+            "min_support": self.min_support,
+            "min_score": self.min_score,
+            "max_q": self.max_q,
+            "pairs": [p.to_dict() for p in self.pairs],
+            "clusters": [c.to_dict() for c in self.clusters],
+            "embedding_note": self.embedding_note,
+            "notes": self.notes,
+            "orphans": self.orphans,
+            "uncaptioned_images": self.uncaptioned_images,
+        }
+
+
+def analyze_dataset(
+    root: str | Path,
+    *,
+    keep_tokens: int = 0,
+    min_support: int | None = None,
+    min_score: float = DEFAULT_MIN_SCORE,
+    max_q: float = DEFAULT_MAX_Q,
+    embed: Callable[[list[str]], object] | None = None,
+    max_pairs: int = 500,
+) -> DatasetReport:
+    """Everything ``tagsmith dataset`` reports. ``embed`` maps texts to vectors (one row each);
+    without it, clusters carry no embedding column."""
+    if keep_tokens < 0:
+        raise DatasetError("keep_tokens must be 0 or more.")
+    ds = load_dataset(root)
+    return report_from_dataset(
+        ds, keep_tokens=keep_tokens, min_support=min_support, min_score=min_score,
+        max_q=max_q, embed=embed, max_pairs=max_pairs,
+    )
+
+
+def report_from_dataset(
+    ds: Dataset,
+    *,
+    keep_tokens: int = 0,
+    min_support: int | None = None,
+    min_score: float = DEFAULT_MIN_SCORE,
+    max_q: float = DEFAULT_MAX_Q,
+    embed: Callable[[list[str]], object] | None = None,
+    max_pairs: int = 500,
+) -> DatasetReport:
+    caps = ds.captions
+    weights = [c.file.weight for c in caps]
+    co = build_cooccurrence([[t.key for t in c.first_line_tags] for c in caps], weights)
+    n = len(caps)
+    support = default_min_support(n) if min_support is None else max(1, min_support)
+    pairs = strong_pairs(co, min_support=support, min_score=min_score, max_q=max_q)
+    clusters = cluster_tags(co, pairs, min_score=min_score)
+    tokens, cut_file, cut_shuffled, token_lengths = _token_stats(ds, keep_tokens)
+
+    forms: dict[str, Counter] = {}
+    for c in caps:
+        for t in c.first_line_tags:
+            forms.setdefault(t.key, Counter())[t.text] += 1
+    total_w = co.total_weight
+    tag_stats: list[TagStat] = []
+    order = sorted(range(len(co.tags)), key=lambda i: (-int(co.counts[i]), co.tags[i]))
+    for i in order:
+        key = co.tags[i]
+        common = [f for f, _ in forms[key].most_common()]
+        wc = float(co.weighted_counts[i])
+        tag_stats.append(
+            TagStat(
+                tag=key, captions=int(co.counts[i]), share=float(co.counts[i]) / n,
+                weighted_share=wc / total_w, n_tokens=token_lengths.get(common[0], 0),
+                forms=common, cut_rate_file_order=cut_file.get(key, 0.0) / wc if wc else 0.0,
+                cut_rate_shuffled=cut_shuffled.get(key, 0.0) / wc if wc else 0.0,
+            )
+        )
+    embedding_note = None
+    if embed is not None and clusters:
+        attach_embeddings(clusters, [t.tag for t in tag_stats], embed)
+    reps = sorted(
+        Counter((c.file.repeat_folder, c.file.repeats) for c in caps).items(),
+        key=lambda kv: kv[0][0],
+    )
+    repeat_folders = [RepeatFolder(folder=f or ".", repeats=r, captions=k) for (f, r), k in reps]
+    weighted = len({c.file.weight for c in caps}) > 1
+    return DatasetReport(
+        root=str(ds.root),
+        n_captions=n,
+        n_images=sum(len(c.file.images) for c in caps),
+        repeat_folders=repeat_folders,
+        weighted=weighted,
+        encodings=dict(Counter(c.decoded.label for c in caps).most_common()),
+        tags=tag_stats,
+        always_present=always_present(co) if n > 1 else [],
+        tokens=tokens,
+        min_support=support,
+        min_score=min_score,
+        max_q=max_q,
+        pairs=pairs[:max_pairs],
+        clusters=clusters,
+        embedding_note=embedding_note,
+        notes=_file_notes(ds),
+        orphans=list(ds.files.orphans),
+        uncaptioned_images=list(ds.files.uncaptioned_images),
+    )
+
+
+def _token_stats(
+    ds: Dataset, keep_tokens: int, limit: int = CHUNK_LENGTH
+) -> tuple[TokenStats, dict[str, float], dict[str, float], dict[str, int]]:
+    """Token counts as kohya sees captions, and weighted cut exposure per tag key."""
+    import numpy as np
+
+    tok = load_tokenizer()
+    caps = ds.captions
+    first_lines = [_LINE_BREAK.split(c.text, maxsplit=1)[0].strip() for c in caps]
+    totals = [len(ids) for ids in tok.encode_batch(first_lines)]
+    parts_per_caption = [kohya_parts(c.text) for c in caps]
+    unique = sorted({p for parts in parts_per_caption for p in parts})
+    lengths = dict(zip(unique, (len(ids) for ids in tok.encode_batch(unique))))
+    cut_file: dict[str, float] = {}
+    cut_shuffled: dict[str, float] = {}
+    over: list[LongCaption] = []
+    shuffled_cut_weight = 0.0
+    shuffled_weight = 0.0
+    at_risk = 0
+    fixed_cut = 0
+    for cap, parts, total in zip(caps, parts_per_caption, totals):
+        w = cap.file.weight
+        part_lengths = [lengths[p] for p in parts]
+        keys = [tag_key(strip_weight_syntax(p)) if p else "" for p in parts]
+        # File order: where each tag's tokens fall when the caption is used as written.
+        pos = 0
+        cut_here: list[str] = []
+        for p, n_tok, key in zip(parts, part_lengths, keys):
+            if pos + n_tok > limit and n_tok:
+                cut_here.append(p)
+                if key:
+                    cut_file[key] = cut_file.get(key, 0.0) + w
+            pos += n_tok + 1
+        fixed, flex = part_lengths[:keep_tokens], part_lengths[keep_tokens:]
+        probs = shuffled_cut_probabilities(fixed, flex, limit)
+        fpos = 0
+        for n_tok, key in zip(fixed, keys[:keep_tokens]):
+            if fpos + n_tok > limit and n_tok:
+                if key:
+                    cut_shuffled[key] = cut_shuffled.get(key, 0.0) + w
+            fpos += n_tok + 1
+        if fixed and sum(n + 1 for n in fixed) - 1 > limit:
+            fixed_cut += 1
+        for key, prob, n_tok in zip(keys[keep_tokens:], probs, flex):
+            if key and prob:
+                cut_shuffled[key] = cut_shuffled.get(key, 0.0) + w * prob
+            if n_tok:
+                shuffled_weight += w
+                shuffled_cut_weight += w * prob
+        if any(probs):
+            at_risk += 1
+        if total > limit:
+            over.append(
+                LongCaption(
+                    rel=cap.file.rel, n_tokens=total, cut_tags=cut_here,
+                    expected_cut_shuffled=float(sum(probs)),
+                )
+            )
+    over.sort(key=lambda c: (-c.n_tokens, c.rel))
+    arr = np.asarray(totals) if totals else np.zeros(1)
+    stats = TokenStats(
+        keep_tokens=keep_tokens,
+        limit=limit,
+        mean=float(arr.mean()),
+        median=float(np.median(arr)),
+        p90=float(np.percentile(arr, 90)),
+        max=int(arr.max()),
+        over_limit=over,
+        shuffled_cut_share=shuffled_cut_weight / shuffled_weight if shuffled_weight else 0.0,
+        captions_at_risk=at_risk,
+        fixed_cut=fixed_cut,
+    )
+    return stats, cut_file, cut_shuffled, lengths
+
+
+def strip_weight_syntax(text: str) -> str:
+    """A tag as written without the A1111 weight syntax around it (``(x:1.2)`` -> ``x``)."""
+    a, b, _ = _peel_syntax(text.strip())
+    return text.strip()[a:b]
+
+
+def _file_notes(ds: Dataset) -> list[str]:
+    notes: list[str] = []
+    caps = ds.captions
+    not_utf8 = Counter(c.decoded.label for c in caps if c.decoded.encoding != "utf-8")
+    if not_utf8:
+        k = sum(not_utf8.values())
+        detail = ", ".join(f"{name}: {v}" for name, v in not_utf8.most_common())
+        notes.append(
+            f"{k} caption file{'s are' if k != 1 else ' is'} not UTF-8 ({detail}); kohya reads "
+            "captions as UTF-8 and stops with an error on them (`tagsmith retag` keeps each "
+            "file's encoding)"
+        )
+    multi = [c.file.rel for c in caps if c.n_lines > 1]
+    if multi:
+        notes.append(
+            f"{len(multi)} caption file{'s have' if len(multi) != 1 else ' has'} more than one "
+            f"line (e.g. {multi[0]}); kohya reads only the first line, and so do these "
+            "statistics"
+        )
+    empty = [c.file.rel for c in caps if not c.first_line_tags]
+    if empty:
+        notes.append(
+            f"{len(empty)} caption{'s are' if len(empty) != 1 else ' is'} empty (e.g. "
+            f"{empty[0]}); kohya trains those images with an empty caption"
+        )
+    stray = [
+        c.file.rel for c in caps
+        if c.first_line_tags and any(not p for p in kohya_parts(c.text))
+    ]
+    if stray:
+        notes.append(
+            f"{len(stray)} caption{'s have' if len(stray) != 1 else ' has'} empty tags from a "
+            f"trailing or doubled comma (e.g. {stray[0]}); kohya keeps them as empty entries "
+            "and shuffle_caption scatters the stray commas"
+        )
+    dupes = [
+        c.file.rel for c in caps
+        if len({t.key for t in c.first_line_tags}) < len(c.first_line_tags)
+    ]
+    if dupes:
+        notes.append(
+            f"{len(dupes)} caption{'s repeat' if len(dupes) != 1 else ' repeats'} a tag (e.g. "
+            f"{dupes[0]}); statistics count it once per caption"
+        )
+    forms: dict[str, set[str]] = {}
+    for c in caps:
+        for t in c.first_line_tags:
+            forms.setdefault(t.key, set()).add(t.text)
+    mixed = sorted(k for k, v in forms.items() if len(v) > 1)
+    if mixed:
+        example = " / ".join(sorted(forms[mixed[0]])[:3])
+        notes.append(
+            f"{len(mixed)} tag{'s are' if len(mixed) != 1 else ' is'} written in more than one "
+            f"form (e.g. {example}); kohya tokenizes each form as written, so they train as "
+            "different text"
+        )
+    if ds.files.shadowed:
+        k = len(ds.files.shadowed)
+        notes.append(
+            f"{k} .caption file{'s were' if k != 1 else ' was'} "
+            f"ignored because a .txt caption sits beside the same image (e.g. "
+            f"{ds.files.shadowed[0]})"
+        )
+    if ds.files.orphans:
+        k = len(ds.files.orphans)
+        notes.append(
+            f"{k} .txt/.caption file{'s have' if k != 1 else ' has'} "
+            f"no image beside {'them' if k != 1 else 'it'} (e.g. "
+            f"{ds.files.orphans[0]}); they are not captions and were left out"
+        )
+    if ds.files.uncaptioned_images:
+        k = len(ds.files.uncaptioned_images)
+        notes.append(
+            f"{k} image{'s have' if k != 1 else ' has'} no caption file (e.g. "
+            f"{ds.files.uncaptioned_images[0]}); kohya trains {'them' if k != 1 else 'it'} with "
+            "the repeat folder's class name as caption"
+        )
+    in_repeat = any(c.file.repeat_folder for c in caps)
+    outside = [c.file.rel for c in caps if not c.file.repeat_folder]
+    if in_repeat and outside:
+        notes.append(
+            f"{len(outside)} caption{'s lie' if len(outside) != 1 else ' lies'} outside any "
+            f"N_name repeat folder (e.g. {outside[0]}); kohya's folder mode skips them, here "
+            "they count once"
+        )
+    return notes
+
+
+# -- the library call for suggest/trigger --dataset ----------------------------------------
+
+
+def correlated_tags(dataset_dir: Path, tag: str, *, limit: int = 10) -> list[str]:
+    """Tags of the dataset that co-occur strongly with ``tag``, best first.
+
+    * ``tag`` in the dataset (compared in analysed form): its partners among the strong pairs
+      (same minimum support and score as ``tagsmith dataset``), by score.
+    * ``tag`` in every caption (a trigger word): every pair score is 0 for it, so its partners
+      are instead the other tags present in at least half of the captions, most frequent first
+      — the concepts it will absorb.
+    * ``tag`` not in the dataset (a new trigger or a new name for an existing tag): the
+      partners of the dataset tag most similar by text (most shared words, then character
+      similarity; at least one shared word of three letters or more, or a character
+      similarity of 0.8), without that tag itself. Empty when nothing is similar enough.
+    """
+    ds = load_dataset(dataset_dir)
+    tag_sets = [[t.key for t in c.first_line_tags] for c in ds.captions]
+    co = build_cooccurrence(tag_sets, [c.file.weight for c in ds.captions])
+    key = tag_key(strip_weight_syntax(tag))
+    if key not in co.index:
+        similar = most_similar_tag(key, co.tags)
+        if similar is None:
+            return []
+        key = similar
+    return partners_of(co, key, limit=limit)
+
+
+def partners_of(
+    co: Cooccurrence,
+    key: str,
+    *,
+    limit: int = 10,
+    min_support: int | None = None,
+    min_score: float = DEFAULT_MIN_SCORE,
+    max_q: float = DEFAULT_MAX_Q,
+) -> list[str]:
+    """Strong co-occurrence partners of one tag, as the report ranks them (see
+    ``correlated_tags``)."""
+    import numpy as np
+
+    i = co.index[key]
+    n = co.n_captions
+    if int(co.counts[i]) == n:
+        order = [
+            j for j in np.argsort(-co.counts, kind="stable")
+            if j != i and co.counts[j] * 2 >= n
+        ]
+        return [co.tags[j] for j in order[:limit]]
+    support = default_min_support(n) if min_support is None else min_support
+    pairs = strong_pairs(co, min_support=support, min_score=min_score, max_q=max_q)
+    return [p.b if p.a == key else p.a for p in pairs if key in (p.a, p.b)][:limit]
+
+
+_WORD = re.compile(r"[^\W_]+")
+
+
+def most_similar_tag(key: str, candidates: Sequence[str]) -> str | None:
+    """The candidate most similar to ``key`` by text, or None (see ``correlated_tags``)."""
+    words = {w for w in _WORD.findall(key.lower()) if len(w) >= 3}
+    best: tuple[float, float, str] | None = None
+    for cand in candidates:
+        cw = {w for w in _WORD.findall(cand.lower()) if len(w) >= 3}
+        shared = len(words & cw)
+        ratio = difflib.SequenceMatcher(None, key, cand).ratio()
+        if not shared and ratio < 0.8:
+            continue
+        jaccard = shared / len(words | cw) if words | cw else 0.0
+        rank = (jaccard, ratio, cand)
+        if best is None or rank[:2] > best[:2] or (rank[:2] == best[:2] and cand < best[2]):
+            best = rank
+    return None if best is None else best[2]
