@@ -297,7 +297,8 @@ class DatasetFiles:
     captions: list[CaptionFile] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)  # caption-like files with no image
     uncaptioned_images: list[str] = field(default_factory=list)
-    shadowed: list[str] = field(default_factory=list)  # img.caption ignored beside img.txt
+    # img.caption beside img.txt: not read for statistics, still rewritten by retag
+    shadowed: list[CaptionFile] = field(default_factory=list)
     repeat_folders: dict[str, int] = field(default_factory=dict)  # rel folder -> repeats
 
 
@@ -335,28 +336,29 @@ def find_caption_files(root: str | Path) -> DatasetFiles:
         for name in sorted(filenames):
             stem, ext = os.path.splitext(name)
             low = ext.lower()
+            if name.startswith("."):
+                continue  # editor and tagsmith temporary files, macOS ._ resource forks
             if low in IMAGE_EXTENSIONS:
                 images.setdefault(stem, []).append(name)
             elif low in CAPTION_EXTENSIONS:
                 captions.setdefault(stem, {})[low] = name
         for stem, by_ext in captions.items():
             chosen = next(by_ext[e] for e in CAPTION_EXTENSIONS if e in by_ext)
-            rel = _join(rel_dir, chosen)
             if stem not in images:
                 found.orphans.extend(_join(rel_dir, n) for n in by_ext.values())
                 continue
-            found.shadowed.extend(_join(rel_dir, n) for n in by_ext.values() if n != chosen)
-            found.captions.append(
-                CaptionFile(
-                    path=here / chosen, rel=rel,
+            for name in by_ext.values():
+                cf = CaptionFile(
+                    path=here / name, rel=_join(rel_dir, name),
                     images=tuple(_join(rel_dir, n) for n in images[stem]),
                     repeats=repeats, repeat_folder=folder,
                 )
-            )
+                (found.captions if name == chosen else found.shadowed).append(cf)
         for stem, names in images.items():
             if stem not in captions:
                 found.uncaptioned_images.extend(_join(rel_dir, n) for n in names)
     found.captions.sort(key=lambda c: c.rel)
+    found.shadowed.sort(key=lambda c: c.rel)
     return found
 
 
@@ -1242,7 +1244,7 @@ def _file_notes(ds: Dataset) -> list[str]:
         notes.append(
             f"{k} .caption file{'s were' if k != 1 else ' was'} "
             f"ignored because a .txt caption sits beside the same image (e.g. "
-            f"{ds.files.shadowed[0]})"
+            f"{ds.files.shadowed[0].rel}); `tagsmith retag` rewrites both"
         )
     if ds.files.orphans:
         k = len(ds.files.orphans)

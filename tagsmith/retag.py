@@ -1,0 +1,566 @@
+"""Renaming tags in caption files, safely and reversibly.
+
+``plan_retag`` reads every caption file of a dataset (see ``tagsmith.dataset``: only
+``.txt``/``.caption`` files beside an image, both when both exist) and works out the new bytes
+of each file without writing anything. ``apply_retag`` then
+
+1. copies every file it is about to change into ``DIR/.tagsmith-backup/<UTC timestamp>/files/``
+   and writes ``manifest.json`` there **last**, atomically: a backup folder without a manifest
+   is an interrupted backup, and no caption has been touched yet when that happens;
+2. rewrites the files one at a time, each through a temporary file in the same folder that is
+   flushed to disk and renamed over the original, so that a crash, a kill or Ctrl-C leaves every
+   file either entirely old or entirely new.
+
+``undo_last_retag`` restores the newest backup that has not been undone, byte for byte, with
+the original permissions and modification times. It checks first that every listed file is
+still either what the run left (restored) or what it found (nothing to do); a file edited since
+makes it refuse, naming the file, before anything is restored.
+
+What a rewrite keeps: tag order, separators, spacing, line endings, the file's encoding and BOM,
+and A1111 weight syntax around a tag (``(mayonnaise bottle:1.2)`` ->
+``(mayonnaise-container:1.2)``). Tags match in analysed form, so ``mayonnaise_bottle``,
+``Mayonnaise Bottle`` and ``mayonnaise bottle`` are one tag, as are ``name_\\(series\\)`` and
+``name (series)``. The new tag is written exactly as typed.
+
+De-duplication rule: when, after renaming, a line holds the new tag more than once and at least
+one of those came from the map, the first occurrence stays where it is, with its weight, and
+the later ones are removed together with the comma before them. Other repeated tags are left
+alone. (A later occurrence that is half of a comma-split weight group, ``(a, b:1.2)``, is
+renamed but kept, since removing it would unbalance the brackets; the plan says so.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tagsmith.dataset import (
+    BACKUP_DIR_NAME,
+    CaptionFile,
+    CaptionTag,
+    DecodedText,
+    decode_caption_bytes,
+    find_caption_files,
+    parse_caption_text,
+    strip_weight_syntax,
+    tag_key,
+)
+from tagsmith.errors import DatasetError, UsageError
+
+MANIFEST_NAME = "manifest.json"
+UNDONE_NAME = "undone.json"
+MANIFEST_VERSION = 1
+TMP_MARK = ".tagsmith-"
+# Test hook: seconds to sleep after each rewritten file, so a test can kill a run midway.
+DELAY_ENV = "TAGSMITH_TEST_RETAG_DELAY"
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+# -- the map --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TagMapping:
+    old: str  # as typed
+    new: str  # as typed (stripped): written to the files exactly so
+    key: str  # analysed form of ``old``: what it matches
+    new_key: str  # analysed form of ``new``
+
+    @property
+    def spec(self) -> str:
+        return f"{self.old}={self.new}"
+
+
+def _split_spec(spec: str) -> list[str]:
+    parts, cur, i = [], [], 0
+    while i < len(spec):
+        if spec[i] == "\\" and i + 1 < len(spec) and spec[i + 1] == "=":
+            cur.append("=")
+            i += 2
+            continue
+        if spec[i] == "=":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(spec[i])
+        i += 1
+    parts.append("".join(cur))
+    return parts
+
+
+def parse_maps(specs: Sequence[str]) -> list[TagMapping]:
+    """``OLD=NEW`` strings to mappings; refuses bad syntax, conflicts and chains in one sentence.
+
+    ``\\=`` stands for a literal ``=`` inside a tag (``=_=``).
+    """
+    if not specs:
+        raise UsageError('Give at least one --map "OLD=NEW".')
+    out: list[TagMapping] = []
+    for spec in specs:
+        parts = _split_spec(spec)
+        if len(parts) != 2:
+            raise UsageError(
+                f"--map {spec!r} must be OLD=NEW with exactly one '=' (write \\= for an '=' "
+                "inside a tag)."
+            )
+        old, new = parts[0].strip(), parts[1].strip()
+        if not old or not new:
+            side = "old" if not old else "new"
+            raise UsageError(f"--map {spec!r} has an empty {side} tag; write it as OLD=NEW.")
+        for side, text in (("old", old), ("new", new)):
+            if "," in text or _LINE_BREAK.search(text):
+                raise UsageError(
+                    f"--map {spec!r}: the {side} tag contains a comma or line break; map one "
+                    "tag at a time."
+                )
+        key = tag_key(strip_weight_syntax(old))
+        new_key = tag_key(strip_weight_syntax(new))
+        if not key or not new_key:
+            raise UsageError(
+                f"--map {spec!r} has a tag that is empty once weight syntax is removed."
+            )
+        if strip_weight_syntax(new) != new:
+            raise UsageError(
+                f"--map {spec!r}: write the new tag without weight syntax; the weight around each "
+                "old tag is kept."
+            )
+        mapping = TagMapping(old=old, new=new, key=key, new_key=new_key)
+        if any(m.key == key and m.new == new for m in out):
+            continue  # the same map given twice
+        out.append(mapping)
+    by_key: dict[str, TagMapping] = {}
+    for m in out:
+        if m.key in by_key:
+            raise UsageError(
+                f"The map conflicts: '{m.old}' is mapped to both '{by_key[m.key].new}' and "
+                f"'{m.new}'."
+            )
+        by_key[m.key] = m
+    for m in out:
+        other = by_key.get(m.new_key)
+        if other is not None and other is not m:
+            raise UsageError(
+                f"The map chains: '{m.new}' is the new tag of '{m.spec}' and the old tag of "
+                f"'{other.spec}'; run retag once per step instead."
+            )
+    return out
+
+
+# -- planning -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TagEdit:
+    line: int  # 1-based
+    old: str  # the tag as written (syntax around it excluded)
+    new: str | None  # None: removed as a duplicate
+    note: str = ""
+
+
+@dataclass
+class FileChange:
+    file: CaptionFile
+    decoded: DecodedText
+    old_bytes: bytes
+    new_bytes: bytes
+    new_text: str
+    edits: list[TagEdit]
+
+    @property
+    def rel(self) -> str:
+        return self.file.rel
+
+    def line_diffs(self) -> list[tuple[int, str, str]]:
+        """(1-based line, old line, new line) for every line that changed."""
+        old_lines = _LINE_BREAK.split(self.decoded.text)
+        new_lines = _LINE_BREAK.split(self.new_text)
+        return [
+            (i + 1, a, b) for i, (a, b) in enumerate(zip(old_lines, new_lines)) if a != b
+        ]
+
+    def to_dict(self) -> dict:
+        return {
+            "file": self.rel,
+            "encoding": self.decoded.label,
+            "edits": [
+                {"line": e.line, "old": e.old, "new": e.new, **({"note": e.note} if e.note else {})}
+                for e in self.edits
+            ],
+            "diff": [{"line": n, "old": a, "new": b} for n, a, b in self.line_diffs()],
+        }
+
+
+@dataclass
+class RetagPlan:
+    root: Path
+    mappings: list[TagMapping]
+    changes: list[FileChange]
+    scanned: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
+
+    @property
+    def renamed(self) -> Counter:
+        """Occurrences renamed per mapping spec."""
+        out: Counter = Counter()
+        for ch in self.changes:
+            for e in ch.edits:
+                if e.new is not None:
+                    out[_spec_for(self.mappings, e.old)] += 1
+        return out
+
+    @property
+    def removed(self) -> int:
+        return sum(1 for ch in self.changes for e in ch.edits if e.new is None)
+
+    def to_dict(self) -> dict:
+        return {
+            "root": str(self.root),
+            "maps": [{"old": m.old, "new": m.new} for m in self.mappings],
+            "scanned": self.scanned,
+            "changed": len(self.changes),
+            "renamed": dict(self.renamed),
+            "duplicates_removed": self.removed,
+            "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
+            "files": [c.to_dict() for c in self.changes],
+        }
+
+
+def _spec_for(mappings: Sequence[TagMapping], old_text: str) -> str:
+    key = tag_key(old_text)
+    return next((m.spec for m in mappings if m.key == key), "?")
+
+
+def plan_retag(root: str | Path, mappings: Sequence[TagMapping]) -> RetagPlan:
+    """What ``apply_retag`` would write; reads files, writes nothing."""
+    files = find_caption_files(root)
+    every = sorted(files.captions + files.shadowed, key=lambda c: c.rel)
+    if not every:
+        raise DatasetError(
+            f"{files.root} holds no caption files beside images (.txt or .caption next to "
+            ".png/.jpg/.jpeg/.webp/.bmp); nothing to retag."
+        )
+    plan = RetagPlan(root=files.root, mappings=list(mappings), changes=[], scanned=len(every))
+    for cf in every:
+        if cf.path.is_symlink():
+            plan.skipped.append((cf.rel, "it is a symbolic link"))
+            continue
+        try:
+            data = cf.path.read_bytes()
+        except OSError as exc:
+            raise DatasetError(f"Cannot read {cf.path}: {exc.strerror or exc}.") from exc
+        decoded = decode_caption_bytes(data)
+        if decoded.encode(decoded.text) != data:
+            plan.skipped.append((cf.rel, f"its bytes do not survive {decoded.label} round trip"))
+            continue
+        new_text, edits = rewrite_caption_text(decoded.text, mappings)
+        if new_text == decoded.text:
+            continue
+        plan.changes.append(
+            FileChange(
+                file=cf, decoded=decoded, old_bytes=data, new_bytes=decoded.encode(new_text),
+                new_text=new_text, edits=edits,
+            )
+        )
+    return plan
+
+
+def _self_contained(text: str, tag: CaptionTag) -> bool:
+    """True when the syntax around the tag opens and closes within its own segment."""
+    body = text[tag.seg_start:tag.seg_end]
+    before = body[: tag.start - tag.seg_start]
+    after = body[tag.end - tag.seg_start:]
+    return before.count("(") == after.count(")") and before.count("[") == after.count("]")
+
+
+def rewrite_caption_text(
+    text: str, mappings: Sequence[TagMapping]
+) -> tuple[str, list[TagEdit]]:
+    """The caption text with the map applied and the de-duplication rule (module doc)."""
+    by_key = {m.key: m for m in mappings}
+    tags = parse_caption_text(text)
+    # (start, end, replacement) spans, non-overlapping.
+    spans: list[tuple[int, int, str]] = []
+    edits: list[tuple[int, TagEdit]] = []
+    final_key: list[str] = []
+    renamed: list[bool] = []
+    for t in tags:
+        m = by_key.get(t.key) if t.key else None
+        final_key.append(m.new_key if m else t.key)
+        renamed.append(m is not None)
+    drop: set[int] = set()
+    kept_note: dict[int, str] = {}
+    seen: dict[tuple[int, str], int] = {}
+    from_map = {(t.line, final_key[i]) for i, t in enumerate(tags) if renamed[i]}
+    for i, t in enumerate(tags):
+        if not final_key[i]:
+            continue
+        slot = (t.line, final_key[i])
+        if seen.setdefault(slot, i) == i or slot not in from_map:
+            continue  # the first occurrence, or a duplicate the map did not create
+        prev = tags[i - 1]
+        if not _self_contained(text, t) or prev.line != t.line or text[prev.seg_end] != ",":
+            kept_note[i] = "kept: part of a weight group spanning commas"
+            continue
+        drop.add(i)
+    for i, t in enumerate(tags):
+        if i in drop:
+            prev = tags[i - 1]
+            spans.append((prev.seg_end, t.seg_end, ""))
+            edits.append((t.start, TagEdit(line=t.line + 1, old=t.text, new=None,
+                                           note="removed: duplicate of an earlier tag")))
+        elif renamed[i]:
+            new = by_key[t.key].new
+            if new != t.text:
+                spans.append((t.start, t.end, new))
+            if new != t.text or i in kept_note:
+                edits.append((t.start, TagEdit(line=t.line + 1, old=t.text, new=new,
+                                               note=kept_note.get(i, ""))))
+    out = text
+    for start, end, repl in sorted(spans, reverse=True):
+        out = out[:start] + repl + out[end:]
+    return out, [e for _, e in sorted(edits, key=lambda x: x[0])]
+
+
+# -- writing --------------------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def replace_file_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Replace ``path`` with ``data`` in one step, keeping its permission bits."""
+    if mode is None:
+        mode = path.stat().st_mode & 0o7777
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "xb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class RetagResult:
+    backup: Path | None
+    written: list[str]
+    changed_since_plan: list[str]  # left alone: the file changed between plan and write
+
+
+def _new_backup_dir(root: Path) -> Path:
+    base = root / BACKUP_DIR_NAME
+    base.mkdir(exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    for k in range(1000):
+        candidate = base / (stamp if k == 0 else f"{stamp}-{k}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise DatasetError(f"Cannot create a backup folder under {base}.")
+
+
+def apply_retag(
+    plan: RetagPlan, *, on_file: Callable[[int, int, str], None] | None = None
+) -> RetagResult:
+    """Back up, then rewrite every planned file atomically (see the module doc).
+
+    ``on_file(done, total, rel)`` is called after each file is replaced. A KeyboardInterrupt
+    between or during files propagates; every file is then either old or new.
+    """
+    if not plan.changes:
+        return RetagResult(backup=None, written=[], changed_since_plan=[])
+    stale = [ch.rel for ch in plan.changes if _read(ch.file.path) != ch.old_bytes]
+    changes = [ch for ch in plan.changes if ch.rel not in set(stale)]
+    if not changes:
+        return RetagResult(backup=None, written=[], changed_since_plan=stale)
+    try:
+        backup = _new_backup_dir(plan.root)
+    except OSError as exc:
+        raise DatasetError(
+            f"Cannot create the backup folder in {plan.root}: {exc.strerror or exc}; nothing "
+            "was changed."
+        ) from exc
+    entries = []
+    try:
+        for ch in changes:
+            st = ch.file.path.stat()
+            _write_new(backup / "files" / ch.rel, ch.old_bytes)
+            entries.append({
+                "path": ch.rel,
+                "old_sha256": _sha(ch.old_bytes),
+                "new_sha256": _sha(ch.new_bytes),
+                "old_size": len(ch.old_bytes),
+                "mode": st.st_mode & 0o7777,
+                "mtime_ns": st.st_mtime_ns,
+                "encoding": ch.decoded.label,
+            })
+        manifest = {
+            "version": MANIFEST_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "maps": [{"old": m.old, "new": m.new} for m in plan.mappings],
+            "files": entries,
+        }
+        replace_file_bytes(
+            backup / MANIFEST_NAME,
+            json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"), mode=0o644,
+        )
+    except OSError as exc:
+        raise DatasetError(
+            f"Cannot write the backup in {backup}: {exc.strerror or exc}; nothing was changed."
+        ) from exc
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+    written: list[str] = []
+    for k, ch in enumerate(changes, start=1):
+        try:
+            replace_file_bytes(ch.file.path, ch.new_bytes)
+        except OSError as exc:
+            raise DatasetError(
+                f"Cannot write {ch.file.path}: {exc.strerror or exc}; {len(written)} of "
+                f"{len(changes)} files were rewritten, `tagsmith retag --undo {plan.root}` "
+                "restores them."
+            ) from exc
+        written.append(ch.rel)
+        if on_file is not None:
+            on_file(k, len(changes), ch.rel)
+        if delay:
+            time.sleep(delay)
+    return RetagResult(backup=backup, written=written, changed_since_plan=stale)
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+# -- undo -----------------------------------------------------------------------------------
+
+
+@dataclass
+class UndoResult:
+    backup: Path
+    restored: list[str]
+    already_old: list[str]
+    maps: list[dict]
+
+
+def list_backups(root: str | Path) -> list[Path]:
+    """Complete backups (with a manifest) not yet undone, oldest first."""
+    base = Path(root) / BACKUP_DIR_NAME
+    if not base.is_dir():
+        return []
+    return sorted(
+        p for p in base.iterdir()
+        if p.is_dir() and (p / MANIFEST_NAME).is_file() and not (p / UNDONE_NAME).exists()
+    )
+
+
+def undo_last_retag(root: str | Path) -> UndoResult:
+    """Restore the files of the newest retag run that has not been undone yet."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root} does not exist or is not a folder.")
+    backups = list_backups(root)
+    if not backups:
+        raise DatasetError(f"{root} has no retag run to undo (no backup in {BACKUP_DIR_NAME}/).")
+    backup = backups[-1]
+    try:
+        manifest = json.loads((backup / MANIFEST_NAME).read_text(encoding="utf-8"))
+        entries = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"The backup manifest {backup / MANIFEST_NAME} is unreadable.") from exc
+    to_restore: list[tuple[dict, bytes]] = []
+    already: list[str] = []
+    edited: list[str] = []
+    for e in entries:
+        rel = e["path"]
+        target = root / rel
+        original = _read(backup / "files" / rel)
+        if original is None or _sha(original) != e["old_sha256"]:
+            raise DatasetError(
+                f"The backup copy of {rel} in {backup} is missing or damaged; nothing was restored."
+            )
+        current = _read(target)
+        digest = None if current is None else _sha(current)
+        if digest == e["old_sha256"]:
+            already.append(rel)
+        elif digest == e["new_sha256"]:
+            to_restore.append((e, original))
+        else:
+            edited.append(rel)
+    if edited:
+        more = f" and {len(edited) - 1} more" if len(edited) > 1 else ""
+        raise DatasetError(
+            f"{edited[0]}{more} changed after the retag run, so undoing it would lose those "
+            f"edits; nothing was restored (the originals are in {backup / 'files'})."
+        )
+    restored: list[str] = []
+    for e, original in to_restore:
+        target = root / e["path"]
+        replace_file_bytes(target, original, mode=int(e.get("mode", 0o644)))
+        with contextlib.suppress(OSError, KeyError):
+            os.utime(target, ns=(time.time_ns(), int(e["mtime_ns"])))
+        restored.append(e["path"])
+    _clean_temp_files(root, [e["path"] for e in entries])
+    replace_file_bytes(
+        backup / UNDONE_NAME,
+        json.dumps({"undone": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        .encode("utf-8"),
+        mode=0o644,
+    )
+    return UndoResult(
+        backup=backup, restored=restored, already_old=already, maps=manifest.get("maps", [])
+    )
+
+
+def _clean_temp_files(root: Path, rels: Sequence[str]) -> None:
+    """Remove temporary files a killed run left beside the captions it was rewriting."""
+    for rel in rels:
+        target = root / rel
+        with contextlib.suppress(OSError):
+            for p in target.parent.glob(f".{glob_escape(target.name)}{TMP_MARK}*.tmp"):
+                p.unlink()
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
