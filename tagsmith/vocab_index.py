@@ -65,18 +65,27 @@ class VocabIndex:
         c = int(self.counts[row])
         return c if c >= 0 else None
 
-    def rows_with_token(self, token_id: int) -> np.ndarray:
-        """Rows whose ids contain ``token_id``, most frequent first."""
+    def rows_with_token(self, token_id: int, *, whole_word: bool = False) -> np.ndarray:
+        """Rows whose ids contain ``token_id``, most frequent first.
+
+        ``whole_word=True`` keeps only rows where the token is a word of its own (the token
+        before it ends a word): ``tau</w>`` in ``tau`` but not in ``u|tau</w>`` (utau).
+        """
         if self._by_token is None:
             rows = np.repeat(np.arange(len(self.texts)), np.diff(self.indptr))
             order = np.lexsort((-self.counts[rows], self.token_ids))
-            self._by_token = (self.token_ids[order], rows[order])
-        sorted_ids, rows = self._by_token
+            self._by_token = (self.token_ids[order], order)
+        sorted_ids, positions = self._by_token
         lo = np.searchsorted(sorted_ids, token_id, side="left")
         hi = np.searchsorted(sorted_ids, token_id, side="right")
-        seg = rows[lo:hi]  # sorted by count, highest first; a row repeats per occurrence
-        _, first = np.unique(seg, return_index=True)
-        return seg[np.sort(first)]
+        pos = positions[lo:hi]  # flat positions, most frequent row first
+        rows = np.searchsorted(self.indptr, pos, side="right") - 1
+        if whole_word:
+            ends = _word_end_table()
+            starts_word = (pos == self.indptr[rows]) | ends[self.token_ids[np.maximum(pos - 1, 0)]]
+            rows = rows[starts_word]
+        _, first = np.unique(rows, return_index=True)
+        return rows[np.sort(first)]
 
     @classmethod
     def from_vocabulary(cls, vocab: Vocabulary) -> VocabIndex:
@@ -124,6 +133,22 @@ class VocabIndex:
         if len(index.indptr) != len(index.texts) + 1 or len(index.counts) != len(index.texts):
             raise ValueError("inconsistent arrays")
         return index
+
+
+_WORD_END: np.ndarray | None = None
+
+
+def _word_end_table() -> np.ndarray:
+    """For every token id, whether its piece ends a word (``</w>``)."""
+    global _WORD_END
+    if _WORD_END is None:
+        from tagsmith.tokenizer import VOCAB_SIZE, WORD_END, load_tokenizer
+
+        table = np.zeros(VOCAB_SIZE, dtype=bool)
+        for piece, i in load_tokenizer().vocab.items():
+            table[i] = piece.endswith(WORD_END)
+        _WORD_END = table
+    return _WORD_END
 
 
 def load_vocab_index(

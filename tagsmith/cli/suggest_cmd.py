@@ -1,0 +1,289 @@
+"""`tagsmith suggest`: rank the forms of a tag against the concepts it could leak into."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tagsmith.cli._app import app
+from tagsmith.cli._model_options import (
+    CacheDirOption,
+    ClipSkipOption,
+    ContextOption,
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    NoCacheOption,
+    RepresentationOption,
+    settings_from_options,
+)
+
+NeighborOption = Annotated[
+    list[str] | None,
+    typer.Option("--neighbor", "-n", help="A concept the tag may be confused with (repeatable).",
+                 show_default=False),
+]
+AvoidOption = Annotated[
+    list[str] | None,
+    typer.Option("--avoid", "-a", help="A correlated tag the new form must not collide with, e.g. "
+                 "the character it co-occurs with (repeatable).", show_default=False),
+]
+KeepOption = Annotated[
+    list[str] | None,
+    typer.Option("--keep", "-k", help="What the tag must still mean, e.g. mayonnaise "
+                 "(repeatable; default: the tag's distinctive words).", show_default=False),
+]
+CandidateOption = Annotated[
+    list[str] | None,
+    typer.Option("--candidate", "-c", help="Another form to rank (repeatable).",
+                 show_default=False),
+]
+VocabOption = Annotated[
+    Path | None,
+    typer.Option("--vocab", envvar="TAGSMITH_VOCAB", help="Tag list: tagcomplete CSV (e.g. "
+                 "extensions/a1111-sd-webui-tagcomplete/tags/danbooru.csv), WD14 "
+                 "selected_tags.csv, or one tag per line. Default: $TAGSMITH_VOCAB.",
+                 show_default=False),
+]
+TopOption = Annotated[int, typer.Option("--top", help="Show this many candidates.", min=1)]
+WeightsOption = Annotated[
+    str | None,
+    typer.Option("--weights", help="Score weights, e.g. 'leakage=1.5,tokens=0' (names: fidelity, "
+                 "leakage, avoid, reuse, tokens).", show_default=False),
+]
+DatasetOption = Annotated[
+    Path | None,
+    typer.Option("--dataset", help="A kohya caption folder: tags that co-occur with this tag "
+                 "there are added as --avoid.", show_default=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
+CsvOption = Annotated[
+    Path | None,
+    typer.Option("--csv", help="Also write candidates x neighbours to this CSV file.",
+                 show_default=False),
+]
+PlotOption = Annotated[
+    Path | None,
+    typer.Option("--plot", help="Also write the similarity matrix as a picture (.png/.svg/.pdf).",
+                 show_default=False),
+]
+
+ROLE_STYLE = {"keep": "green", "avoid": "red", "leak": "yellow"}
+
+
+@app.command("suggest")
+def suggest_command(
+    tag: Annotated[str, typer.Argument(help="The tag to design, e.g. \"mayonnaise bottle\".")],
+    neighbor: NeighborOption = None,
+    avoid: AvoidOption = None,
+    keep: KeepOption = None,
+    candidate: CandidateOption = None,
+    vocab: VocabOption = None,
+    top: TopOption = 10,
+    weights: WeightsOption = None,
+    dataset: DatasetOption = None,
+    as_json: JsonOption = False,
+    csv_path: CsvOption = None,
+    plot: PlotOption = None,
+    model: ModelOption = None,
+    clip_skip: ClipSkipOption = 1,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    representation: RepresentationOption = "tag",
+    context: ContextOption = None,
+    cache_dir: CacheDirOption = None,
+    no_cache: NoCacheOption = False,
+) -> None:
+    """Rank spaced, hyphenated, joined and substituted forms of a tag by how well they keep
+    their meaning without leaking into neighbour concepts."""
+    from tagsmith.cli._console import console, err_console
+    from tagsmith.ranking import ScoreWeights
+    from tagsmith.suggest import SuggestOptions, open_model, suggest
+
+    avoid_tags = list(avoid or [])
+    if dataset is not None:
+        avoid_tags += _dataset_avoid(dataset, tag)
+    options = SuggestOptions(
+        neighbors=neighbor or [], avoid=avoid_tags, keep=keep or [],
+        candidates=candidate or [], vocab_path=vocab, top=top,
+        weights=ScoreWeights.parse(weights) if weights else ScoreWeights(),
+        cache_dir=cache_dir, use_cache=not no_cache,
+    )
+    settings = settings_from_options(
+        model=model, clip_skip=clip_skip, device=device, dtype=dtype,
+        representation=representation, context=context, cache_dir=cache_dir, no_cache=no_cache,
+    )
+    with _status(err_console, as_json) as status:
+        status("looking for the text encoder")
+        embedder, notice = open_model(settings, explicit=model is not None)
+        result = suggest(tag, options, embedder=embedder, notices=[notice] if notice else [],
+                         progress=status)
+    if csv_path is not None:
+        write_suggest_csv(csv_path, result)
+    if plot is not None and result.has_similarity:
+        from tagsmith.plot import plot_similarity
+
+        rows, cols, m = result.similarity_matrix()
+        roles = [n.role for n in result.neighbors]
+        plot_similarity(plot, rows, cols, m, title=f"tagsmith suggest \"{result.text}\"",
+                        highlight_row=0, col_roles=roles)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        render_suggest(console, result)
+    for n in result.notices:
+        err_console.print(f"Note: {n}", style="yellow", highlight=False, markup=False)
+    if plot is not None and not result.has_similarity:
+        err_console.print("Note: no plot written: the similarity matrix needs a model.",
+                          style="yellow", highlight=False)
+
+
+def _dataset_avoid(dataset: Path, tag: str) -> list[str]:
+    from tagsmith.dataset import correlated_tags
+
+    return correlated_tags(dataset, tag)
+
+
+class _status:
+    """A spinner on stderr while slow work runs (silent in --json mode and when piped)."""
+
+    def __init__(self, err_console: Any, quiet: bool) -> None:
+        self._console = err_console
+        self._quiet = quiet or not err_console.is_terminal
+        self._status: Any = None
+
+    def __enter__(self):  # noqa: ANN204
+        if not self._quiet:
+            self._status = self._console.status("starting")
+            self._status.__enter__()
+        return self.update
+
+    def update(self, message: str) -> None:
+        if self._status is not None:
+            self._status.update(message + "…")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.__exit__(*exc)
+
+
+def heat_style(value: float, lo: float, hi: float, *, good_high: bool) -> str:
+    """A background colour for a similarity: red where it hurts, green where it helps."""
+    t = 0.5 if hi - lo < 1e-9 else (value - lo) / (hi - lo)
+    t = t if good_high else 1 - t
+    # 0 -> red, 0.5 -> amber, 1 -> green
+    r = int(200 * (1 - max(0.0, t - 0.5) * 2)) + 40
+    g = int(200 * min(1.0, t * 2)) + 40
+    return f"black on rgb({min(r, 255)},{min(g, 255)},60)"
+
+
+def render_suggest(console: Any, result: Any) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from tagsmith.cli.tokenize_cmd import render_pieces
+
+    header = Text()
+    header.append("tagsmith suggest ", style="bold")
+    header.append(result.text, style="bold cyan")
+    if result.model:
+        m = result.model
+        header.append(
+            f"\nmodel {m.get('source', '?')} · fingerprint {str(m.get('fingerprint', ''))[:12]}"
+            f" · clip skip {m.get('clip_skip')} · {m.get('representation')} vectors",
+            style="dim",
+        )
+    if result.vocabulary:
+        header.append(f"\nvocabulary: {result.vocabulary}", style="dim")
+    console.print(header)
+
+    table = Table(header_style="bold", pad_edge=False, expand=False)
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("form", overflow="fold", min_width=12)
+    table.add_column("tokens", overflow="fold")
+    table.add_column("n", justify="right")
+    if result.has_similarity:
+        table.add_column("score", justify="right")
+    table.add_column("reason", overflow="fold", ratio=1)
+    for i, rc in enumerate(result.candidates, start=1):
+        c = rc.candidate
+        form = Text(c.form, style="bold green" if i == 1 and result.has_similarity else "")
+        if c.known:
+            form.append(" ✓", style="green")
+        cells = [str(i), form, render_pieces(c.tokens), str(c.n_tokens)]
+        if result.has_similarity:
+            cells.append(f"{rc.score:+.3f}")
+        cells.append(Text(rc.reason, style="dim" if i > 1 else ""))
+        table.add_row(*cells)
+    console.print(table)
+
+    if result.has_similarity:
+        _render_matrix(console, result)
+        best = result.recommended
+        if best is not None:
+            line = Text("Recommended: ", style="bold")
+            line.append(best.form, style="bold green")
+            line.append(f" — {best.reason}")
+            console.print(line)
+    else:
+        console.print(Text("✓ = every word is one known whole-word token", style="dim"))
+
+
+def _render_matrix(console: Any, result: Any) -> None:
+    """Neighbours down, the best forms across, heat-coloured cosines."""
+    from rich.table import Table
+    from rich.text import Text
+
+    width = console.width or 100
+    n_forms = max(1, min(len(result.candidates), (width - 44) // 8, 6))
+    forms = result.candidates[:n_forms]
+    table = Table(
+        title="cosine similarity of tag vectors, top forms by rank (green helps, red hurts)",
+        title_justify="left", header_style="bold", pad_edge=False,
+    )
+    table.add_column("neighbour", no_wrap=True, overflow="ellipsis", max_width=26)
+    table.add_column("posts", justify="right", style="dim")
+    table.add_column("role", no_wrap=True)
+    for i in range(1, len(forms) + 1):
+        table.add_column(f"#{i}", justify="right")
+    for n in result.neighbors:
+        values = [rc.similarity.get(n.tag) for rc in forms]
+        finite = [v for v in values if v is not None]
+        lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
+        label = Text(n.tag)
+        posts = f"{n.count:,}" if n.count is not None else ""
+        role = Text(n.role if n.source not in ("part", "nearest") else f"{n.role}·{n.source}",
+                    style=ROLE_STYLE.get(n.role, ""))
+        cells = [
+            Text(f"{v:.2f}", style=heat_style(v, lo, hi, good_high=n.role == "keep"))
+            if v is not None else Text("")
+            for v in values
+        ]
+        table.add_row(label, posts, role, *cells)
+    console.print(table)
+
+
+def write_suggest_csv(path: Path, result: Any) -> None:
+    import csv
+    import io
+
+    from tagsmith.fileio import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    neigh = [n.tag for n in result.neighbors]
+    w.writerow(["rank", "form", "kind", "tokens", "n_tokens", "known", "score", "fidelity",
+                "leakage", "avoid", "reason", *[f"sim:{t}" for t in neigh]])
+    for i, rc in enumerate(result.candidates, start=1):
+        d = rc.to_dict()
+        w.writerow([i, d["form"], d["kind"], " ".join(d["tokens"]), d["n_tokens"], d["known"],
+                    _num(d["score"]), _num(d["fidelity"]), _num(d["leakage"]), _num(d["avoid"]),
+                    d["reason"], *[_num(rc.similarity.get(t)) for t in neigh]])
+    atomic_write_text(path, buf.getvalue())
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None else f"{v:.6f}"

@@ -1,0 +1,501 @@
+"""Compare the forms of a tag against its neighbour concepts and rank them (``tagsmith suggest``).
+
+The flow, for ``mayonnaise bottle``:
+
+1. Candidate forms (tagsmith.variants): spaced, hyphenated, underscore, joined, head and
+   modifier substitutions by nearby known words (``container``, ``jar``), user forms.
+2. Neighbour concepts, each with a role:
+   - ``keep``: what the tag must still mean: ``--keep``, else its distinctive words (the
+     modifier ``mayonnaise``; with a vocabulary, every word but the most frequent one);
+   - ``leak``: what it must not turn into: its generic part (``bottle``), ``--neighbor`` tags,
+     vocabulary tags that share a known word token with any candidate, most posts first
+     (``bottle``, ``holding bottle``, ``water bottle``, ``wine bottle``), and the vocabulary tags
+     nearest to the tag in the encoder (found among the most frequent tags by the mean of their
+     input token embeddings, then measured with the encoder);
+   - ``avoid``: ``--avoid`` tags (correlated concepts it must not collide with).
+3. Every candidate x every neighbour cosine similarity of tag vectors, then the score in
+   tagsmith.ranking, and a one-line reason built from the numbers.
+
+Without a reachable encoder the candidates and their token splits are still returned, with a
+notice saying how to give a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tagsmith.errors import InputError, ModelNotFoundError
+from tagsmith.prompt import analysed_tag_text
+from tagsmith.ranking import CandidateScore, ScoreWeights, cosine_matrix, score_candidates
+from tagsmith.tokenizer import load_tokenizer, piece_text
+from tagsmith.variants import (
+    HYPHEN,
+    JOINED,
+    SPACED,
+    SUB_HEAD,
+    SUB_MODIFIER,
+    UNDERSCORE,
+    USER,
+    Candidate,
+    generate_forms,
+    tag_words,
+)
+
+Progress = Callable[[str], None]
+
+NO_MODEL_NOTICE = (
+    "Similarity columns need the SD1.5 text encoder, and none was found ({why}); "
+    "give one with --model PATH_OR_HUB_ID or the TAGSMITH_MODEL environment variable."
+)
+
+# Vocabulary tags looked at for embedding neighbours: the most frequent ones carry the
+# meanings a new tag leaks into, and a bounded pool keeps suggest interactive.
+NEAREST_POOL_TAGS = 20_000
+NEAREST_SHORTLIST = 32
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    """A concept a form is compared with."""
+
+    tag: str  # as analysed
+    source: str  # part | vocab | user | nearest
+    role: str  # keep | leak | avoid
+    count: int | None = None  # vocabulary post count, when known
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tag": self.tag, "source": self.source, "role": self.role, "count": self.count}
+
+
+@dataclass
+class RankedCandidate:
+    candidate: Candidate
+    score: float | None = None
+    similarity: dict[str, float] = field(default_factory=dict)
+    detail: CandidateScore | None = None
+    reason: str = ""
+
+    @property
+    def form(self) -> str:
+        return self.candidate.form
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.candidate
+        d = self.detail
+        return {
+            "form": c.form,
+            "kind": c.kind,
+            "text": c.text,
+            "tokens": list(c.tokens),
+            "ids": list(c.analysis.ids),
+            "n_tokens": c.n_tokens,
+            "known": c.known,
+            "unknown_words": c.analysis.unknown_words,
+            "score": None if self.score is None else round(self.score, 6),
+            "fidelity": None if d is None or d.fidelity is None else round(d.fidelity, 6),
+            "leakage": None if d is None or d.leakage is None else round(d.leakage, 6),
+            "avoid": None if d is None or d.avoid is None else round(d.avoid, 6),
+            "similarity": {k: round(v, 6) for k, v in self.similarity.items()},
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class SuggestOptions:
+    neighbors: Sequence[str] = ()
+    avoid: Sequence[str] = ()
+    keep: Sequence[str] = ()
+    candidates: Sequence[str] = ()
+    vocab_path: Path | None = None
+    top: int | None = None
+    weights: ScoreWeights = field(default_factory=ScoreWeights)
+    vocab_per_token: int = 3
+    nearest: int = 3
+    substitutes: int = 4
+    cache_dir: Path | None = None
+    use_cache: bool = True
+
+
+@dataclass
+class SuggestResult:
+    tag: str
+    text: str
+    model: dict[str, Any] | None
+    neighbors: list[Neighbor]
+    candidates: list[RankedCandidate]  # best first (input order without a model)
+    weights: ScoreWeights
+    notices: list[str] = field(default_factory=list)
+    vocabulary: str | None = None
+
+    @property
+    def has_similarity(self) -> bool:
+        return self.model is not None
+
+    @property
+    def recommended(self) -> RankedCandidate | None:
+        return self.candidates[0] if self.candidates and self.has_similarity else None
+
+    def similarity_matrix(self) -> tuple[list[str], list[str], np.ndarray]:
+        """Row labels (forms), column labels (neighbour tags), cosines (NaN when unknown)."""
+        rows = [c.form for c in self.candidates]
+        cols = [n.tag for n in self.neighbors]
+        m = np.full((len(rows), len(cols)), np.nan, dtype=np.float32)
+        for i, c in enumerate(self.candidates):
+            for j, n in enumerate(cols):
+                if n in c.similarity:
+                    m[i, j] = c.similarity[n]
+        return rows, cols, m
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tag": self.tag,
+            "text": self.text,
+            "model": self.model,
+            "weights": vars(self.weights).copy(),
+            "vocabulary": self.vocabulary,
+            "neighbors": [n.to_dict() for n in self.neighbors],
+            "candidates": [c.to_dict() for c in self.candidates],
+            "notices": list(self.notices),
+        }
+
+
+def _nothing(_: str) -> None:
+    pass
+
+
+def open_model(settings: Any, *, explicit: bool) -> tuple[Any | None, str | None]:
+    """(embedder, None) or, when no model is reachable and none was asked for, (None, notice)."""
+    from tagsmith.embedding import open_embedder
+
+    try:
+        return open_embedder(settings), None
+    except ModelNotFoundError as exc:
+        if explicit:
+            raise
+        return None, NO_MODEL_NOTICE.format(why=str(exc).rstrip(".").split(";")[0])
+
+
+def suggest(
+    tag: str,
+    options: SuggestOptions | None = None,
+    *,
+    embedder: Any | None = None,
+    notices: Sequence[str] = (),
+    progress: Progress = _nothing,
+) -> SuggestResult:
+    """Rank the forms of ``tag``. ``embedder`` is a TagEmbedder, or None for tokens only."""
+    options = options or SuggestOptions()
+    text = analysed_tag_text(tag)
+    if not text:
+        raise InputError("The tag is empty; give a tag such as \"mayonnaise bottle\".")
+    tok = load_tokenizer()
+    words = tag_words(tag)
+
+    index = None
+    if options.vocab_path is not None:
+        from tagsmith.vocab_index import load_vocab_index
+
+        progress("reading vocabulary")
+        index = load_vocab_index(options.vocab_path, cache_dir=options.cache_dir,
+                                 use_cache=options.use_cache)
+
+    table = None
+    if embedder is not None:
+        progress("reading token embeddings")
+        table = embedder.token_embedding_table()
+    candidates = generate_forms(tag, tok, table=table, user_forms=options.candidates,
+                                substitutes_per_word=options.substitutes)
+
+    neighbors = _neighbors(text, words, candidates, options, index, tok)
+    result = SuggestResult(
+        tag=tag, text=text, model=None, neighbors=neighbors,
+        candidates=[RankedCandidate(c) for c in candidates], weights=options.weights,
+        notices=list(notices), vocabulary=index.summary if index is not None else None,
+    )
+    if embedder is None:
+        for rc in result.candidates:
+            rc.reason = _token_reason(rc.candidate)
+        if options.top:
+            result.candidates = result.candidates[: options.top]
+        return result
+
+    if index is not None and options.nearest > 0:
+        progress("finding nearest vocabulary tags")
+        present = {text, *(nb.tag for nb in result.neighbors), *(c.text for c in candidates)}
+        result.neighbors.extend(
+            nearest_vocab_tags(text, index, embedder, table, k=options.nearest, exclude=present)
+        )
+
+    progress("encoding candidates and neighbours")
+    texts = list(dict.fromkeys([c.text for c in candidates] + [n.tag for n in result.neighbors]))
+    vectors = embedder.embed(texts)
+    row = {t: i for i, t in enumerate(texts)}
+    cand_vecs = vectors[[row[c.text] for c in candidates]]
+    neigh_vecs = vectors[[row[n.tag] for n in result.neighbors]]
+    sim = cosine_matrix(cand_vecs, neigh_vecs)
+    roles = [n.role for n in result.neighbors]
+    scores = score_candidates(
+        sim,
+        keep_cols=[j for j, r in enumerate(roles) if r == "keep"],
+        leak_cols=[j for j, r in enumerate(roles) if r == "leak"],
+        avoid_cols=[j for j, r in enumerate(roles) if r == "avoid"],
+        reuse=[_reuse(c) for c in candidates],
+        n_tokens=[c.n_tokens for c in candidates],
+        weights=options.weights,
+    )
+    for i, rc in enumerate(result.candidates):
+        rc.score = scores[i].score
+        rc.detail = scores[i]
+        rc.similarity = {n.tag: float(sim[i, j]) for j, n in enumerate(result.neighbors)}
+    baseline = result.candidates[0]  # the tag as written, spaced
+    for rc in result.candidates:
+        rc.reason = _reason(rc, baseline, result.neighbors)
+    result.candidates.sort(key=lambda rc: -(rc.score or 0.0))
+    if options.top:
+        result.candidates = result.candidates[: options.top]
+    result.model = embedder.model_info()
+    return result
+
+
+def _reuse(c: Candidate) -> float:
+    words = [w for w in c.analysis.words if not w.is_punctuation]
+    return sum(w.known for w in words) / len(words) if words else 0.0
+
+
+# -- neighbours -----------------------------------------------------------------------------
+
+
+def _neighbors(
+    text: str,
+    words: list[str],
+    candidates: list[Candidate],
+    options: SuggestOptions,
+    index: Any | None,
+    tok: Any,
+) -> list[Neighbor]:
+    out: dict[str, Neighbor] = {}
+
+    def add(tag: str, source: str, role: str, count: int | None = None, *,
+            analysed: bool = False) -> None:
+        # Vocabulary texts are analysed already: "(o)_(o)" must not lose its parentheses.
+        t = tag if analysed else analysed_tag_text(tag)
+        if not t or t in out:
+            return
+        if count is None and index is not None:
+            r = index.row(t)
+            count = index.count(r) if r is not None else None
+        out[t] = Neighbor(tag=t, source=source, role=role, count=count)
+
+    for k in options.keep:
+        add(k, "user", "keep")
+    for a in options.avoid:
+        add(a, "user", "avoid")
+
+    keep_words, leak_words = _split_parts(words, index)
+    if not options.keep:
+        if keep_words:
+            add(" ".join(keep_words), "part", "keep")
+        else:
+            add(text, "part", "keep")
+    for w in leak_words:
+        add(w, "part", "leak")
+    for n in options.neighbors:
+        add(n, "user", "leak")
+
+    if index is not None and options.vocab_per_token > 0:
+        skip = {text, *(c.text for c in candidates), *out}
+        for nb in shared_token_neighbors(candidates, index, per_token=options.vocab_per_token,
+                                         skip=skip, skip_words=set(keep_words)):
+            out.setdefault(nb.tag, nb)
+    return list(out.values())
+
+
+def _split_parts(words: list[str], index: Any | None) -> tuple[list[str], list[str]]:
+    """(words that carry the tag's distinct meaning, its generic word(s) that may dominate).
+
+    The generic word is the one with the most posts as a tag of its own when a vocabulary
+    knows the words, else the head (the last word: ``bottle`` in ``mayonnaise bottle``).
+    """
+    if len(words) < 2:
+        return [], []
+    generic = len(words) - 1
+    if index is not None:
+        counts = []
+        for w in words:
+            r = index.row(w)
+            counts.append(index.count(r) or 0 if r is not None else 0)
+        if max(counts) > 0:
+            generic = int(np.argmax(counts))
+    keep = [w for i, w in enumerate(words) if i != generic]
+    return keep, [words[generic]]
+
+
+def shared_token_neighbors(
+    candidates: Sequence[Candidate],
+    index: Any,
+    *,
+    per_token: int,
+    skip: set[str],
+    skip_words: set[str] = frozenset(),  # type: ignore[assignment]
+) -> list[Neighbor]:
+    """Vocabulary tags that contain a known word token of any candidate, most posts first.
+
+    ``bottle`` in ``mayonnaise bottle`` brings ``bottle``, ``holding bottle``, ``water bottle``:
+    whatever the token means in those tags is what the new tag inherits.
+    """
+    out: list[Neighbor] = []
+    seen_tokens: set[int] = set()
+    taken_texts = set(skip)
+    for c in candidates:
+        for w in c.analysis.words:
+            if not w.known or w.is_punctuation or w.ids[0] in seen_tokens or w.text in skip_words:
+                continue
+            seen_tokens.add(w.ids[0])
+            taken = 0
+            for r in index.rows_with_token(w.ids[0], whole_word=True):
+                t = index.texts[int(r)]
+                if t in taken_texts:
+                    continue
+                taken_texts.add(t)
+                out.append(Neighbor(tag=t, source="vocab", role="leak", count=index.count(int(r))))
+                taken += 1
+                if taken >= per_token:
+                    break
+    return out
+
+
+def nearest_vocab_tags(
+    text: str,
+    index: Any,
+    embedder: Any,
+    table: np.ndarray,
+    *,
+    k: int,
+    exclude: set[str],
+) -> list[Neighbor]:
+    """The ``k`` vocabulary tags nearest to ``text`` in the encoder.
+
+    A shortlist comes from the most frequent tags by the mean of their input token
+    embeddings (no encoder pass, ~50 ms), then the encoder ranks the shortlist.
+    """
+    if len(index) == 0 or k <= 0:
+        return []
+    tok = load_tokenizer()
+    order = np.argsort(-index.counts, kind="stable")[:NEAREST_POOL_TAGS]
+    pool_vecs = _static_vectors(index, order, table)
+    ids = np.asarray(tok.encode(text), dtype=np.int64)
+    if ids.size == 0:
+        return []
+    query = table[ids].mean(axis=0)
+    sims = cosine_matrix(query[None, :], pool_vecs)[0]
+    shortlist = [int(order[j]) for j in np.argsort(-sims)
+                 if index.texts[int(order[j])] not in exclude][:NEAREST_SHORTLIST]
+    if not shortlist:
+        return []
+    vecs = embedder.embed([text] + [index.texts[r] for r in shortlist])
+    ctx = cosine_matrix(vecs[:1], vecs[1:])[0]
+    return [
+        Neighbor(tag=index.texts[shortlist[int(j)]], source="nearest", role="leak",
+                 count=index.count(shortlist[int(j)]))
+        for j in np.argsort(-ctx)[:k]
+    ]
+
+
+def _static_vectors(index: Any, rows: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Mean input token embedding of each row's ids (no encoder pass)."""
+    starts = index.indptr[rows]
+    ends = index.indptr[rows + 1]
+    lengths = (ends - starts).astype(np.int64)
+    flat = np.concatenate([index.token_ids[s:e] for s, e in zip(starts, ends)]) if len(rows) \
+        else np.zeros(0, dtype=np.int32)
+    owner = np.repeat(np.arange(len(rows)), lengths)
+    out = np.zeros((len(rows), table.shape[1]), dtype=np.float32)
+    np.add.at(out, owner, table[flat])
+    return out / np.maximum(lengths, 1)[:, None]
+
+
+# -- reasons --------------------------------------------------------------------------------
+
+_KIND_WORDS = {
+    SPACED: "as tagged",
+    HYPHEN: "hyphen",
+    UNDERSCORE: "underscore (SD sees the _ token)",
+    JOINED: "joined",
+    USER: "your form",
+}
+
+
+def _known_words(c: Candidate) -> list[str]:
+    return [w.text for w in c.analysis.words if w.known and not w.is_punctuation]
+
+
+def _token_reason(c: Candidate) -> str:
+    split = [w for w in c.analysis.words if not w.known and not w.is_punctuation]
+    parts = [f"{c.n_tokens} tokens"]
+    if split:
+        parts.append(
+            "splits " + ", ".join(
+                f"{w.text} into {'+'.join(piece_text(p) for p in w.pieces)}" for w in split
+            )
+        )
+    else:
+        parts.append("every word a known token")
+    return f"{_describe(c)}: " + "; ".join(parts)
+
+
+def _describe(c: Candidate) -> str:
+    if c.kind in (SUB_HEAD, SUB_MODIFIER) and c.replacement:
+        return "hyphen" if "-" in c.form else ""
+    return _KIND_WORDS.get(c.kind, c.kind)
+
+
+def _reason(rc: RankedCandidate, baseline: RankedCandidate, neighbors: list[Neighbor]) -> str:
+    """One line from the numbers: what the form keeps and drops, and what that buys.
+
+    ``hyphen keeps 'container', drops 'bottle': 0.14 less like 'wine bottle', 0.88 like
+    'mayonnaise'``
+    """
+    c, d = rc.candidate, rc.detail
+    if d is None:
+        return _token_reason(c)
+    base_d = baseline.detail
+    kept = set(_known_words(c))
+    base_words = set(_known_words(baseline.candidate))
+    added = sorted(kept - base_words)
+    dropped = sorted(base_words - kept)
+    change = []
+    if added:
+        change.append("keeps " + ", ".join(f"'{w}'" for w in added))
+    if dropped:
+        change.append("drops " + ", ".join(f"'{w}'" for w in dropped))
+    head = _describe(c) if rc is not baseline else "as tagged"
+    if change:
+        head = f"{head} {', '.join(change)}".strip()
+    bits = []
+    if base_d is not None and base_d.leak_neighbor is not None:
+        name = neighbors[base_d.leak_neighbor].tag
+        if rc is baseline:
+            bits.append(f"{base_d.leakage:.2f} like '{name}', its closest leak")
+        else:
+            delta = base_d.leakage - rc.similarity.get(name, 0.0)
+            word = "less" if delta >= 0 else "more"
+            bits.append(f"{abs(delta):.2f} {word} like '{name}'")
+    if d.leak_neighbor is not None and (
+        base_d is None or d.leak_neighbor != base_d.leak_neighbor
+    ) and rc is not baseline:
+        bits.append(f"now closest to '{neighbors[d.leak_neighbor].tag}' ({d.leakage:.2f})")
+    if d.fidelity is not None:
+        keep = [n.tag for n in neighbors if n.role == "keep"]
+        label = keep[0] if len(keep) == 1 else "the kept meaning"
+        bits.append(f"{d.fidelity:.2f} like '{label}'")
+    if d.avoid is not None and d.avoid_neighbor is not None:
+        bits.append(f"{d.avoid:.2f} like avoided '{neighbors[d.avoid_neighbor].tag}'")
+    extra = c.n_tokens - baseline.candidate.n_tokens
+    if extra:
+        bits.append(f"{'+' if extra > 0 else '-'}{abs(extra)} token{'s' if abs(extra) > 1 else ''}")
+    return f"{head}: " + ", ".join(bits)
