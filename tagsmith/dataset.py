@@ -427,10 +427,11 @@ def load_dataset(root: str | Path) -> Dataset:
     if not files.captions:
         hint = ""
         if files.orphans:
+            k = len(files.orphans)
             hint = (
-                f" ({len(files.orphans)} .txt/.caption file"
-                f"{'s have' if len(files.orphans) != 1 else ' has'} no image beside it"
-                f"{'' if len(files.orphans) == 1 else ' each'})"
+                f"; {k} .txt/.caption file{'s have' if k != 1 else ' has'} no image beside "
+                f"{'them' if k != 1 else 'it'} (e.g. {files.orphans[0]}), so "
+                f"{'they are' if k != 1 else 'it is'} not read as {'captions' if k != 1 else 'a caption'}"
             )
         raise DatasetError(
             f"{files.root} holds no caption files beside images (.txt or .caption next to "
@@ -772,7 +773,7 @@ def cluster_tags(
 def attach_embeddings(
     clusters: Sequence[TagCluster],
     frequent_tags: Sequence[str],
-    embed: Callable[[list[str]], object],
+    embed: Callable[[list[str]], object | None],
 ) -> None:
     """Fill ``cluster.embedding``: cosine of every pair inside each cluster, and its percentile
     among all pairs of the dataset's most frequent tags (the baseline that says what "close"
@@ -787,7 +788,10 @@ def attach_embeddings(
             texts.append(t)
     if not texts:
         return
-    vectors = np.asarray(embed(texts), dtype=np.float64)
+    raw = embed(texts)
+    if raw is None:  # the caller could not open a model: no embedding column
+        return
+    vectors = np.asarray(raw, dtype=np.float64)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     unit = vectors / np.where(norms > 0, norms, 1.0)
     base_idx = [pos[t] for t in frequent_tags[:EMBED_BASELINE_TAGS]]
