@@ -431,7 +431,7 @@ def load_dataset(root: str | Path) -> Dataset:
             hint = (
                 f"; {k} .txt/.caption file{'s have' if k != 1 else ' has'} no image beside "
                 f"{'them' if k != 1 else 'it'} (e.g. {files.orphans[0]}), so "
-                f"{'they are' if k != 1 else 'it is'} not read as {'captions' if k != 1 else 'a caption'}"
+                f"{'they are not captions' if k != 1 else 'it is not a caption'}"
             )
         raise DatasetError(
             f"{files.root} holds no caption files beside images (.txt or .caption next to "
