@@ -24,7 +24,7 @@ _ALPHA = re.compile(r"^[a-z]{3,}$")
 # Kinds of form, in the order they are listed when scores tie.
 SPACED, HYPHEN, UNDERSCORE, JOINED = "spaced", "hyphen", "underscore", "joined"
 SUB_HEAD, SUB_MODIFIER, USER = "substitute head", "substitute modifier", "user"
-TRIGGER_COMPOUND, TRIGGER_RARE, TRIGGER_PARTS = "known-token compound", "rare token", "part family"
+TRIGGER_COMPOUND, TRIGGER_RARE = "known-token compound", "rare token"
 
 
 @dataclass(frozen=True)
@@ -272,12 +272,14 @@ def trigger_forms(
         stems.append((r, TRIGGER_RARE))
     forms: list[_Form] = []
     if parts:
-        for stem, _kind in stems:
+        for stem, kind in stems:
             for p in parts:
                 part = "-".join(tag_words(p))
-                forms.append(_Form(f"{stem}-{part}", TRIGGER_PARTS, stem=stem, part=p))
+                forms.append(_Form(f"{stem}-{part}", kind, stem=stem, part=p))
     else:
-        forms.extend(_Form(f, TRIGGER_COMPOUND) for f, _ in spelling_forms(words))
-        forms.extend(_Form(stem, kind, stem=stem) for stem, kind in stems)
+        # The concept as spaced words is the existing tag itself, not a new trigger.
+        forms.extend(_Form(f, TRIGGER_COMPOUND) for f, _ in spelling_forms(words)[1:])
+        forms.extend(_Form(stem, kind, stem=stem) for stem, kind in stems
+                     if len(words) > 1 or stem != words[0])
     forms.extend(_Form(f.strip(), USER) for f in user_forms if f.strip())
     return _analyse_unique(forms, tok)

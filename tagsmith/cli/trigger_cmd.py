@@ -1,0 +1,241 @@
+"""`tagsmith trigger`: rank new trigger words (or part families) for a concept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tagsmith.cli._app import app
+from tagsmith.cli._model_options import (
+    CacheDirOption,
+    ClipSkipOption,
+    ContextOption,
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    NoCacheOption,
+    RepresentationOption,
+    settings_from_options,
+)
+from tagsmith.cli.suggest_cmd import (
+    AvoidOption,
+    CandidateOption,
+    CsvOption,
+    DatasetOption,
+    JsonOption,
+    NeighborOption,
+    PlotOption,
+    TopOption,
+    VocabOption,
+    WeightsOption,
+    _status,
+    heat_style,
+)
+
+PartOption = Annotated[
+    list[str] | None,
+    typer.Option("--part", "-p", help="A variant of the concept that gets its own trigger, e.g. "
+                 "a body part (repeatable): makes families such as cross-arm, cross-chest.",
+                 show_default=False),
+]
+HeldOutOption = Annotated[
+    str | None,
+    typer.Option("--held-out", help="A part never trained, to see how the family would "
+                 "generalise (default: the known word nearest the first part).",
+                 show_default=False),
+]
+
+
+@app.command("trigger")
+def trigger_command(
+    concept: Annotated[str, typer.Argument(help="The concept, e.g. \"cross tattoo\".")],
+    part: PartOption = None,
+    held_out: HeldOutOption = None,
+    avoid: AvoidOption = None,
+    neighbor: NeighborOption = None,
+    candidate: CandidateOption = None,
+    vocab: VocabOption = None,
+    top: TopOption = 8,
+    weights: WeightsOption = None,
+    dataset: DatasetOption = None,
+    as_json: JsonOption = False,
+    csv_path: CsvOption = None,
+    plot: PlotOption = None,
+    model: ModelOption = None,
+    clip_skip: ClipSkipOption = 1,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    representation: RepresentationOption = "tag",
+    context: ContextOption = None,
+    cache_dir: CacheDirOption = None,
+    no_cache: NoCacheOption = False,
+) -> None:
+    """Rank trigger words that reuse known tokens without colliding with strong or correlated
+    tags; with --part, rank families whose members stay distinct."""
+    from tagsmith.cli._console import console, err_console
+    from tagsmith.suggest import open_model
+    from tagsmith.trigger import TriggerOptions, rank_triggers
+
+    avoid_tags = list(avoid or [])
+    if dataset is not None:
+        from tagsmith.dataset import correlated_tags
+
+        avoid_tags += correlated_tags(dataset, concept)
+    base = TriggerOptions()
+    options = TriggerOptions(
+        parts=part or [], held_out=held_out, avoid=avoid_tags, neighbors=neighbor or [],
+        candidates=candidate or [], vocab_path=vocab, top=top,
+        weights=_weights(weights, base.weights), cache_dir=cache_dir, use_cache=not no_cache,
+    )
+    settings = settings_from_options(
+        model=model, clip_skip=clip_skip, device=device, dtype=dtype,
+        representation=representation, context=context, cache_dir=cache_dir, no_cache=no_cache,
+    )
+    with _status(err_console, as_json) as status:
+        status("looking for the text encoder")
+        embedder, notice = open_model(settings, explicit=model is not None)
+        result = rank_triggers(concept, options, embedder=embedder,
+                               notices=[notice] if notice else [], progress=status)
+    if csv_path is not None:
+        write_trigger_csv(csv_path, result)
+    if plot is not None and result.has_similarity:
+        from tagsmith.plot import plot_similarity
+
+        rows, cols, m = trigger_matrix(result)
+        plot_similarity(plot, rows, cols, m, title=f"tagsmith trigger \"{result.text}\"",
+                        highlight_row=0, col_roles=[n.role for n in result.neighbors])
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        render_trigger(console, result)
+    for n in result.notices:
+        err_console.print(f"Note: {n}", style="yellow", highlight=False, markup=False)
+
+
+def _weights(spec: str | None, default: Any) -> Any:
+    from dataclasses import replace
+
+    from tagsmith.ranking import ScoreWeights
+
+    if not spec:
+        return default
+    given = ScoreWeights.parse(spec)
+    changed = {k: v for k, v in vars(given).items() if v != getattr(ScoreWeights(), k)}
+    return replace(default, **changed)
+
+
+def trigger_matrix(result: Any) -> tuple[list[str], list[str], Any]:
+    import numpy as np
+
+    rows, values = [], []
+    cols = [n.tag for n in result.neighbors]
+    for fam in result.families:
+        for m in fam.members + ([fam.held_out] if fam.held_out is not None else []):
+            rows.append(m.form + (" (held out)" if m is fam.held_out else ""))
+            values.append([m.similarity.get(c, np.nan) for c in cols])
+    return rows, cols, np.array(values, dtype=np.float32).reshape(len(rows), len(cols))
+
+
+def render_trigger(console: Any, result: Any) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from tagsmith.cli.tokenize_cmd import render_pieces
+
+    header = Text()
+    header.append("tagsmith trigger ", style="bold")
+    header.append(result.text, style="bold cyan")
+    if result.parts:
+        header.append("  parts: " + ", ".join(result.parts), style="cyan")
+    if result.model:
+        m = result.model
+        header.append(
+            f"\nmodel {m.get('source', '?')} · fingerprint {str(m.get('fingerprint', ''))[:12]}"
+            f" · clip skip {m.get('clip_skip')} · {m.get('representation')} vectors",
+            style="dim",
+        )
+    if result.vocabulary:
+        header.append(f"\nvocabulary: {result.vocabulary}", style="dim")
+    console.print(header)
+    table = Table(header_style="bold", pad_edge=False)
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("trigger", overflow="fold")
+    table.add_column("tokens", overflow="fold")
+    if result.has_similarity:
+        table.add_column("score", justify="right")
+        table.add_column("apart", justify="right")
+    table.add_column("reason", overflow="fold", ratio=1)
+    for i, fam in enumerate(result.families, start=1):
+        forms = Text("\n".join(m.form for m in fam.members),
+                     style="bold green" if i == 1 and result.has_similarity else "")
+        if fam.held_out is not None:
+            forms.append(f"\n{fam.held_out.form} (held out)", style="dim")
+        pieces = Text("\n").join(render_pieces(m.candidate.tokens) for m in fam.members)
+        cells = [str(i), forms, pieces]
+        if result.has_similarity:
+            cells.append(f"{fam.score:+.3f}")
+            cells.append("" if fam.separation is None else f"{fam.separation:.2f}")
+        cells.append(Text(fam.reason, style="" if i == 1 else "dim"))
+        table.add_row(*cells)
+    console.print(table)
+    if result.has_similarity and result.families:
+        best = result.families[0]
+        avoid = [n for n in result.neighbors if n.role == "avoid"]
+        if avoid:
+            _render_avoid(console, result, avoid)
+        line = Text("Recommended: ", style="bold")
+        line.append(", ".join(m.form for m in best.members), style="bold green")
+        console.print(line)
+
+
+def _render_avoid(console: Any, result: Any, avoid: list[Any]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="similarity to --avoid tags (red: collides)", title_justify="left",
+                  header_style="bold", pad_edge=False)
+    table.add_column("trigger")
+    for n in avoid:
+        table.add_column(n.tag, justify="right")
+    values = [
+        [m.similarity.get(n.tag, 0.0) for n in avoid]
+        for fam in result.families for m in fam.members
+    ]
+    flat = [v for row in values for v in row]
+    lo, hi = (min(flat), max(flat)) if flat else (0.0, 1.0)
+    k = 0
+    for fam in result.families:
+        for m in fam.members:
+            table.add_row(m.form, *[
+                Text(f"{v:.2f}", style=heat_style(v, lo, hi, good_high=False)) for v in values[k]
+            ])
+            k += 1
+    console.print(table)
+
+
+def write_trigger_csv(path: Path, result: Any) -> None:
+    import csv
+    import io
+
+    from tagsmith.fileio import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    cols = [n.tag for n in result.neighbors]
+    w.writerow(["rank", "trigger", "member", "part", "tokens", "n_tokens", "family_score",
+                "member_score", "separation", "reason", *[f"sim:{c}" for c in cols]])
+    for i, fam in enumerate(result.families, start=1):
+        for m in fam.members + ([fam.held_out] if fam.held_out is not None else []):
+            w.writerow([
+                i, fam.stem, m.form, m.candidate.part or "", " ".join(m.candidate.tokens),
+                m.candidate.n_tokens, _num(fam.score), _num(m.score), _num(fam.separation),
+                fam.reason, *[_num(m.similarity.get(c)) for c in cols],
+            ])
+    atomic_write_text(path, buf.getvalue())
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None else f"{v:.6f}"

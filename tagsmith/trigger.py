@@ -1,0 +1,350 @@
+"""Rank new trigger words for a concept (``tagsmith trigger``).
+
+A trigger word should reuse tokens the model knows (so training starts from related meaning),
+stay away from strong existing tags and from the ``--avoid`` tags it co-occurs with (so the
+LoRA neither fires on them nor absorbs them), and cost few tokens. With ``--part``, a trigger is
+a family (``cross-arm``, ``cross-chest``, ``cross-legs``): its members must stay distinct from
+one another, and a part never trained (``cross-back``) should still land near the family.
+
+Candidates (tagsmith.variants.trigger_forms): hyphen compounds of the concept's known words
+(``cross-arm``), short known-token compounds, and rare single tokens (``ohwx``; the BPE merge
+rank proxies how rare a token was in CLIP's training text, the vocabulary's post counts remove
+real tags).
+
+Member score: the suggest formula (tagsmith.ranking; fidelity weight 0.5 by default, since a
+trigger should start near its concept without being it) with ``keep`` = the concept, ``leak`` =
+the vocabulary tags sharing a known word with the member plus its nearest vocabulary tags and
+``--neighbor`` tags, ``avoid`` = ``--avoid``. Family score = mean member score +
+``separation`` weight x the smallest distance (1 - cosine) between two members.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tagsmith.errors import InputError
+from tagsmith.prompt import analysed_tag_text
+from tagsmith.ranking import ScoreWeights, cosine_matrix, family_separation, score_candidates
+from tagsmith.suggest import (
+    Neighbor,
+    Progress,
+    RankedCandidate,
+    _nothing,
+    _reuse,
+    _token_reason,
+    nearest_vocab_tags,
+    shared_token_neighbors,
+)
+from tagsmith.tokenizer import load_tokenizer
+from tagsmith.variants import (
+    TRIGGER_RARE,
+    Candidate,
+    nearest_known_words,
+    rare_tokens,
+    tag_words,
+    trigger_forms,
+)
+
+
+@dataclass
+class TriggerOptions:
+    parts: Sequence[str] = ()
+    held_out: str | None = None  # a part never trained; default: the known word nearest the parts
+    avoid: Sequence[str] = ()
+    neighbors: Sequence[str] = ()
+    candidates: Sequence[str] = ()
+    vocab_path: Path | None = None
+    top: int | None = None
+    # A new trigger should start near the concept, but not be it: half the fidelity weight of
+    # suggest, so that collisions with existing tags weigh more than closeness to the concept.
+    weights: ScoreWeights = field(default_factory=lambda: ScoreWeights(fidelity=0.5))
+    separation_weight: float = 0.5
+    rare: int = 4
+    vocab_per_token: int = 2
+    nearest: int = 2
+    cache_dir: Path | None = None
+    use_cache: bool = True
+
+
+@dataclass
+class TriggerFamily:
+    """One trigger choice: a single word, or a stem with one member per part."""
+
+    stem: str
+    kind: str
+    members: list[RankedCandidate]
+    score: float | None = None
+    separation: float | None = None  # smallest 1 - cosine between two members
+    closest_pair: tuple[str, str] | None = None
+    held_out: RankedCandidate | None = None
+    held_out_similarity: float | None = None  # cosine of the held-out form to the family mean
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "form": self.stem if len(self.members) != 1 else self.members[0].form,
+            "stem": self.stem,
+            "kind": self.kind,
+            "score": None if self.score is None else round(self.score, 6),
+            "separation": None if self.separation is None else round(self.separation, 6),
+            "closest_pair": list(self.closest_pair) if self.closest_pair else None,
+            "held_out": None if self.held_out is None else {
+                **self.held_out.to_dict(),
+                "family_similarity": None if self.held_out_similarity is None
+                else round(self.held_out_similarity, 6),
+            },
+            "members": [m.to_dict() for m in self.members],
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class TriggerResult:
+    concept: str
+    text: str
+    parts: list[str]
+    model: dict[str, Any] | None
+    neighbors: list[Neighbor]
+    families: list[TriggerFamily]
+    weights: ScoreWeights
+    notices: list[str] = field(default_factory=list)
+    vocabulary: str | None = None
+
+    @property
+    def has_similarity(self) -> bool:
+        return self.model is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "concept": self.concept,
+            "text": self.text,
+            "parts": self.parts,
+            "model": self.model,
+            "weights": vars(self.weights).copy(),
+            "vocabulary": self.vocabulary,
+            "neighbors": [n.to_dict() for n in self.neighbors],
+            "candidates": [f.to_dict() for f in self.families],
+            "notices": list(self.notices),
+        }
+
+
+def rank_triggers(
+    concept: str,
+    options: TriggerOptions | None = None,
+    *,
+    embedder: Any | None = None,
+    notices: Sequence[str] = (),
+    progress: Progress = _nothing,
+) -> TriggerResult:
+    options = options or TriggerOptions()
+    text = analysed_tag_text(concept)
+    if not text:
+        raise InputError("The concept is empty; give one such as \"cross tattoo\".")
+    parts = [analysed_tag_text(p) for p in options.parts]
+    if any(not p for p in parts):
+        raise InputError("A --part is empty; give body parts or variants such as --part arm.")
+    tok = load_tokenizer()
+
+    index = None
+    if options.vocab_path is not None:
+        from tagsmith.vocab_index import load_vocab_index
+
+        progress("reading vocabulary")
+        index = load_vocab_index(options.vocab_path, cache_dir=options.cache_dir,
+                                 use_cache=options.use_cache)
+    exclude = set()
+    if index is not None:
+        exclude = {t for t in index.texts if " " not in t}
+    rare = rare_tokens(tok, n=options.rare, exclude_words=exclude) if options.rare else []
+    table = embedder.token_embedding_table() if embedder is not None else None
+
+    held_out = analysed_tag_text(options.held_out) if options.held_out else None
+    if parts and held_out is None and table is not None:
+        held_out = _default_held_out(parts, table, tok)
+
+    forms = trigger_forms(concept, tok, parts=parts, rare=rare, user_forms=options.candidates)
+    families = _group(forms, parts)
+
+    neighbors: dict[str, Neighbor] = {}
+
+    def add(nb: Neighbor) -> None:
+        neighbors.setdefault(nb.tag, nb)
+
+    add(Neighbor(tag=text, source="part", role="keep", count=_count(index, text)))
+    for a in options.avoid:
+        t = analysed_tag_text(a)
+        if t:
+            add(Neighbor(tag=t, source="user", role="avoid", count=_count(index, t)))
+    for n in options.neighbors:
+        t = analysed_tag_text(n)
+        if t:
+            add(Neighbor(tag=t, source="user", role="leak", count=_count(index, t)))
+    if index is not None:
+        # Strong existing tags that share a word with a trigger: what it would be read as.
+        skip = {text, *parts, *(f.text for f in forms)}
+        part_words = {w for p in parts for w in tag_words(p)}
+        for nb in shared_token_neighbors(forms, index, per_token=options.vocab_per_token,
+                                         skip=skip | set(neighbors), skip_words=part_words):
+            add(nb)
+
+    result = TriggerResult(
+        concept=concept, text=text, parts=parts, model=None, neighbors=list(neighbors.values()),
+        families=families, weights=options.weights, notices=list(notices),
+        vocabulary=index.summary if index is not None else None,
+    )
+    if embedder is None:
+        for fam in families:
+            fam.reason = _token_reason(fam.members[0].candidate) if len(fam.members) == 1 else (
+                f"{len(fam.members)} members, "
+                f"{fam.members[0].candidate.n_tokens} tokens each; stem '{fam.stem}'"
+                + (" (a rare token)" if fam.kind == TRIGGER_RARE else "")
+            )
+        families.sort(key=lambda f: (f.kind == TRIGGER_RARE, -_known_share(f)))
+        if options.top:
+            result.families = families[: options.top]
+        return result
+
+    if index is not None and options.nearest > 0:
+        progress("finding nearest vocabulary tags")
+        present = {text, *neighbors, *(f.text for f in forms)}
+        for fam in families[:6]:
+            for nb in nearest_vocab_tags(fam.members[0].candidate.text, index, embedder, table,
+                                         k=options.nearest, exclude=present):
+                present.add(nb.tag)
+                result.neighbors.append(nb)
+
+    held_out_forms: dict[str, Candidate] = {}
+    if held_out:
+        from tagsmith.variants import _analyse_unique, _Form
+
+        for fam in families:
+            if fam.members[0].candidate.part is not None:
+                form = f"{fam.stem}-{'-'.join(tag_words(held_out))}"
+                got = _analyse_unique([_Form(form, "held-out", stem=fam.stem, part=held_out)],
+                                      tok)
+                if got:
+                    held_out_forms[fam.stem] = got[0]
+
+    progress("encoding triggers and neighbours")
+    member_texts = [m.candidate.text for f in families for m in f.members]
+    texts = list(dict.fromkeys(
+        member_texts + [c.text for c in held_out_forms.values()] + [n.tag for n in result.neighbors]
+    ))
+    vectors = embedder.embed(texts)
+    row = {t: i for i, t in enumerate(texts)}
+    neigh_vecs = vectors[[row[n.tag] for n in result.neighbors]]
+    roles = [n.role for n in result.neighbors]
+    keep_cols = [j for j, r in enumerate(roles) if r == "keep"]
+    leak_cols = [j for j, r in enumerate(roles) if r == "leak"]
+    avoid_cols = [j for j, r in enumerate(roles) if r == "avoid"]
+    for fam in families:
+        cands = [m.candidate for m in fam.members]
+        vecs = vectors[[row[c.text] for c in cands]]
+        sim = cosine_matrix(vecs, neigh_vecs)
+        scores = score_candidates(sim, keep_cols=keep_cols, leak_cols=leak_cols,
+                                  avoid_cols=avoid_cols, reuse=[_reuse(c) for c in cands],
+                                  n_tokens=[c.n_tokens for c in cands], weights=options.weights)
+        for m, s, simrow in zip(fam.members, scores, sim):
+            m.score, m.detail = s.score, s
+            m.similarity = {n.tag: float(v) for n, v in zip(result.neighbors, simrow)}
+        fam.score = float(np.mean([s.score for s in scores]))
+        if len(cands) > 1:
+            sep, pair = family_separation(vecs)
+            fam.separation = sep
+            fam.closest_pair = (cands[pair[0]].form, cands[pair[1]].form) if pair else None
+            fam.score += options.separation_weight * sep
+        held = held_out_forms.get(fam.stem)
+        if held is not None:
+            hv = vectors[row[held.text]]
+            fam.held_out = RankedCandidate(held)
+            fam.held_out.similarity = {
+                n.tag: float(v) for n, v in
+                zip(result.neighbors, cosine_matrix(hv[None, :], neigh_vecs)[0])
+            }
+            fam.held_out_similarity = float(cosine_matrix(hv[None, :],
+                                                          vecs.mean(axis=0)[None, :])[0, 0])
+        fam.reason = _family_reason(fam, result.neighbors)
+    families.sort(key=lambda f: -(f.score or 0.0))
+    result.families = families[: options.top] if options.top else families
+    result.model = embedder.model_info()
+    return result
+
+
+def _count(index: Any | None, text: str) -> int | None:
+    if index is None:
+        return None
+    r = index.row(text)
+    return index.count(r) if r is not None else None
+
+
+def _known_share(fam: TriggerFamily) -> float:
+    return float(np.mean([_reuse(m.candidate) for m in fam.members]))
+
+
+def _group(forms: list[Candidate], parts: list[str]) -> list[TriggerFamily]:
+    """Families by stem when there are parts (members in part order), else one per form."""
+    if not parts:
+        return [TriggerFamily(stem=c.form, kind=c.kind, members=[RankedCandidate(c)])
+                for c in forms]
+    by_stem: dict[str, TriggerFamily] = {}
+    out: list[TriggerFamily] = []
+    for c in forms:
+        if c.stem is None:  # a user form: its own family
+            out.append(TriggerFamily(stem=c.form, kind=c.kind, members=[RankedCandidate(c)]))
+            continue
+        fam = by_stem.get(c.stem)
+        if fam is None:
+            fam = TriggerFamily(stem=c.stem, kind=c.kind, members=[])
+            by_stem[c.stem] = fam
+            out.append(fam)
+        fam.members.append(RankedCandidate(c))
+    return [f for f in out if f.members]
+
+
+def _default_held_out(parts: list[str], table: np.ndarray, tok: Any) -> str | None:
+    """A part never named: the known word nearest to the mean of the parts' embeddings."""
+    words = [w for p in parts for w in tag_words(p)]
+    if not words:
+        return None
+    ids = [i for w in words for i in tok.encode(w)]
+    if not ids:
+        return None
+    # nearest_known_words queries by one word; use the first part, excluding all parts.
+    near = nearest_known_words(words[0], table, tok, k=1, exclude=words)
+    return near[0][0] if near else None
+
+
+def _family_reason(fam: TriggerFamily, neighbors: list[Neighbor]) -> str:
+    bits = []
+    scores = [m.detail for m in fam.members if m.detail is not None]
+    if scores and scores[0].fidelity is not None:
+        fid = float(np.mean([s.fidelity for s in scores if s.fidelity is not None]))
+        bits.append(f"{fid:.2f} like '{neighbors[0].tag}'")
+    worst = max(
+        (s for s in scores if s.leakage is not None), key=lambda s: s.leakage or 0.0, default=None
+    )
+    if worst is not None and worst.leak_neighbor is not None:
+        bits.append(f"closest existing tag '{neighbors[worst.leak_neighbor].tag}' "
+                    f"({worst.leakage:.2f})")
+    av = max((s for s in scores if s.avoid is not None), key=lambda s: s.avoid or 0.0,
+             default=None)
+    if av is not None and av.avoid_neighbor is not None:
+        bits.append(f"{av.avoid:.2f} like avoided '{neighbors[av.avoid_neighbor].tag}'")
+    if fam.separation is not None and fam.closest_pair:
+        a, b = fam.closest_pair
+        bits.append(f"members {fam.separation:.2f} apart at least ({a} vs {b})")
+    if fam.held_out is not None and fam.held_out_similarity is not None:
+        bits.append(f"held-out '{fam.held_out.form}' {fam.held_out_similarity:.2f} like the family")
+    reuse = _known_share(fam)
+    if fam.kind == TRIGGER_RARE:
+        lead = f"rare token '{fam.stem}'"
+    elif reuse == 1.0:
+        lead = "reuses known tokens"
+    else:
+        lead = f"{reuse:.0%} of words are known tokens"
+    return f"{lead}: " + ", ".join(bits)
