@@ -1,0 +1,421 @@
+"""Tag vectors from the user's own SD1.5 text encoder: the one façade the rest of tagsmith uses.
+
+``open_embedder(EncoderSettings(...))`` resolves the model now (so a bad ``--model`` fails at
+once, with one sentence) and returns a ``TagEmbedder``; the weights are loaded, and torch
+imported, only on the first cache miss. Vectors are cached per model fingerprint.
+
+Representations (``EncoderSettings.representation``):
+
+- ``tag`` (default, what scores use): the mean of the final-layer states at the tag's own token
+  positions, without BOS, EOS or padding. These states are exactly the keys and values the
+  UNet's cross-attention reads for the tag, token by token, so two tags whose token states sit
+  close are two tags the UNet cannot tell apart; it is also where a LoRA's trigger word learns.
+- ``eos``: the state at the first EOS (CLIP's pooled output), a summary of the whole prompt
+  seen through CLIP's contrastive objective; the UNet sees it only as one of 77 states (plus the
+  EOS padding copies), so it says less about what a tag does to the image.
+- per-token states (``TagEmbedder.token_states``): the full (n_tokens, 768) matrix per tag.
+
+``context`` ("1girl, solo, {}") embeds the tag after the tags before it, as SD sees it in a
+prompt; the vector still covers only the tag's own tokens. Because attention is causal, text
+after ``{}`` changes the ``eos`` vector but never the tag's own states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tagsmith.cache import CacheVariant, EmbeddingCache, SourceMemo, resolve_cache_dir
+from tagsmith.errors import InputError, UsageError
+from tagsmith.sources import (
+    FINGERPRINT_VERSION,
+    TOKEN_EMBEDDING,
+    EncoderConfig,
+    TextEncoderSource,
+    model_spec_from_settings,
+    read_tensor_array,
+    resolve_source,
+    safetensors_fingerprint,
+)
+from tagsmith.tokenizer import BOS_ID, CHUNK_LENGTH, EOS_ID
+
+if TYPE_CHECKING:
+    from tagsmith.encoder import ClipTextEncoder
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+REPRESENTATIONS = ("tag", "eos")
+CONTEXT_SLOT = "{}"
+MAX_CLIP_SKIP = 12
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    model: str | None = None  # None -> $TAGSMITH_MODEL or the SD1.5 hub repo
+    clip_skip: int = 1
+    device: str = "auto"  # auto|cpu|cuda|mps
+    dtype: str = "auto"  # auto|fp32|fp16|bf16
+    representation: str = "tag"  # tag (mean over the tag's own tokens) | eos (pooled EOS state)
+    context: str | None = None  # "1girl, solo, {}": the tag is embedded at {} in this prompt
+    cache_dir: Path | None = None  # None -> $TAGSMITH_CACHE_DIR or the platform cache dir
+    use_cache: bool = True
+
+    def validated(self) -> EncoderSettings:
+        """The same settings, normalised; UsageError (one sentence) for a bad value."""
+        device = (self.device or "auto").lower()
+        dtype = (self.dtype or "auto").lower()
+        rep = (self.representation or "tag").lower()
+        if device not in DEVICES and not device.startswith("cuda:"):
+            raise UsageError(f"Unknown device '{self.device}'; use one of {', '.join(DEVICES)}.")
+        if dtype not in DTYPES:
+            raise UsageError(f"Unknown dtype '{self.dtype}'; use one of {', '.join(DTYPES)}.")
+        if rep not in REPRESENTATIONS:
+            raise UsageError(
+                f"Unknown representation '{self.representation}'; use tag or eos."
+            )
+        if not isinstance(self.clip_skip, int) or not 1 <= self.clip_skip <= MAX_CLIP_SKIP:
+            raise UsageError(
+                f"Clip skip must be a whole number from 1 to {MAX_CLIP_SKIP} (A1111 numbering: "
+                f"2 = penultimate layer), not {self.clip_skip}."
+            )
+        context = self.context
+        if context is not None:
+            if not context.strip() or context.strip() == CONTEXT_SLOT:
+                context = None
+            elif context.count(CONTEXT_SLOT) != 1:
+                raise UsageError(
+                    f"The context must contain {CONTEXT_SLOT} exactly once, where the tag goes, "
+                    f"e.g. \"1girl, solo, {CONTEXT_SLOT}\" (got {context!r})."
+                )
+        cache_dir = Path(self.cache_dir).expanduser() if self.cache_dir else None
+        return replace(
+            self, device=device, dtype=dtype, representation=rep, context=context,
+            cache_dir=cache_dir,
+        )
+
+    @property
+    def precision(self) -> str:
+        """The numeric precision vectors are computed in, as far as it is known without torch.
+
+        'auto' on both device and dtype means "this machine's default" (fp16 on a GPU, fp32 on
+        CPU), which is stable for a given machine and its cache folder.
+        """
+        if self.dtype != "auto":
+            return self.dtype
+        if self.device == "cpu":
+            return "fp32"
+        if self.device != "auto":
+            return "fp16"
+        return "auto"
+
+
+def split_context(context: str | None) -> tuple[str, str]:
+    if not context:
+        return "", ""
+    before, after = context.split(CONTEXT_SLOT)
+    return before, after
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+class TagEmbedder:
+    """Vectors for tag texts from one resolved text encoder; see ``open_embedder``."""
+
+    def __init__(
+        self,
+        settings: EncoderSettings,
+        source: TextEncoderSource,
+        fingerprint: str,
+        *,
+        preloaded: dict | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        assert source.config is not None
+        self.settings = settings
+        self.source = source
+        self._fingerprint = fingerprint
+        self._config: EncoderConfig = source.config
+        self._preloaded = preloaded  # tensors torch.load gave while inspecting a .ckpt
+        self._encoder: ClipTextEncoder | None = None
+        self._cache_dir = cache_dir
+        self._cache: EmbeddingCache | None = None
+        self._notes: list[str] = list(source.notes)
+        prefix, suffix = split_context(settings.context)
+        self._context_prefix = prefix
+        self._context_suffix = suffix
+        self._prefix_ids: list[int] | None = None
+        self._suffix_ids: list[int] | None = None
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @property
+    def dim(self) -> int:
+        return self._config.hidden_size
+
+    @property
+    def config(self) -> EncoderConfig:
+        return self._config
+
+    @property
+    def loaded(self) -> bool:
+        return self._encoder is not None
+
+    @property
+    def notes(self) -> list[str]:
+        """Things the user should know (repaired position_ids, truncated tags, cache repairs)."""
+        notes = list(self._notes)
+        if self._cache is not None:
+            notes += [n for n in self._cache.notes if n not in notes]
+        return notes
+
+    def model_info(self) -> dict:
+        enc = self._encoder
+        if enc is not None:
+            from tagsmith.encoder import dtype_name
+
+            device, dtype = str(enc.device), dtype_name(enc.dtype)
+        else:
+            device, dtype = self.settings.device, self.settings.precision
+        return {
+            "fingerprint": self.fingerprint,
+            "source": self.source.spec,
+            "description": self.source.description,
+            "clip_skip": self.settings.clip_skip,
+            "representation": self.settings.representation,
+            "context": self.settings.context,
+            "dtype": dtype,
+            "device": device,
+            "dim": self.dim,
+            "layers": self._config.num_layers,
+        }
+
+    # -- encoding ---------------------------------------------------------------------------
+    def encoder(self) -> ClipTextEncoder:
+        """The loaded text encoder (imports torch and reads the weights on first use)."""
+        if self._encoder is None:
+            from tagsmith.encoder import load_text_encoder
+
+            self._encoder = load_text_encoder(
+                self.source, device=self.settings.device, dtype=self.settings.dtype,
+                tensors=self._preloaded,
+            )
+            self._preloaded = None
+        return self._encoder
+
+    def _variant(self) -> CacheVariant:
+        s = self.settings
+        return CacheVariant(s.clip_skip, s.representation, s.context or "", s.precision)
+
+    def _open_cache(self) -> EmbeddingCache | None:
+        if self._cache is None and self._cache_dir is not None:
+            self._cache = EmbeddingCache(self._cache_dir, self.fingerprint, self.dim)
+        return self._cache
+
+    def _context_ids(self) -> tuple[list[int], list[int]]:
+        if self._prefix_ids is None or self._suffix_ids is None:
+            from tagsmith.tokenizer import load_tokenizer
+
+            tok = load_tokenizer()
+            self._prefix_ids = tok.encode(self._context_prefix) if self._context_prefix else []
+            self._suffix_ids = tok.encode(self._context_suffix) if self._context_suffix else []
+            if len(self._prefix_ids) >= CHUNK_LENGTH:
+                raise UsageError(
+                    f"The context before {CONTEXT_SLOT} is {len(self._prefix_ids)} tokens, which "
+                    f"leaves no room for the tag in SD1.5's {CHUNK_LENGTH}-token chunk."
+                )
+        return self._prefix_ids, self._suffix_ids
+
+    def _sequences(self, texts: Sequence[str], *, tokens_only: bool = False) -> list[list[int]]:
+        """What each text contributes after BOS+context prefix, cut where SD's chunk ends."""
+        from tagsmith.tokenizer import load_tokenizer
+
+        prefix_ids, suffix_ids = self._context_ids()
+        room = CHUNK_LENGTH - len(prefix_ids)
+        seqs: list[list[int]] = []
+        truncated = 0
+        for text, ids in zip(texts, load_tokenizer().encode_batch(list(texts))):
+            if not ids:
+                raise InputError(f"Cannot embed {text!r}: it has no tokens.")
+            if len(ids) > room:
+                truncated += 1
+            if self.settings.representation == "eos" and not tokens_only:
+                # SD truncates the prompt at 75 tokens, then EOS
+                seqs.append((list(ids) + suffix_ids)[:room] + [EOS_ID])
+            else:
+                # causal attention: nothing after the tag changes its states, so stop there
+                seqs.append(list(ids)[:room])
+        if truncated:
+            note = (
+                f"{truncated} tag{'s are' if truncated > 1 else ' is'} longer than the {room} "
+                f"tokens SD1.5 reads in one chunk{' after the context' if prefix_ids else ''}; "
+                "vectors cover the tokens that fit."
+            )
+            if note not in self._notes:
+                self._notes.append(note)
+        return seqs
+
+    def embed(self, texts: Sequence[str], *, progress: ProgressFn | None = None) -> np.ndarray:
+        """(len(texts), dim) float32 in input order. Cache hits never load the model."""
+        texts = list(texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        unique = list(dict.fromkeys(texts))
+        variant = self._variant()
+        cache = self._open_cache() if self.settings.use_cache else None
+        found: dict[str, np.ndarray] = cache.get_many(variant, unique) if cache else {}
+        done, total = len(found), len(unique)
+        if progress is not None:
+            progress(done, total)
+        missing = [t for t in unique if t not in found]
+        if missing:
+            seqs = self._sequences(missing)
+            enc = self.encoder()
+            pool = "last" if self.settings.representation == "eos" else "mean"
+            prefix_ids, _ = self._context_ids()
+            for idx, vectors in enc.encode(
+                seqs, prefix=[BOS_ID, *prefix_ids], clip_skip=self.settings.clip_skip, pool=pool
+            ):
+                batch = [(missing[i], vectors[row]) for row, i in enumerate(idx)]
+                found.update(batch)
+                if cache is not None:
+                    cache.put_many(variant, batch)
+                done += len(idx)
+                if progress is not None:
+                    progress(done, total)
+        for row, text in enumerate(texts):
+            out[row] = found[text]
+        return out
+
+    def token_states(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Per tag, its tokens' final states (n_tokens, dim): what cross-attention reads.
+
+        Clip skip and context apply; not cached.
+        """
+        texts = list(texts)
+        if not texts:
+            return []
+        seqs = self._sequences(texts, tokens_only=True)
+        prefix_ids, _ = self._context_ids()
+        out: list[np.ndarray | None] = [None] * len(texts)
+        for idx, states in self.encoder().encode(
+            seqs, prefix=[BOS_ID, *prefix_ids], clip_skip=self.settings.clip_skip, pool="none"
+        ):
+            for row, i in enumerate(idx):
+                out[i] = states[row]
+        return [s for s in out if s is not None]
+
+    def token_embedding_table(self) -> np.ndarray:
+        """(49408, dim) float32 input token embeddings (read without torch from safetensors)."""
+        if self._encoder is not None:
+            return self._encoder.token_embedding.float().cpu().numpy()
+        if self.source.tensors is not None:
+            return read_tensor_array(self.source.tensors[TOKEN_EMBEDDING]).astype(
+                np.float32, copy=False
+            )
+        if self._preloaded is not None:
+            return self._preloaded[TOKEN_EMBEDDING].float().numpy().copy()
+        return self.encoder().token_embedding.float().cpu().numpy()
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+        self._encoder = None
+        self._preloaded = None
+
+    def __enter__(self) -> TagEmbedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _memo_identity(source: TextEncoderSource) -> dict[str, Any]:
+    cfg = dict(source.folder_config or {})
+    return {
+        "v": FINGERPRINT_VERSION,
+        "format": source.format,
+        "files": source.file_stats(),
+        "heads": cfg.get("num_attention_heads"),
+        "act": cfg.get("hidden_act"),
+        "eps": cfg.get("layer_norm_eps"),
+    }
+
+
+def open_embedder(settings: EncoderSettings) -> TagEmbedder:
+    """Resolve the model now; load the weights lazily on the first cache miss.
+
+    Raises ModelNotFoundError / UnsupportedModelError / UnsafeCheckpointError / UsageError with
+    one sentence.
+    """
+    settings = settings.validated()
+    spec = model_spec_from_settings(settings.model)
+    source = resolve_source(spec)
+    cache_dir = resolve_cache_dir(settings.cache_dir) if settings.use_cache else None
+    memo = SourceMemo(cache_dir) if cache_dir is not None else None
+    identity = _memo_identity(source)
+    remembered = memo.get(identity) if memo is not None else None
+    preloaded = None
+    if source.format == "pickle":
+        if remembered is not None and "config" in remembered:
+            source = replace(
+                source, config=EncoderConfig.from_dict(remembered["config"]),
+                notes=tuple(remembered.get("notes", ())),
+                stored_dtype=remembered.get("stored_dtype"),
+                description=remembered.get("description", source.description),
+            )
+            fingerprint = str(remembered["fingerprint"])
+        else:
+            from tagsmith.encoder import inspect_pickle
+
+            inspection = inspect_pickle(source)
+            source, fingerprint, preloaded = (
+                inspection.source, inspection.fingerprint, inspection.tensors,
+            )
+            if memo is not None:
+                assert source.config is not None
+                memo.put(identity, {
+                    "fingerprint": fingerprint, "config": source.config.to_dict(),
+                    "notes": list(source.notes), "stored_dtype": source.stored_dtype,
+                    "description": source.description,
+                })
+    else:
+        if remembered is not None and "fingerprint" in remembered:
+            fingerprint = str(remembered["fingerprint"])
+        else:
+            fingerprint = safetensors_fingerprint(source)
+            if memo is not None:
+                memo.put(identity, {"fingerprint": fingerprint})
+    assert source.config is not None
+    if settings.clip_skip > source.config.num_layers:
+        raise UsageError(
+            f"Clip skip {settings.clip_skip} needs at least {settings.clip_skip} layers, but "
+            f"this text encoder has {source.config.num_layers}."
+        )
+    return TagEmbedder(settings, source, fingerprint, preloaded=preloaded, cache_dir=cache_dir)
+
+
+def default_model() -> str:
+    """The model tagsmith uses when none is given: $TAGSMITH_MODEL or SD1.5 on the hub."""
+    return model_spec_from_settings(None)
+
+
+__all__ = [
+    "EncoderSettings",
+    "TagEmbedder",
+    "open_embedder",
+    "default_model",
+    "split_context",
+    "REPRESENTATIONS",
+    "DEVICES",
+    "DTYPES",
+]

@@ -1,0 +1,524 @@
+"""SD1.5's CLIP text encoder in plain torch: load weights, run the forward pass, clip skip.
+
+This is the only module that imports torch. It does not import transformers: its CLIP text
+model costs ~4 s to import here, more than a one-shot command spends encoding, so the forward
+pass is written out below (checked against transformers' ``CLIPTextModel`` to 1e-5 in tests).
+
+What SD computes, and what this computes:
+
+- embeddings = token_embedding[ids] + position_embedding[0..L-1];
+- each layer: x += out_proj(attn(ln1(x))) with causal attention; x += fc2(act(fc1(ln2(x))))
+  with act = quick_gelu (x * sigmoid(1.702 x)) for SD1.5;
+- clip skip N (A1111 numbering): take hidden_states[-N] (the output of layer L-N+1) and apply
+  the final layer norm. N=1 is ``last_hidden_state``.
+
+Speed comes from what causal attention allows without changing any number: a position only
+sees positions before it, so (1) a batch padded to its longest member gives the states SD
+gets when padding to 77; (2) the states of BOS and of a context prefix ("1girl, solo, ") are
+the same for every tag, so their keys/values are computed once and shared by the whole run;
+(3) nothing after a tag (EOS, padding, the rest of the prompt) changes the tag's own states,
+so the tag representation does not run them at all. Sequences are bucketed by length so
+batches carry almost no padding.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch  # noqa: TID253 - this module is where torch lives
+import torch.nn.functional as F  # noqa: TID253
+
+from tagsmith.errors import ModelError, UnsafeCheckpointError, UnsupportedModelError, UsageError
+from tagsmith.sources import (
+    POSITION_EMBEDDING,
+    POSITION_IDS,
+    TOKEN_EMBEDDING,
+    EncoderConfig,
+    FingerprintHasher,
+    TextEncoderSource,
+    encoder_config_from_shapes,
+    fingerprint_names,
+    layout_description,
+    locate_text_encoder,
+    position_ids_note,
+    sniff_format,
+)
+
+EOS_ID = 49407
+_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DTYPE_CODES = {
+    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+    torch.int64: "I64", torch.int32: "I32",
+}
+
+
+# -- device and dtype -------------------------------------------------------------------------
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """auto: CUDA when available, then Apple MPS, else CPU. An explicit GPU must exist."""
+    key = (name or "auto").lower()
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    if key == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if key == "cpu":
+        return torch.device("cpu")
+    if key.startswith("cuda"):
+        if not cuda:
+            raise ModelError(
+                f"--device {name} was asked for, but this torch ({torch.__version__}) sees no CUDA "
+                "GPU; use --device cpu or --device auto."
+            )
+        return torch.device(key)
+    if key == "mps":
+        if not mps:
+            raise ModelError(
+                "--device mps was asked for, but Apple's MPS backend is not available here; use "
+                "--device cpu or --device auto."
+            )
+        return torch.device("mps")
+    raise UsageError(f"Unknown device '{name}'; use auto, cpu, cuda or mps.")
+
+
+def select_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: fp16 on a GPU (as SD runs there), fp32 on CPU (where fp16 is slow and inexact)."""
+    key = (name or "auto").lower()
+    if key == "auto":
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    if key not in _TORCH_DTYPES:
+        raise UsageError(f"Unknown dtype '{name}'; use auto, fp32, fp16 or bf16.")
+    return _TORCH_DTYPES[key]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in _TORCH_DTYPES.items()}.get(dtype, str(dtype))
+
+
+# -- reading weights ------------------------------------------------------------------------
+
+
+def read_safetensors_tensors(
+    source: TextEncoderSource, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """The encoder's tensors only, by canonical name, from memory-mapped safetensors files.
+
+    Only the encoder's byte ranges are touched, so a 2-7 GB checkpoint costs the encoder's
+    memory (~250 MB fp16 / ~490 MB fp32), not the file's.
+    """
+    from safetensors import safe_open
+
+    assert source.tensors is not None
+    by_file: dict[Path, list[tuple[str, str]]] = {}
+    for name, ref in source.tensors.items():
+        if name != POSITION_IDS:
+            by_file.setdefault(ref.file, []).append((name, ref.key))
+    out: dict[str, torch.Tensor] = {}
+    for file, names in by_file.items():
+        try:
+            handle = _safe_open_pread(safe_open, file)
+            with handle as fh:
+                for name, key in names:
+                    t = fh.get_tensor(key)
+                    out[name] = t if dtype is None or t.dtype == dtype else t.to(dtype)
+        except ModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise UnsupportedModelError(
+                f"'{file}' could not be read ({exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); the file may be damaged."
+            ) from None
+    return out
+
+
+def _safe_open_pread(safe_open, file: Path):  # noqa: ANN001, ANN202
+    # pread copies each tensor straight into its own buffer, so the file's pages are not also
+    # mapped into this process (peak RSS = weights once). Older safetensors lack the option.
+    try:
+        return safe_open(str(file), framework="pt", device="cpu", backend="pread")
+    except TypeError:
+        return safe_open(str(file), framework="pt", device="cpu")
+
+
+_GLOBAL_NAME = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def torch_load_checkpoint(path: Path) -> object:
+    """``torch.load(weights_only=True)`` and nothing else: a pickle that needs arbitrary
+    globals is refused (UnsafeCheckpointError), a damaged one named (UnsupportedModelError)."""
+    fmt = sniff_format(path)
+    try:
+        return torch.load(
+            str(path), map_location="cpu", weights_only=True, mmap=fmt == "zip-pickle"
+        )
+    except pickle.UnpicklingError as exc:
+        detail = f"{exc} {exc.__cause__ or ''} {exc.__context__ or ''}"
+        if "GLOBAL" in detail or "global" in detail:
+            found = _GLOBAL_NAME.search(detail)
+            what = f" (it references {found.group(1)})" if found else ""
+            raise UnsafeCheckpointError(
+                f"'{path}' can only be loaded by full unpickling{what}, which could run "
+                "arbitrary code, so tagsmith refuses it; use a .safetensors version of this "
+                "model or convert it with a tool you trust."
+            ) from None
+        raise UnsupportedModelError(
+            f"'{path}' is damaged or not a PyTorch checkpoint (its pickle cannot be read)."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
+        first = str(exc).splitlines()[0][:100] if str(exc) else exc.__class__.__name__
+        raise UnsupportedModelError(
+            f"'{path}' is damaged or truncated and cannot be read as a PyTorch checkpoint "
+            f"({first})."
+        ) from None
+
+
+def _flatten_tensors(obj: object, prefix: str = "", depth: int = 0) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    if isinstance(obj, Mapping) and depth < 4:
+        for k, v in obj.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, torch.Tensor):
+                out[key] = v
+            elif isinstance(v, Mapping):
+                out.update(_flatten_tensors(v, key + ".", depth + 1))
+    return out
+
+
+def _state_dict_of(obj: object) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for wrapper in ("state_dict", "model", "module"):
+            inner = obj.get(wrapper)
+            if isinstance(inner, Mapping) and any(
+                isinstance(v, torch.Tensor) for v in inner.values()
+            ):
+                return _flatten_tensors(inner)
+    return _flatten_tensors(obj)
+
+
+@dataclass
+class PickleInspection:
+    source: TextEncoderSource  # with config, notes, description filled in
+    fingerprint: str
+    tensors: dict[str, torch.Tensor]  # canonical name -> tensor (memory-mapped when possible)
+
+
+def inspect_pickle(source: TextEncoderSource) -> PickleInspection:
+    """Open a .ckpt/.bin with torch.load(weights_only=True), find and check the encoder."""
+    path = source.files[0]
+    state = _state_dict_of(torch_load_checkpoint(path))
+    if not state:
+        raise UnsupportedModelError(f"'{path}' holds no tensors (no state_dict was found).")
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    prefix = locate_text_encoder(shapes, str(path))
+    canonical = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    config = encoder_config_from_shapes(
+        {k: tuple(v.shape) for k, v in canonical.items()}, source.folder_config, str(path)
+    )
+    notes = list(source.notes)
+    pos = canonical.get(POSITION_IDS)
+    if pos is not None:
+        note = position_ids_note(
+            pos.detach().to(torch.float64).numpy(), _DTYPE_CODES.get(pos.dtype, "?"),
+            config.max_positions,
+        )
+        if note:
+            notes.append(note)
+    for key, t in canonical.items():
+        if key != POSITION_IDS and t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise UnsupportedModelError(
+                f"'{path}' stores the text encoder tensor {prefix}{key} as {t.dtype}; tagsmith "
+                "reads fp32, fp16 or bf16 weights."
+            )
+    stored = dtype_name(canonical[TOKEN_EMBEDDING].dtype)
+    fingerprint = tensors_fingerprint(config, canonical)
+    desc = source.description if source.kind != "single-file" else layout_description(prefix)
+    new_source = replace(
+        source, config=config, notes=tuple(notes), stored_dtype=stored,
+        description=f"{desc}, {stored} (pickle, loaded with weights_only=True)",
+    )
+    canonical.pop(POSITION_IDS, None)
+    return PickleInspection(new_source, fingerprint, canonical)
+
+
+def tensors_fingerprint(config: EncoderConfig, tensors: Mapping[str, torch.Tensor]) -> str:
+    """Same hash as ``sources.safetensors_fingerprint``, from tensors already in memory."""
+    hasher = FingerprintHasher(config)
+    for name in fingerprint_names(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        data = t.view(torch.uint8).numpy() if t.numel() else np.zeros(0, np.uint8)
+        hasher.update(name, _DTYPE_CODES.get(t.dtype, str(t.dtype)), t.shape, memoryview(data))
+    return hasher.hexdigest()
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Layer:
+    ln1_w: torch.Tensor
+    ln1_b: torch.Tensor
+    qkv_w: torch.Tensor  # q, k, v projections fused: one GEMM instead of three
+    qkv_b: torch.Tensor
+    out_w: torch.Tensor
+    out_b: torch.Tensor
+    ln2_w: torch.Tensor
+    ln2_b: torch.Tensor
+    fc1_w: torch.Tensor
+    fc1_b: torch.Tensor
+    fc2_w: torch.Tensor
+    fc2_b: torch.Tensor
+
+
+@dataclass
+class PrefixState:
+    """Keys and values of a shared prefix (BOS + context) for the first ``n_layers`` layers."""
+
+    ids: tuple[int, ...]
+    n_layers: int
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, each (1, heads, P, head_dim)
+
+
+class ClipTextEncoder:
+    """A CLIP text transformer (SD1.5's is 12 layers x 768) as plain tensors, inference only."""
+
+    def __init__(
+        self,
+        config: EncoderConfig,
+        tensors: dict[str, torch.Tensor],
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+        def take(name: str) -> torch.Tensor:
+            # pop: the loader's copy can be freed as soon as ours exists
+            return tensors.pop(name).to(device=self.device, dtype=dtype).contiguous()
+
+        self.token_embedding = take(TOKEN_EMBEDDING)
+        self.position_embedding = take(POSITION_EMBEDDING)
+        self.layers: list[_Layer] = []
+        for i in range(config.num_layers):
+            p = f"encoder.layers.{i}."
+            qkv_w = torch.cat([take(f"{p}self_attn.{n}_proj.weight") for n in "qkv"])
+            qkv_b = torch.cat([take(f"{p}self_attn.{n}_proj.bias") for n in "qkv"])
+            self.layers.append(
+                _Layer(
+                    take(f"{p}layer_norm1.weight"), take(f"{p}layer_norm1.bias"), qkv_w, qkv_b,
+                    take(f"{p}self_attn.out_proj.weight"), take(f"{p}self_attn.out_proj.bias"),
+                    take(f"{p}layer_norm2.weight"), take(f"{p}layer_norm2.bias"),
+                    take(f"{p}mlp.fc1.weight"), take(f"{p}mlp.fc1.bias"),
+                    take(f"{p}mlp.fc2.weight"), take(f"{p}mlp.fc2.bias"),
+                )
+            )
+        self.final_ln_w = take("final_layer_norm.weight")
+        self.final_ln_b = take("final_layer_norm.bias")
+        self._prefixes: dict[tuple[tuple[int, ...], int], PrefixState] = {}
+
+    @property
+    def dim(self) -> int:
+        return self.config.hidden_size
+
+    def layers_for(self, clip_skip: int) -> int:
+        """How many layers clip skip N runs: hidden_states[-N] is the output of layer L-N+1."""
+        n = self.config.num_layers
+        if not 1 <= clip_skip <= n:
+            raise UsageError(
+                f"Clip skip must be between 1 and {n} for this model, not {clip_skip}."
+            )
+        return n - clip_skip + 1
+
+    # -- core ---------------------------------------------------------------------------------
+    def _embed(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        length = ids.shape[1]
+        if offset + length > self.config.max_positions:
+            raise UsageError(
+                f"A sequence of {offset + length} positions does not fit the text encoder's "
+                f"{self.config.max_positions}."
+            )
+        pos = self.position_embedding[offset:offset + length]
+        return F.embedding(ids, self.token_embedding) + pos
+
+    def _act(self, h: torch.Tensor) -> torch.Tensor:
+        if self.config.hidden_act == "quick_gelu":
+            return h.mul_(torch.sigmoid(h * 1.702))
+        return F.gelu(h)
+
+    def _run(
+        self,
+        x: torch.Tensor,
+        n_layers: int,
+        *,
+        prefix: PrefixState | None = None,
+        collect_kv: list | None = None,
+        collect_hidden: list | None = None,
+    ) -> torch.Tensor:
+        c = self.config
+        b, length, width = x.shape
+        heads = c.num_heads
+        head_dim = width // heads
+        eps = c.layer_norm_eps
+        mask = None
+        if prefix is not None and prefix.kv:
+            p = prefix.kv[0][0].shape[2]
+            # row i (absolute position p+i) sees the whole prefix and new positions <= i
+            mask = torch.ones(length, p + length, dtype=torch.bool, device=x.device).tril(p)
+        for i in range(n_layers):
+            lw = self.layers[i]
+            h = F.layer_norm(x, (width,), lw.ln1_w, lw.ln1_b, eps)
+            qkv = F.linear(h, lw.qkv_w, lw.qkv_b).view(b, length, 3, heads, head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (b, heads, L, head_dim)
+            if collect_kv is not None:
+                collect_kv.append((k, v))
+            if mask is not None:
+                pk, pv = prefix.kv[i]  # type: ignore[union-attr]
+                k = torch.cat([pk.expand(b, -1, -1, -1), k], dim=2)
+                v = torch.cat([pv.expand(b, -1, -1, -1), v], dim=2)
+                a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            else:
+                a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            a = a.transpose(1, 2).reshape(b, length, width)
+            x = x + F.linear(a, lw.out_w, lw.out_b)
+            h = F.layer_norm(x, (width,), lw.ln2_w, lw.ln2_b, eps)
+            h = self._act(F.linear(h, lw.fc1_w, lw.fc1_b))
+            x = x + F.linear(h, lw.fc2_w, lw.fc2_b)
+            if collect_hidden is not None:
+                collect_hidden.append(x)
+        return x
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(
+            x, (self.config.hidden_size,), self.final_ln_w, self.final_ln_b,
+            self.config.layer_norm_eps,
+        )
+
+    # -- public forward passes ----------------------------------------------------------------
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+        """(B, L, H) states SD's UNet sees for full sequences (BOS first), clip skip applied."""
+        ids = ids.to(self.device)
+        x = self._run(self._embed(ids), self.layers_for(clip_skip))
+        return self.final_norm(x)
+
+    @torch.inference_mode()
+    def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        """Like transformers' ``output_hidden_states``: embeddings, then each layer's output."""
+        ids = ids.to(self.device)
+        x = self._embed(ids)
+        out = [x]
+        self._run(x, self.config.num_layers, collect_hidden=out)
+        return out
+
+    @torch.inference_mode()
+    def prefix_state(self, prefix_ids: Sequence[int], clip_skip: int) -> PrefixState:
+        """Keys/values of the shared prefix (must start with BOS), computed once and kept."""
+        n_layers = self.layers_for(clip_skip)
+        key = (tuple(prefix_ids), n_layers)
+        state = self._prefixes.get(key)
+        if state is None:
+            ids = torch.tensor([list(prefix_ids)], dtype=torch.long, device=self.device)
+            kv: list = []
+            self._run(self._embed(ids), n_layers, collect_kv=kv)
+            state = PrefixState(tuple(prefix_ids), n_layers, [(k, v) for k, v in kv])
+            self._prefixes[key] = state
+        return state
+
+    @torch.inference_mode()
+    def forward_after_prefix(self, ids: torch.Tensor, prefix: PrefixState) -> torch.Tensor:
+        """(B, L, H) final states of ``ids`` placed right after ``prefix`` in every row."""
+        ids = ids.to(self.device)
+        x = self._embed(ids, offset=len(prefix.ids))
+        return self.final_norm(self._run(x, prefix.n_layers, prefix=prefix))
+
+    # -- batched encoding ------------------------------------------------------------------------
+    def default_token_budget(self) -> int:
+        # Positions per batch: big enough that the GEMMs run near peak, small enough that
+        # activations (budget x 4 x width floats in the MLP) stay in a few hundred MB.
+        return 4096 if self.device.type == "cpu" else 32768
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        sequences: Sequence[Sequence[int]],
+        *,
+        prefix: Sequence[int],
+        clip_skip: int = 1,
+        pool: str = "mean",
+        token_budget: int | None = None,
+    ) -> Iterator[tuple[list[int], np.ndarray | list[np.ndarray]]]:
+        """Encode ``sequences`` placed after ``prefix``; yield (indices, results) per batch.
+
+        pool: "mean" (mean over each sequence's positions), "last" (its last position, e.g.
+        EOS) or "none" (each sequence's (len, H) states). Results are float32, computed in
+        length buckets; callers reassemble by index.
+        """
+        if pool not in ("mean", "last", "none"):
+            raise ValueError(f"unknown pool {pool!r}")
+        state = self.prefix_state(prefix, clip_skip)
+        budget = token_budget or self.default_token_budget()
+        p = len(state.ids)
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        start = 0
+        while start < len(order):
+            longest = len(sequences[order[min(len(order) - 1, start)]])
+            # grow the batch while its padded size (rows x longest, attention over p+longest)
+            # stays within budget; sorted lengths keep padding minimal
+            end = start
+            while end < len(order):
+                longest = max(longest, len(sequences[order[end]]))
+                if (end - start + 1) * (longest + p // 4) > budget and end > start:
+                    break
+                end += 1
+            idx = order[start:end]
+            longest = max(len(sequences[i]) for i in idx)
+            if longest == 0:
+                raise ValueError("cannot encode an empty sequence")
+            ids = torch.full((len(idx), longest), EOS_ID, dtype=torch.long)
+            lengths = torch.tensor([len(sequences[i]) for i in idx])
+            for row, i in enumerate(idx):
+                ids[row, : len(sequences[i])] = torch.tensor(sequences[i], dtype=torch.long)
+            out = self.forward_after_prefix(ids, state).float()
+            if pool == "mean":
+                valid = (torch.arange(longest)[None, :] < lengths[:, None]).to(out.device)
+                summed = (out * valid[..., None]).sum(dim=1)
+                res: np.ndarray | list[np.ndarray] = (
+                    (summed / lengths[:, None].to(out.device)).cpu().numpy()
+                )
+            elif pool == "last":
+                rows = torch.arange(len(idx), device=out.device)
+                res = out[rows, (lengths - 1).to(out.device)].cpu().numpy()
+            else:
+                cpu = out.cpu().numpy()
+                res = [cpu[r, : int(lengths[r])].copy() for r in range(len(idx))]
+            yield idx, res
+            start = end
+
+
+def load_text_encoder(
+    source: TextEncoderSource,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    tensors: dict[str, torch.Tensor] | None = None,
+) -> ClipTextEncoder:
+    """Build the encoder from a resolved source (``tensors``: already-loaded pickle weights)."""
+    dev = select_device(device)
+    dt = select_dtype(dtype, dev)
+    if tensors is None:
+        if source.format == "pickle":
+            inspection = inspect_pickle(source)
+            source, tensors = inspection.source, inspection.tensors
+        else:
+            tensors = read_safetensors_tensors(source, dt if dev.type == "cpu" else None)
+    assert source.config is not None
+    tensors = dict(tensors)
+    tensors.pop(POSITION_IDS, None)
+    return ClipTextEncoder(source.config, tensors, device=dev, dtype=dt)
