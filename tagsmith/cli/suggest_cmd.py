@@ -23,52 +23,98 @@ from tagsmith.cli._model_options import (
 
 NeighborOption = Annotated[
     list[str] | None,
-    typer.Option("--neighbor", "-n", help="A concept the tag may be confused with (repeatable).",
-                 show_default=False),
+    typer.Option(
+        "--neighbor",
+        "-n",
+        metavar="TAG",
+        help="A concept the tag may be confused with (repeatable).",
+        show_default=False,
+    ),
 ]
 AvoidOption = Annotated[
     list[str] | None,
-    typer.Option("--avoid", "-a", help="A correlated tag the new form must not collide with, e.g. "
-                 "the character it co-occurs with (repeatable).", show_default=False),
+    typer.Option(
+        "--avoid",
+        "-a",
+        metavar="TAG",
+        help="A correlated tag the new form must not collide with, e.g. "
+        "the character it co-occurs with (repeatable).",
+        show_default=False,
+    ),
 ]
 KeepOption = Annotated[
     list[str] | None,
-    typer.Option("--keep", "-k", help="What the tag must still mean, e.g. mayonnaise "
-                 "(repeatable; default: the tag's distinctive words).", show_default=False),
+    typer.Option(
+        "--keep",
+        "-k",
+        metavar="TAG",
+        help="What the tag must still mean, e.g. mayonnaise "
+        "(repeatable; default: the tag's distinctive words).",
+        show_default=False,
+    ),
 ]
 CandidateOption = Annotated[
     list[str] | None,
-    typer.Option("--candidate", "-c", help="Another form to rank (repeatable).",
-                 show_default=False),
+    typer.Option(
+        "--candidate",
+        "-c",
+        metavar="FORM",
+        help="Another form to rank (repeatable).",
+        show_default=False,
+    ),
 ]
 VocabOption = Annotated[
     Path | None,
-    typer.Option("--vocab", envvar="TAGSMITH_VOCAB", help="Tag list: tagcomplete CSV (e.g. "
-                 "extensions/a1111-sd-webui-tagcomplete/tags/danbooru.csv), WD14 "
-                 "selected_tags.csv, or one tag per line. Default: $TAGSMITH_VOCAB.",
-                 show_default=False),
+    typer.Option(
+        "--vocab",
+        metavar="PATH",
+        envvar="TAGSMITH_VOCAB",
+        help="Tag list: tagcomplete CSV (e.g. "
+        "extensions/a1111-sd-webui-tagcomplete/tags/danbooru.csv), WD14 "
+        "selected_tags.csv, or one tag per line. Default: $TAGSMITH_VOCAB.",
+        show_default=False,
+    ),
 ]
-TopOption = Annotated[int, typer.Option("--top", help="Show this many candidates.", min=1)]
+TopOption = Annotated[
+    int, typer.Option("--top", metavar="N", help="Show this many candidates.", min=1)
+]
 WeightsOption = Annotated[
     str | None,
-    typer.Option("--weights", help="Score weights, e.g. 'leakage=1.5,tokens=0' (names: fidelity, "
-                 "leakage, avoid, reuse, tokens).", show_default=False),
+    typer.Option(
+        "--weights",
+        metavar="SPEC",
+        help="Score weights, e.g. 'leakage=1.5,tokens=0' (names: fidelity, "
+        "leakage, avoid, reuse, tokens).",
+        show_default=False,
+    ),
 ]
 DatasetOption = Annotated[
     Path | None,
-    typer.Option("--dataset", help="A kohya caption folder: tags that co-occur with this tag "
-                 "there are added as --avoid.", show_default=False),
+    typer.Option(
+        "--dataset",
+        metavar="DIR",
+        help="A kohya caption folder: tags that co-occur with this tag there are added as --avoid.",
+        show_default=False,
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 CsvOption = Annotated[
     Path | None,
-    typer.Option("--csv", help="Also write candidates x neighbours to this CSV file.",
-                 show_default=False),
+    typer.Option(
+        "--csv",
+        metavar="PATH",
+        help="Also write candidates x neighbours to this CSV file.",
+        show_default=False,
+    ),
 ]
 PlotOption = Annotated[
     Path | None,
-    typer.Option("--plot", help="Also write the similarity matrix as a picture (.png/.svg/.pdf).",
-                 show_default=False),
+    typer.Option(
+        "--plot",
+        metavar="PATH",
+        help="Also write the similarity matrix as a picture (.png/.svg/.pdf).",
+        show_default=False,
+    ),
 ]
 
 ROLE_STYLE = {"keep": "green", "avoid": "red", "leak": "yellow"}
@@ -76,7 +122,7 @@ ROLE_STYLE = {"keep": "green", "avoid": "red", "leak": "yellow"}
 
 @app.command("suggest")
 def suggest_command(
-    tag: Annotated[str, typer.Argument(help="The tag to design, e.g. \"mayonnaise bottle\".")],
+    tag: Annotated[str, typer.Argument(help='The tag to design, e.g. "mayonnaise bottle".')],
     neighbor: NeighborOption = None,
     avoid: AvoidOption = None,
     keep: KeepOption = None,
@@ -107,20 +153,32 @@ def suggest_command(
     if dataset is not None:
         avoid_tags += _dataset_avoid(dataset, tag)
     options = SuggestOptions(
-        neighbors=neighbor or [], avoid=avoid_tags, keep=keep or [],
-        candidates=candidate or [], vocab_path=vocab, top=top,
+        neighbors=neighbor or [],
+        avoid=avoid_tags,
+        keep=keep or [],
+        candidates=candidate or [],
+        vocab_path=vocab,
+        top=top,
         weights=ScoreWeights.parse(weights) if weights else ScoreWeights(),
-        cache_dir=cache_dir, use_cache=not no_cache,
+        cache_dir=cache_dir,
+        use_cache=not no_cache,
     )
     settings = settings_from_options(
-        model=model, clip_skip=clip_skip, device=device, dtype=dtype,
-        representation=representation, context=context, cache_dir=cache_dir, no_cache=no_cache,
+        model=model,
+        clip_skip=clip_skip,
+        device=device,
+        dtype=dtype,
+        representation=representation,
+        context=context,
+        cache_dir=cache_dir,
+        no_cache=no_cache,
     )
     with _status(err_console, as_json) as status:
         status("looking for the text encoder")
         embedder, notice = open_model(settings, explicit=model is not None)
-        result = suggest(tag, options, embedder=embedder, notices=[notice] if notice else [],
-                         progress=status)
+        result = suggest(
+            tag, options, embedder=embedder, notices=[notice] if notice else [], progress=status
+        )
     if csv_path is not None:
         write_suggest_csv(csv_path, result)
     if plot is not None and result.has_similarity:
@@ -128,8 +186,15 @@ def suggest_command(
 
         rows, cols, m = result.similarity_matrix()
         roles = [n.role for n in result.neighbors]
-        plot_similarity(plot, rows, cols, m, title=f"tagsmith suggest \"{result.text}\"",
-                        highlight_row=0, col_roles=roles)
+        plot_similarity(
+            plot,
+            rows,
+            cols,
+            m,
+            title=f'tagsmith suggest "{result.text}"',
+            highlight_row=0,
+            col_roles=roles,
+        )
     if as_json:
         typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
     else:
@@ -137,8 +202,11 @@ def suggest_command(
     for n in result.notices:
         err_console.print(f"Note: {n}", style="yellow", highlight=False, markup=False)
     if plot is not None and not result.has_similarity:
-        err_console.print("Note: no plot written: the similarity matrix needs a model.",
-                          style="yellow", highlight=False)
+        err_console.print(
+            "Note: no plot written: the similarity matrix needs a model.",
+            style="yellow",
+            highlight=False,
+        )
 
 
 def _dataset_avoid(dataset: Path, tag: str) -> list[str]:
@@ -242,7 +310,9 @@ def _render_matrix(console: Any, result: Any) -> None:
     forms = result.candidates[:n_forms]
     table = Table(
         title="cosine similarity of tag vectors, top forms by rank (green helps, red hurts)",
-        title_justify="left", header_style="bold", pad_edge=False,
+        title_justify="left",
+        header_style="bold",
+        pad_edge=False,
     )
     table.add_column("neighbour", no_wrap=True, overflow="ellipsis", max_width=26)
     table.add_column("posts", justify="right", style="dim")
@@ -255,11 +325,14 @@ def _render_matrix(console: Any, result: Any) -> None:
         lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
         label = Text(n.tag)
         posts = f"{n.count:,}" if n.count is not None else ""
-        role = Text(n.role if n.source not in ("part", "nearest") else f"{n.role}·{n.source}",
-                    style=ROLE_STYLE.get(n.role, ""))
+        role = Text(
+            n.role if n.source not in ("part", "nearest") else f"{n.role}·{n.source}",
+            style=ROLE_STYLE.get(n.role, ""),
+        )
         cells = [
             Text(f"{v:.2f}", style=heat_style(v, lo, hi, good_high=n.role == "keep"))
-            if v is not None else Text("")
+            if v is not None
+            else Text("")
             for v in values
         ]
         table.add_row(label, posts, role, *cells)
@@ -275,13 +348,40 @@ def write_suggest_csv(path: Path, result: Any) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     neigh = [n.tag for n in result.neighbors]
-    w.writerow(["rank", "form", "kind", "tokens", "n_tokens", "known", "score", "fidelity",
-                "leakage", "avoid", "reason", *[f"sim:{t}" for t in neigh]])
+    w.writerow(
+        [
+            "rank",
+            "form",
+            "kind",
+            "tokens",
+            "n_tokens",
+            "known",
+            "score",
+            "fidelity",
+            "leakage",
+            "avoid",
+            "reason",
+            *[f"sim:{t}" for t in neigh],
+        ]
+    )
     for i, rc in enumerate(result.candidates, start=1):
         d = rc.to_dict()
-        w.writerow([i, d["form"], d["kind"], " ".join(d["tokens"]), d["n_tokens"], d["known"],
-                    _num(d["score"]), _num(d["fidelity"]), _num(d["leakage"]), _num(d["avoid"]),
-                    d["reason"], *[_num(rc.similarity.get(t)) for t in neigh]])
+        w.writerow(
+            [
+                i,
+                d["form"],
+                d["kind"],
+                " ".join(d["tokens"]),
+                d["n_tokens"],
+                d["known"],
+                _num(d["score"]),
+                _num(d["fidelity"]),
+                _num(d["leakage"]),
+                _num(d["avoid"]),
+                d["reason"],
+                *[_num(rc.similarity.get(t)) for t in neigh],
+            ]
+        )
     atomic_write_text(path, buf.getvalue())
 
 

@@ -72,19 +72,26 @@ def render_words(analysis):  # noqa: ANN001, ANN201 - rich Text
 @app.command("tokenize")
 def tokenize_command(
     tags: list[str] = typer.Argument(
-        None, help="Tags to tokenize, e.g. \"mayonnaise bottle\" cross-arm.", show_default=False
+        None, help='Tags to tokenize, e.g. "mayonnaise bottle" cross-arm.', show_default=False
     ),
     file: Path = typer.Option(
-        None, "--file", "-f", help="Read one tag per line from this file (- for standard input).",
+        None,
+        "--file",
+        "-f",
+        metavar="PATH",
+        help="Read one tag per line from this file (- for standard input).",
         show_default=False,
     ),
     prompt: bool = typer.Option(
-        False, "--prompt", "-p",
+        False,
+        "--prompt",
+        "-p",
         help="Treat the input as one whole A1111 prompt: show its 75-token chunks and which tag "
         "crosses a chunk boundary.",
     ),
     keep_underscores: bool = typer.Option(
-        False, "--keep-underscores",
+        False,
+        "--keep-underscores",
         help="Tokenize underscores as written instead of turning Danbooru's `_` into spaces.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array, one object per tag."),
@@ -168,8 +175,10 @@ def _tokenize_prompt(prompt: str, *, underscores: bool, as_json: bool) -> None:
     )
     for ci, chunk in enumerate(layout.chunks):
         table = Table(
-            title=f"chunk {ci + 1}: {chunk.length}/75 tokens", title_justify="left",
-            header_style="bold", pad_edge=False,
+            title=f"chunk {ci + 1}: {chunk.length}/75 tokens",
+            title_justify="left",
+            header_style="bold",
+            pad_edge=False,
         )
         table.add_column("#", justify="right", style="dim")
         table.add_column("tag", overflow="fold")
@@ -182,8 +191,10 @@ def _tokenize_prompt(prompt: str, *, underscores: bool, as_json: bool) -> None:
             toks = [tok for tok, (c, _) in zip(t.tokens, t.positions) if c == ci]
             note = ""
             if t.crosses_boundary:
-                note = f"\n[red]crosses into chunk {t.chunk_end + 1}[/red]" if t.chunk == ci else (
-                    f"\n[red]continued from chunk {t.chunk + 1}[/red]"
+                note = (
+                    f"\n[red]crosses into chunk {t.chunk_end + 1}[/red]"
+                    if t.chunk == ci
+                    else (f"\n[red]continued from chunk {t.chunk + 1}[/red]")
                 )
             table.add_row(
                 str(ti + 1),
@@ -198,7 +209,8 @@ def _tokenize_prompt(prompt: str, *, underscores: bool, as_json: bool) -> None:
     if scheduled:
         console.print(
             "[dim]Prompt-editing branches not in the first step (not laid out): "
-            + ", ".join(scheduled) + "[/dim]"
+            + ", ".join(scheduled)
+            + "[/dim]"
         )
 
 
@@ -210,5 +222,7 @@ def _warn_crossing(layout) -> None:  # noqa: ANN001
             f"Warning: '{t.text}' is split between chunk {t.chunk + 1} and chunk "
             f"{t.chunk_end + 1}; SD encodes the two halves separately. Move it or add BREAK "
             "before it.",
-            style="yellow", highlight=False, markup=False,
+            style="yellow",
+            highlight=False,
+            markup=False,
         )

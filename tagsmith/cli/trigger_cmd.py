@@ -37,21 +37,30 @@ from tagsmith.cli.suggest_cmd import (
 
 PartOption = Annotated[
     list[str] | None,
-    typer.Option("--part", "-p", help="A variant of the concept that gets its own trigger, e.g. "
-                 "a body part (repeatable): makes families such as cross-arm, cross-chest.",
-                 show_default=False),
+    typer.Option(
+        "--part",
+        "-p",
+        metavar="PART",
+        help="A variant of the concept that gets its own trigger, e.g. "
+        "a body part (repeatable): makes families such as cross-arm, cross-chest.",
+        show_default=False,
+    ),
 ]
 HeldOutOption = Annotated[
     str | None,
-    typer.Option("--held-out", help="A part never trained, to see how the family would "
-                 "generalise (default: the known word nearest the first part).",
-                 show_default=False),
+    typer.Option(
+        "--held-out",
+        metavar="PART",
+        help="A part never trained, to see how the family would "
+        "generalise (default: the known word nearest the first part).",
+        show_default=False,
+    ),
 ]
 
 
 @app.command("trigger")
 def trigger_command(
-    concept: Annotated[str, typer.Argument(help="The concept, e.g. \"cross tattoo\".")],
+    concept: Annotated[str, typer.Argument(help='The concept, e.g. "cross tattoo".')],
     part: PartOption = None,
     held_out: HeldOutOption = None,
     avoid: AvoidOption = None,
@@ -86,27 +95,48 @@ def trigger_command(
         avoid_tags += correlated_tags(dataset, concept)
     base = TriggerOptions()
     options = TriggerOptions(
-        parts=part or [], held_out=held_out, avoid=avoid_tags, neighbors=neighbor or [],
-        candidates=candidate or [], vocab_path=vocab, top=top,
-        weights=_weights(weights, base.weights), cache_dir=cache_dir, use_cache=not no_cache,
+        parts=part or [],
+        held_out=held_out,
+        avoid=avoid_tags,
+        neighbors=neighbor or [],
+        candidates=candidate or [],
+        vocab_path=vocab,
+        top=top,
+        weights=_weights(weights, base.weights),
+        cache_dir=cache_dir,
+        use_cache=not no_cache,
     )
     settings = settings_from_options(
-        model=model, clip_skip=clip_skip, device=device, dtype=dtype,
-        representation=representation, context=context, cache_dir=cache_dir, no_cache=no_cache,
+        model=model,
+        clip_skip=clip_skip,
+        device=device,
+        dtype=dtype,
+        representation=representation,
+        context=context,
+        cache_dir=cache_dir,
+        no_cache=no_cache,
     )
     with _status(err_console, as_json) as status:
         status("looking for the text encoder")
         embedder, notice = open_model(settings, explicit=model is not None)
-        result = rank_triggers(concept, options, embedder=embedder,
-                               notices=[notice] if notice else [], progress=status)
+        result = rank_triggers(
+            concept, options, embedder=embedder, notices=[notice] if notice else [], progress=status
+        )
     if csv_path is not None:
         write_trigger_csv(csv_path, result)
     if plot is not None and result.has_similarity:
         from tagsmith.plot import plot_similarity
 
         rows, cols, m = trigger_matrix(result)
-        plot_similarity(plot, rows, cols, m, title=f"tagsmith trigger \"{result.text}\"",
-                        highlight_row=0, col_roles=[n.role for n in result.neighbors])
+        plot_similarity(
+            plot,
+            rows,
+            cols,
+            m,
+            title=f'tagsmith trigger "{result.text}"',
+            highlight_row=0,
+            col_roles=[n.role for n in result.neighbors],
+        )
     if as_json:
         typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
     else:
@@ -169,8 +199,10 @@ def render_trigger(console: Any, result: Any) -> None:
         table.add_column("apart", justify="right")
     table.add_column("reason", overflow="fold", ratio=1)
     for i, fam in enumerate(result.families, start=1):
-        forms = Text("\n".join(m.form for m in fam.members),
-                     style="bold green" if i == 1 and result.has_similarity else "")
+        forms = Text(
+            "\n".join(m.form for m in fam.members),
+            style="bold green" if i == 1 and result.has_similarity else "",
+        )
         if fam.held_out is not None:
             forms.append(f"\n{fam.held_out.form} (held out)", style="dim")
         pieces = Text("\n").join(render_pieces(m.candidate.tokens) for m in fam.members)
@@ -195,23 +227,32 @@ def _render_avoid(console: Any, result: Any, avoid: list[Any]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title="similarity to --avoid tags (red: collides)", title_justify="left",
-                  header_style="bold", pad_edge=False)
+    table = Table(
+        title="similarity to --avoid tags (red: collides)",
+        title_justify="left",
+        header_style="bold",
+        pad_edge=False,
+    )
     table.add_column("trigger")
     for n in avoid:
         table.add_column(n.tag, justify="right")
     values = [
         [m.similarity.get(n.tag, 0.0) for n in avoid]
-        for fam in result.families for m in fam.members
+        for fam in result.families
+        for m in fam.members
     ]
     flat = [v for row in values for v in row]
     lo, hi = (min(flat), max(flat)) if flat else (0.0, 1.0)
     k = 0
     for fam in result.families:
         for m in fam.members:
-            table.add_row(m.form, *[
-                Text(f"{v:.2f}", style=heat_style(v, lo, hi, good_high=False)) for v in values[k]
-            ])
+            table.add_row(
+                m.form,
+                *[
+                    Text(f"{v:.2f}", style=heat_style(v, lo, hi, good_high=False))
+                    for v in values[k]
+                ],
+            )
             k += 1
     console.print(table)
 
@@ -225,15 +266,38 @@ def write_trigger_csv(path: Path, result: Any) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     cols = [n.tag for n in result.neighbors]
-    w.writerow(["rank", "trigger", "member", "part", "tokens", "n_tokens", "family_score",
-                "member_score", "separation", "reason", *[f"sim:{c}" for c in cols]])
+    w.writerow(
+        [
+            "rank",
+            "trigger",
+            "member",
+            "part",
+            "tokens",
+            "n_tokens",
+            "family_score",
+            "member_score",
+            "separation",
+            "reason",
+            *[f"sim:{c}" for c in cols],
+        ]
+    )
     for i, fam in enumerate(result.families, start=1):
         for m in fam.members + ([fam.held_out] if fam.held_out is not None else []):
-            w.writerow([
-                i, fam.stem, m.form, m.candidate.part or "", " ".join(m.candidate.tokens),
-                m.candidate.n_tokens, _num(fam.score), _num(m.score), _num(fam.separation),
-                fam.reason, *[_num(m.similarity.get(c)) for c in cols],
-            ])
+            w.writerow(
+                [
+                    i,
+                    fam.stem,
+                    m.form,
+                    m.candidate.part or "",
+                    " ".join(m.candidate.tokens),
+                    m.candidate.n_tokens,
+                    _num(fam.score),
+                    _num(m.score),
+                    _num(fam.separation),
+                    fam.reason,
+                    *[_num(m.similarity.get(c)) for c in cols],
+                ]
+            )
     atomic_write_text(path, buf.getvalue())
 
 
