@@ -1,0 +1,721 @@
+"""Batch-score a tag vocabulary: token split and leakage risk of every tag.
+
+Score file schema (one row per tag; ``write_scores`` / ``read_score_file``)
+---------------------------------------------------------------------------
+=====================  ============  ==========================================================
+column                 type          meaning
+=====================  ============  ==========================================================
+tag                    str           the tag as written in the vocabulary (``wine_bottle``)
+text                   str           as analysed: underscores to spaces (``wine bottle``)
+count                  int | null    post count from the vocabulary
+category               int | null    category from the vocabulary (Danbooru: 0 general,
+                                     1 artist, 3 copyright, 4 character, 5 meta)
+tokens                 list[str]     CLIP BPE pieces, ``</w>`` marks a word end
+n_tokens               int           number of tokens (BOS/EOS not counted)
+known_words            list[str]     words that are one whole-word token
+unknown_words          list[str]     words split into sub-word pieces
+head_token             str | null    the token that carries the tag's head noun (see below)
+shares_token_with      str | null    the most frequent other tag containing ``head_token``
+shares_token_count     int | null    its post count
+neighbors              list          the K nearest tags by embedding, most similar first, as
+                                     (tag, similarity) pairs
+leak_similarity        float | null  cosine similarity to ``shares_token_with``
+distinctiveness        float | null  1 - mean cosine similarity to the K nearest tags
+leak_risk              float | null  leak_similarity x dominance (see below)
+=====================  ============  ==========================================================
+
+Columns after ``head_token``'s group that need the text encoder are null (and ``neighbors``
+empty) when scoring ran without a model.
+
+In files: CSV has one header row with these names; list columns of words and tokens are
+space-separated (CLIP pieces and words never contain spaces) and ``neighbors`` is a JSON array
+of ``[tag, similarity]`` pairs; empty cells are null. JSONL has one object per line with these
+keys (``neighbors`` as ``[{"tag": ..., "similarity": ...}]``). Parquet has these columns
+(``neighbors`` as ``list<struct<tag: string, similarity: float>>``) and the run summary as
+JSON in the schema metadata key ``tagsmith``. Similarities are rounded to 4 decimals.
+
+Definitions
+-----------
+- **head token**: Danbooru tags are English noun phrases whose head is the last word
+  (``wine bottle``, ``long hair``); a trailing parenthesised qualifier is a disambiguator, not
+  the head (``hijikata toushirou (gintama)`` -> ``toushirou``). The head token is the last
+  token of the last word that contains a letter, outside such a qualifier; for a tag without
+  letters (``:)``), its last token. It is the token whose existing meaning the tag leans on.
+- **shares_token_with**: among all other tags of the vocabulary (before ``--min-count``,
+  ``--category`` and ``--limit``) that contain the head token anywhere, the one with the
+  highest post count; ties, and lists without counts, prefer the tag with fewer tokens (the
+  more generic one), then the earlier row.
+- **dominance** = clamp(log10(shares_token_count / count) / 3, 0, 1): 0 when the other tag is
+  not more frequent, 1 when it is 1000x more frequent. Null when either count is unknown.
+- **leak_risk** = leak_similarity x dominance: high when a tag sits close to a much more
+  frequent tag that shares its head token (``mayonnaise bottle`` vs ``bottle``), which is where
+  training pulls a new concept towards the old one.
+- **distinctiveness** = 1 - mean similarity to its K nearest tags: higher means the tag sits
+  further from every other tag of the list in the model's space. Cosines of one text encoder are
+  compressed into a narrow band, so compare values within one run, not across models.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from tagsmith.errors import FileFormatError, InputError, UsageError
+from tagsmith.fileio import atomic_writer
+from tagsmith.vocab import RowProblem, VocabEntry, Vocabulary
+
+SCORE_FORMATS = ("csv", "jsonl", "parquet")
+DEFAULT_K = 5
+# Tags per encoder call: big enough for efficient batches, small enough that the progress bar
+# and the embedding cache advance every few seconds on a CPU.
+EMBED_CHUNK = 1024
+RISKIEST = 20
+_DECIMALS = 4
+
+# Danbooru's categories, as the tagcomplete list and WD14 files number them.
+CATEGORY_NAMES = {"general": 0, "artist": 1, "copyright": 3, "character": 4, "meta": 5}
+
+# (phase, done, total); phases: "tokenize", "encode", "neighbors".
+ScoreProgress = Callable[[str, int, int], None]
+
+
+class ScoreNeighbor(NamedTuple):
+    tag: str
+    similarity: float
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    """One scored tag; fields are the score file's columns (see the module docstring)."""
+
+    tag: str
+    text: str
+    count: int | None
+    category: int | None
+    tokens: tuple[str, ...]
+    n_tokens: int
+    known_words: tuple[str, ...]
+    unknown_words: tuple[str, ...]
+    head_token: str | None = None
+    shares_token_with: str | None = None
+    shares_token_count: int | None = None
+    neighbors: tuple[ScoreNeighbor, ...] = ()
+    leak_similarity: float | None = None
+    distinctiveness: float | None = None
+    leak_risk: float | None = None
+
+    @property
+    def split(self) -> bool:
+        """True when some word is split into sub-word pieces."""
+        return bool(self.unknown_words)
+
+    @property
+    def dominance(self) -> float | None:
+        return dominance(self.count, self.shares_token_count)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tokens"] = list(self.tokens)
+        d["known_words"] = list(self.known_words)
+        d["unknown_words"] = list(self.unknown_words)
+        d["neighbors"] = [{"tag": n.tag, "similarity": n.similarity} for n in self.neighbors]
+        return d
+
+
+COLUMNS = tuple(f.name for f in fields(ScoreRow))
+
+
+@dataclass
+class ScoreSummary:
+    """What a run did, for the terminal summary and the parquet metadata."""
+
+    n_tags: int
+    n_split: int  # tags with a word split into sub-word pieces
+    vocabulary: str  # Vocabulary.summary()
+    duplicates_removed: int
+    bad_rows: int
+    filtered_out: int  # by --min-count / --category / --limit
+    k: int
+    model: dict | None  # embedder.model_info(), None without a model
+    timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds
+    riskiest: list[ScoreRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["riskiest"] = [r.tag for r in self.riskiest]
+        return d
+
+
+@dataclass
+class ScoreResult:
+    rows: list[ScoreRow]
+    summary: ScoreSummary
+    problems: list[RowProblem] = field(default_factory=list)
+
+
+def dominance(count: int | None, other_count: int | None) -> float | None:
+    """clamp(log10(other / own) / 3, 0, 1); None when a count is unknown."""
+    if count is None or other_count is None:
+        return None
+    if other_count <= 0:
+        return 0.0
+    ratio = other_count / max(count, 1)
+    return min(1.0, max(0.0, math.log10(ratio) / 3)) if ratio > 1 else 0.0
+
+
+def parse_categories(values: Sequence[str]) -> set[int]:
+    """``--category`` values: numbers or Danbooru names (general, artist, copyright, ...)."""
+    out: set[int] = set()
+    for raw in values:
+        for v in str(raw).split(","):
+            v = v.strip().lower()
+            if not v:
+                continue
+            if v.lstrip("-").isdigit():
+                out.add(int(v))
+            elif v in CATEGORY_NAMES:
+                out.add(CATEGORY_NAMES[v])
+            else:
+                names = ", ".join(CATEGORY_NAMES)
+                raise UsageError(f"Unknown category {v!r}: give a number or one of {names}.")
+    return out
+
+
+def select_entries(
+    vocab: Vocabulary,
+    *,
+    min_count: int | None = None,
+    categories: Collection[int] | None = None,
+    limit: int | None = None,
+) -> list[int]:
+    """Rows of ``vocab`` to score, in file order. Tags without a count pass ``min_count``."""
+    rows = []
+    for i, e in enumerate(vocab.entries):
+        if min_count is not None and e.count is not None and e.count < min_count:
+            continue
+        if categories and e.category not in categories:
+            continue
+        rows.append(i)
+        if limit is not None and len(rows) >= limit:
+            break
+    return rows
+
+
+# -- head tokens ---------------------------------------------------------------------------
+
+
+def head_token_index(words: Sequence[Any], n_tokens: int) -> int | None:
+    """Position of the head token in a tag's ids (see the module docstring), or None."""
+    if n_tokens == 0:
+        return None
+    spans: list[tuple[str, int, int]] = []
+    pos = 0
+    for w in words:
+        spans.append((w.text, pos, pos + len(w.ids)))
+        pos += len(w.ids)
+    # Drop a trailing "( ... )" qualifier.
+    if len(spans) >= 3 and spans[-1][0].startswith(")"):
+        depth = 0
+        for j in range(len(spans) - 1, -1, -1):
+            depth += spans[j][0].count(")") - spans[j][0].count("(")
+            if depth <= 0 and "(" in spans[j][0]:
+                if j > 0:
+                    spans = spans[:j]
+                break
+    for text, _start, stop in reversed(spans):
+        if any(ch.isalpha() for ch in text):
+            return stop - 1
+    return n_tokens - 1
+
+
+def _shares_token(
+    head_ids: np.ndarray,
+    all_ids: list[Sequence[int]],
+    counts: np.ndarray,
+    n_tokens: np.ndarray,
+    rows: Sequence[int],
+) -> np.ndarray:
+    """For each row in ``rows``: the best other vocabulary row containing its head token, or -1.
+
+    Best = highest count, then fewest tokens, then earliest row (module docstring).
+    """
+    n = len(all_ids)
+    lengths = np.fromiter((len(i) for i in all_ids), dtype=np.int64, count=n)
+    flat = np.fromiter((t for ids in all_ids for t in ids), dtype=np.int64,
+                       count=int(lengths.sum()))
+    owner = np.repeat(np.arange(n), lengths)
+    # (token, row) pairs ordered by token, then preference; a row listed once per token.
+    order = np.lexsort((owner, n_tokens[owner], -counts[owner], flat))
+    tok, own = flat[order], owner[order]
+    keep = np.ones(len(tok), dtype=bool)
+    keep[1:] = (tok[1:] != tok[:-1]) | (own[1:] != own[:-1])
+    tok, own = tok[keep], own[keep]
+    heads = np.asarray(head_ids, dtype=np.int64)
+    rows_arr = np.asarray(rows, dtype=np.int64)
+    lo = np.searchsorted(tok, heads, side="left")
+    hi = np.searchsorted(tok, heads, side="right")
+    own_ext = np.append(own, -1)
+    # The best row for the token, unless it is the row itself: then the next one, if any.
+    first = np.where(lo < hi, own_ext[lo], -1)
+    second = np.where(lo + 1 < hi, own_ext[np.minimum(lo + 1, len(own))], -1)
+    out = np.where(first == rows_arr, second, first)
+    out[heads < 0] = -1
+    return out
+
+
+# -- scoring ---------------------------------------------------------------------------------
+
+
+def _nothing(phase: str, done: int, total: int) -> None:
+    pass
+
+
+def score_vocabulary(
+    vocab: Vocabulary,
+    embedder: Any | None = None,
+    *,
+    k: int = DEFAULT_K,
+    min_count: int | None = None,
+    categories: Collection[int] | None = None,
+    limit: int | None = None,
+    chunk_size: int = EMBED_CHUNK,
+    progress: ScoreProgress = _nothing,
+    neighbor_backend: str = "auto",
+    memory_budget: int | None = None,
+) -> ScoreResult:
+    """Score the tags of ``vocab``; ``embedder`` is a TagEmbedder, or None for tokens only.
+
+    Phases report through ``progress(phase, done, total)``. A Ctrl-C raises
+    ``KeyboardInterrupt`` out of any phase; vectors already computed stay in the embedder's
+    cache, so a rerun skips them.
+    """
+    from tagsmith.tokenizer import load_tokenizer
+
+    if k < 1:
+        raise UsageError("--neighbors must be at least 1.")
+    timings: dict[str, float] = {}
+    selected = select_entries(vocab, min_count=min_count, categories=categories, limit=limit)
+    entries = vocab.entries
+    if not selected:
+        raise InputError(
+            f"No tags left to score: all {len(entries):,} tags of the vocabulary were "
+            "filtered out by --min-count/--category/--limit."
+        )
+
+    # Tokenize the whole vocabulary: shares_token_with looks beyond the selected rows.
+    t0 = time.perf_counter()
+    tok = load_tokenizer()
+    texts_all = [e.text for e in entries]
+    selected_set = set(selected)
+    analysed: dict[int, Any] = {}
+    all_ids: list[Sequence[int]] = []
+    step = 8192
+    for start in range(0, len(entries), step):
+        chunk = texts_all[start : start + step]
+        # Full analysis (words, pieces) only for the rows we output; ids for the rest.
+        want = [i for i in range(start, start + len(chunk)) if i in selected_set]
+        if want:
+            for i, tt in zip(want, tok.analyze_batch([texts_all[i] for i in want],
+                                                     underscores=False)):
+                analysed[i] = tt
+        rest = [i for i in range(start, start + len(chunk)) if i not in selected_set]
+        rest_ids = dict(zip(rest, tok.encode_batch([texts_all[i] for i in rest])))
+        for i in range(start, start + len(chunk)):
+            all_ids.append(analysed[i].ids if i in analysed else rest_ids[i])
+        progress("tokenize", min(start + step, len(entries)), len(entries))
+    counts = np.array([-1 if e.count is None else e.count for e in entries], dtype=np.int64)
+    n_tok = np.fromiter((len(i) for i in all_ids), dtype=np.int64, count=len(all_ids))
+    head_pos = [head_token_index(analysed[i].words, len(analysed[i].ids)) for i in selected]
+    head_ids = np.array(
+        [-1 if p is None else analysed[i].ids[p] for i, p in zip(selected, head_pos)],
+        dtype=np.int64,
+    )
+    partner = _shares_token(head_ids, all_ids, counts, n_tok, selected)
+    timings["tokenize"] = time.perf_counter() - t0
+
+    vectors = None
+    neigh = None
+    leak = np.full(len(selected), np.nan, dtype=np.float32)
+    if embedder is not None:
+        t0 = time.perf_counter()
+        # Partners outside the selection are embedded too, after the selected rows.
+        extra = sorted({int(p) for p in partner if p >= 0} - selected_set)
+        embed_rows = list(selected) + extra
+        vectors = embed_in_chunks(
+            embedder, [texts_all[i] for i in embed_rows], chunk_size=chunk_size,
+            n_tokens=[int(n_tok[i]) for i in embed_rows],
+            progress=lambda d, t: progress("encode", d, t),
+        )
+        timings["encode"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        from tagsmith.neighbors import DEFAULT_MEMORY_BUDGET, nearest_neighbors, normalize_rows
+
+        unit = normalize_rows(vectors)
+        neigh = nearest_neighbors(
+            unit[: len(selected)], k, backend=neighbor_backend,
+            memory_budget=memory_budget or DEFAULT_MEMORY_BUDGET,
+            progress=lambda d, t: progress("neighbors", d, t),
+        )
+        position = {r: j for j, r in enumerate(embed_rows)}
+        has = partner >= 0
+        if has.any():
+            other = np.array([position[int(p)] for p in partner[has]])
+            mine = np.flatnonzero(has)
+            leak[has] = np.einsum("ij,ij->i", unit[mine], unit[other])
+        timings["neighbors"] = time.perf_counter() - t0
+
+    rows: list[ScoreRow] = []
+    for j, i in enumerate(selected):
+        e: VocabEntry = entries[i]
+        tt = analysed[i]
+        p = int(partner[j])
+        other = entries[p] if p >= 0 else None
+        hp = head_pos[j]
+        nb: tuple[ScoreNeighbor, ...] = ()
+        leak_sim = distinct = risk = None
+        if neigh is not None:
+            nb = tuple(
+                ScoreNeighbor(entries[selected[int(x)]].tag, _round(s))
+                for x, s in zip(neigh.indices[j], neigh.similarities[j])
+            )
+            if len(nb):
+                distinct = _round(1.0 - float(np.mean(neigh.similarities[j])))
+            if other is not None:
+                leak_sim = _round(float(leak[j]))
+                dom = dominance(e.count, other.count)
+                risk = None if dom is None else _round(leak_sim * dom)
+        rows.append(
+            ScoreRow(
+                tag=e.tag,
+                text=e.text,
+                count=e.count,
+                category=e.category,
+                tokens=tuple(tt.tokens),
+                n_tokens=tt.n_tokens,
+                known_words=tuple(tt.known_words),
+                unknown_words=tuple(tt.unknown_words),
+                head_token=None if hp is None else tt.tokens[hp],
+                shares_token_with=None if other is None else other.tag,
+                shares_token_count=None if other is None else other.count,
+                neighbors=nb,
+                leak_similarity=leak_sim,
+                distinctiveness=distinct,
+                leak_risk=risk,
+            )
+        )
+    summary = ScoreSummary(
+        n_tags=len(rows),
+        n_split=sum(1 for r in rows if r.split),
+        vocabulary=vocab.summary(),
+        duplicates_removed=vocab.duplicates_removed,
+        bad_rows=len(vocab.problems),
+        filtered_out=len(entries) - len(selected),
+        k=neigh.k if neigh is not None else 0,
+        model=embedder.model_info() if embedder is not None else None,
+        timings=timings,
+        riskiest=riskiest(rows),
+    )
+    return ScoreResult(rows=rows, summary=summary, problems=list(vocab.problems))
+
+
+def riskiest(rows: Sequence[ScoreRow], n: int = RISKIEST) -> list[ScoreRow]:
+    """Highest leak_risk first; without risks (no model or no counts), by leak similarity,
+    then by dominance."""
+    def key(r: ScoreRow) -> tuple[float, float, float]:
+        return (
+            r.leak_risk if r.leak_risk is not None else -1.0,
+            r.leak_similarity if r.leak_similarity is not None else -1.0,
+            r.dominance if r.dominance is not None else -1.0,
+        )
+
+    ranked = [r for r in rows if r.shares_token_with is not None and max(key(r)) > 0]
+    ranked.sort(key=key, reverse=True)
+    return ranked[:n]
+
+
+def embed_in_chunks(
+    embedder: Any,
+    texts: Sequence[str],
+    *,
+    chunk_size: int = EMBED_CHUNK,
+    n_tokens: Sequence[int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """``embedder.embed`` over ``texts`` in chunks, returned in the order of ``texts``.
+
+    Texts are grouped by token count so each batch pads to almost nothing, and each chunk is
+    its own ``embed`` call, so the cache keeps what was done when a long run is interrupted.
+    """
+    n = len(texts)
+    if n_tokens is None:
+        from tagsmith.tokenizer import load_tokenizer
+
+        n_tokens = [len(i) for i in load_tokenizer().encode_batch(list(texts))]
+    order = np.argsort(np.asarray(n_tokens, dtype=np.int64), kind="stable")
+    out: np.ndarray | None = None
+    done = 0
+    if progress is not None:
+        progress(0, n)
+    for start in range(0, n, chunk_size):
+        idx = order[start : start + chunk_size]
+        base = done
+
+        def inner(d: int, t: int, base: int = base) -> None:
+            if progress is not None:
+                progress(base + min(d, t), n)
+
+        vecs = np.asarray(embedder.embed([texts[i] for i in idx], progress=inner),
+                          dtype=np.float32)
+        if out is None:
+            out = np.empty((n, vecs.shape[1]), dtype=np.float32)
+        out[idx] = vecs
+        done += len(idx)
+        if progress is not None:
+            progress(done, n)
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def _round(x: float) -> float:
+    return round(float(x), _DECIMALS)
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+def format_for_path(path: str | Path, fmt: str | None = None) -> str:
+    """``fmt`` if given, else from the extension (.csv, .jsonl/.ndjson, .parquet/.pq)."""
+    if fmt:
+        fmt = fmt.lower()
+        if fmt not in SCORE_FORMATS:
+            raise UsageError(f"Unknown format {fmt!r}: use csv, jsonl or parquet.")
+        return fmt
+    suffix = Path(path).suffix.lower()
+    by_suffix = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+                 ".parquet": "parquet", ".pq": "parquet"}
+    if suffix not in by_suffix:
+        raise UsageError(
+            f"Cannot tell the output format from {Path(path).name!r}: name it .csv, .jsonl or "
+            ".parquet, or give --format."
+        )
+    return by_suffix[suffix]
+
+
+def write_scores(
+    rows: Sequence[ScoreRow],
+    path: str | Path,
+    fmt: str | None = None,
+    *,
+    summary: ScoreSummary | None = None,
+) -> Path:
+    """Write rows atomically: ``path`` is replaced only by a complete file."""
+    fmt = format_for_path(path, fmt)
+    path = Path(path)
+    if fmt == "parquet":
+        pa, pq = _pyarrow()
+        table = _to_arrow(rows, pa)
+        if summary is not None:
+            meta = {b"tagsmith": json.dumps(summary.to_dict(), default=str).encode()}
+            table = table.replace_schema_metadata(meta)
+        with atomic_writer(path, "wb") as fh:
+            pq.write_table(table, fh)
+        return path
+    with atomic_writer(path, "w", encoding="utf-8", newline="") as fh:
+        if fmt == "csv":
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(COLUMNS)
+            for r in rows:
+                w.writerow(_csv_cells(r))
+        else:
+            for r in rows:
+                fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+    return path
+
+
+def _csv_cells(r: ScoreRow) -> list[str]:
+    def opt(v: object) -> str:
+        return "" if v is None else str(v)
+
+    return [
+        r.tag, r.text, opt(r.count), opt(r.category),
+        " ".join(r.tokens), str(r.n_tokens), " ".join(r.known_words), " ".join(r.unknown_words),
+        opt(r.head_token), opt(r.shares_token_with), opt(r.shares_token_count),
+        json.dumps([[n.tag, n.similarity] for n in r.neighbors], ensure_ascii=False)
+        if r.neighbors else "",
+        opt(r.leak_similarity), opt(r.distinctiveness), opt(r.leak_risk),
+    ]
+
+
+def _pyarrow():  # noqa: ANN202 - (pyarrow, pyarrow.parquet)
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError(
+            "Parquet needs pyarrow: install it with `pip install 'tagsmith[parquet]'`, "
+            "or write .csv or .jsonl."
+        ) from None
+    return pa, pq
+
+
+def _arrow_schema(pa):  # noqa: ANN001, ANN202
+    strs = pa.list_(pa.string())
+    return pa.schema([
+        ("tag", pa.string()), ("text", pa.string()), ("count", pa.int64()),
+        ("category", pa.int64()), ("tokens", strs), ("n_tokens", pa.int64()),
+        ("known_words", strs), ("unknown_words", strs), ("head_token", pa.string()),
+        ("shares_token_with", pa.string()), ("shares_token_count", pa.int64()),
+        ("neighbors", pa.list_(pa.struct([("tag", pa.string()),
+                                          ("similarity", pa.float32())]))),
+        ("leak_similarity", pa.float32()), ("distinctiveness", pa.float32()),
+        ("leak_risk", pa.float32()),
+    ])
+
+
+def _to_arrow(rows: Sequence[ScoreRow], pa):  # noqa: ANN001, ANN202
+    cols: dict[str, list] = {c: [] for c in COLUMNS}
+    for r in rows:
+        for c in COLUMNS:
+            v = getattr(r, c)
+            if c == "neighbors":
+                v = [{"tag": n.tag, "similarity": n.similarity} for n in v]
+            elif isinstance(v, tuple):
+                v = list(v)
+            cols[c].append(v)
+    return pa.Table.from_pydict(cols, schema=_arrow_schema(pa))
+
+
+# -- reading back --------------------------------------------------------------------------
+
+
+def read_score_file(path: str | Path) -> list[ScoreRow]:
+    """Rows of a score file written by ``write_scores`` (csv, jsonl or parquet).
+
+    The format comes from the content (parquet's magic bytes, a JSON object on the first line),
+    else CSV. Raises ``InputError``/``FileFormatError`` with one sentence.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"Score file {path} does not exist.")
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, not a score file.")
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    if head == b"PAR1":
+        return _read_parquet(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise FileFormatError(f"{path} is not a tagsmith score file (not UTF-8 text).") from exc
+    if text.lstrip().startswith("{"):
+        return _read_jsonl(text, path)
+    return _read_csv(text, path)
+
+
+def read_score_metadata(path: str | Path) -> dict | None:
+    """The run summary stored in a parquet score file, or None (CSV/JSONL carry none)."""
+    path = Path(path)
+    with path.open("rb") as fh:
+        if fh.read(4) != b"PAR1":
+            return None
+    _, pq = _pyarrow()
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(b"tagsmith")
+    return json.loads(raw) if raw else None
+
+
+def _row_from_values(v: dict[str, Any]) -> ScoreRow:
+    def opt_int(x: Any) -> int | None:
+        return None if x is None or x == "" else int(x)
+
+    def opt_float(x: Any) -> float | None:
+        return None if x is None or x == "" or (isinstance(x, float) and math.isnan(x)) \
+            else _round(float(x))
+
+    def words(x: Any) -> tuple[str, ...]:
+        if x is None or x == "":
+            return ()
+        return tuple(x.split(" ")) if isinstance(x, str) else tuple(x)
+
+    nb = v.get("neighbors") or ()
+    if isinstance(nb, str):
+        nb = json.loads(nb)
+    neighbors = tuple(
+        ScoreNeighbor(n["tag"], _round(n["similarity"])) if isinstance(n, dict)
+        else ScoreNeighbor(str(n[0]), _round(n[1]))
+        for n in nb
+    )
+    return ScoreRow(
+        tag=str(v["tag"]),
+        text=str(v.get("text") or v["tag"]),
+        count=opt_int(v.get("count")),
+        category=opt_int(v.get("category")),
+        tokens=words(v.get("tokens")),
+        n_tokens=int(v.get("n_tokens") or 0),
+        known_words=words(v.get("known_words")),
+        unknown_words=words(v.get("unknown_words")),
+        head_token=v.get("head_token") or None,
+        shares_token_with=v.get("shares_token_with") or None,
+        shares_token_count=opt_int(v.get("shares_token_count")),
+        neighbors=neighbors,
+        leak_similarity=opt_float(v.get("leak_similarity")),
+        distinctiveness=opt_float(v.get("distinctiveness")),
+        leak_risk=opt_float(v.get("leak_risk")),
+    )
+
+
+def _bad(path: Path, line: int, exc: Exception) -> FileFormatError:
+    return FileFormatError(f"{path} is not a tagsmith score file (line {line}: {exc}).")
+
+
+def _read_csv(text: str, path: Path) -> list[ScoreRow]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        raise FileFormatError(f"Score file {path} is empty.")
+    if "tag" not in header or "n_tokens" not in header:
+        raise FileFormatError(
+            f"{path} is not a tagsmith score file (its header has no tag and n_tokens columns)."
+        )
+    rows = []
+    for values in reader:
+        if not values:
+            continue
+        try:
+            rows.append(_row_from_values(dict(zip(header, values))))
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            raise _bad(path, reader.line_num, exc) from None
+    return rows
+
+
+def _read_jsonl(text: str, path: Path) -> list[ScoreRow]:
+    rows = []
+    for i, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(_row_from_values(json.loads(line)))
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            raise _bad(path, i, exc) from None
+    return rows
+
+
+def _read_parquet(path: Path) -> list[ScoreRow]:
+    _, pq = _pyarrow()
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for bad files
+        raise FileFormatError(f"{path} is not a readable parquet file ({exc}).") from None
+    missing = {"tag", "n_tokens"} - set(table.column_names)
+    if missing:
+        raise FileFormatError(f"{path} is not a tagsmith score file (no tag/n_tokens columns).")
+    return [_row_from_values(r) for r in table.to_pylist()]
