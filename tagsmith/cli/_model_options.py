@@ -1,15 +1,34 @@
 """Typer options shared by every command that runs the text encoder.
 
-Written by the lead as the agreed interface (names used by suggest/trigger/score/dataset);
-the encoder engineer owns this file and may extend it, keeping these names.
+The agreed interface (names used by suggest/trigger/score/dataset/embed): declare the options
+with these aliases, then build ``EncoderSettings`` with ``settings_from_options``. Values are
+checked here (bad ones exit 2 with one sentence) so a typo never costs a model load.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
+REPRESENTATION_CHOICES = ("tag", "eos")
+
+
+def _one_of(option: str, choices: tuple[str, ...]) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value is None:
+            return value
+        v = value.lower()
+        if v in choices or (option == "--device" and v.startswith("cuda:")):
+            return v
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}.")
+
+    return check
+
 
 ModelOption = Annotated[
     str | None,
@@ -35,15 +54,29 @@ ClipSkipOption = Annotated[
     ),
 ]
 DeviceOption = Annotated[
-    str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or mps.")
+    str,
+    typer.Option(
+        "--device",
+        metavar="auto|cpu|cuda|mps",
+        callback=_one_of("--device", DEVICE_CHOICES),
+        help="auto (CUDA when available, then MPS, else CPU), cpu, cuda or mps.",
+    ),
 ]
 DtypeOption = Annotated[
-    str, typer.Option("--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.")
+    str,
+    typer.Option(
+        "--dtype",
+        metavar="auto|fp32|fp16|bf16",
+        callback=_one_of("--dtype", DTYPE_CHOICES),
+        help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.",
+    ),
 ]
 RepresentationOption = Annotated[
     str,
     typer.Option(
         "--representation",
+        metavar="tag|eos",
+        callback=_one_of("--representation", REPRESENTATION_CHOICES),
         help="tag: mean of the tag's own token states (what "
         "cross-attention sees); eos: the pooled EOS state.",
     ),
@@ -54,7 +87,8 @@ ContextOption = Annotated[
         "--context",
         show_default=False,
         metavar="PROMPT",
-        help="Embed each tag inside this prompt, e.g. '1girl, solo, {}'.",
+        help="Embed each tag inside this prompt at {}, e.g. '1girl, solo, {}' (the vector "
+        "still covers only the tag's own tokens).",
     ),
 ]
 CacheDirOption = Annotated[
@@ -81,6 +115,7 @@ def settings_from_options(
     cache_dir: Path | None = None,
     no_cache: bool = False,
 ):  # noqa: ANN201 - EncoderSettings, imported lazily
+    """EncoderSettings from the shared options, checked (UsageError, exit 2, when invalid)."""
     from tagsmith.embedding import EncoderSettings
 
     return EncoderSettings(
@@ -92,4 +127,12 @@ def settings_from_options(
         context=context,
         cache_dir=cache_dir,
         use_cache=not no_cache,
-    )
+    ).validated()
+
+
+def print_model_notes(embedder: object) -> None:
+    """Print the embedder's notes (repaired position_ids, truncated tags...) to stderr."""
+    from tagsmith.cli._console import err_console
+
+    for note in getattr(embedder, "notes", None) or []:
+        err_console.print(f"Note: {note}", style="yellow", highlight=False, markup=False)

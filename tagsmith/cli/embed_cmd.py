@@ -1,0 +1,189 @@
+"""`tagsmith embed`: tag vectors from the user's text encoder, for notebooks and scripts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tagsmith.cli._app import app
+from tagsmith.cli._model_options import (
+    CacheDirOption,
+    ClipSkipOption,
+    ContextOption,
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    NoCacheOption,
+    RepresentationOption,
+    print_model_notes,
+    settings_from_options,
+)
+
+_PREVIEW_ROWS = 20
+
+
+@app.command("embed")
+def embed_command(
+    tags: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[TAG]...", show_default=False,
+            help="Tags to embed, Danbooru style (long_hair and long hair are the same tag).",
+        ),
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file", "-f", metavar="PATH", show_default=False,
+            help="Also embed the tags in this file: one per line ('-' for stdin), a tagcomplete "
+            "CSV or a WD14 selected_tags.csv.",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", metavar="PATH", show_default=False,
+            help="Write the vectors here: .npy (float32, one row per tag, input order) or .json.",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print [{\"tag\", \"vector\"}, ...] to stdout.")
+    ] = False,
+    model: ModelOption = None,
+    clip_skip: ClipSkipOption = 1,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    representation: RepresentationOption = "tag",
+    context: ContextOption = None,
+    cache_dir: CacheDirOption = None,
+    no_cache: NoCacheOption = False,
+) -> None:
+    """Embed tags with the SD1.5 text encoder; one row per tag, in input order."""
+    from tagsmith.cli._console import console, err_console
+    from tagsmith.errors import UsageError
+
+    if output is not None and as_json:
+        raise UsageError("Use either -o/--output or --json, not both.")
+    if output is not None and output.suffix.lower() not in (".npy", ".json"):
+        raise UsageError(f"The output file must end in .npy or .json, not '{output.name}'.")
+    settings = settings_from_options(
+        model=model, clip_skip=clip_skip, device=device, dtype=dtype,
+        representation=representation, context=context, cache_dir=cache_dir, no_cache=no_cache,
+    )
+    given = [t for t in (tags or []) if t.strip()]
+    if file is not None:
+        given += _tags_from_file(file)
+    if not given:
+        raise UsageError("Give tags to embed as arguments or with --file.")
+
+    from tagsmith.embedding import open_embedder
+    from tagsmith.tokenizer import normalize_tag
+
+    texts = [normalize_tag(t) for t in given]
+    embedder = open_embedder(settings)
+    try:
+        vectors = _embed_with_progress(embedder, texts, err_console)
+        info = embedder.model_info()
+        computed = f"{info['dtype']} on {info['device']}" if embedder.loaded else "from cache"
+        print_model_notes(embedder)
+    finally:
+        embedder.close()
+
+    header = (
+        f"model {info['fingerprint']}  {info['description']}  clip skip {info['clip_skip']}  "
+        f"{info['representation']}  {computed}"
+        + (f"  context {info['context']!r}" if info["context"] else "")
+    )
+    if as_json:
+        typer.echo(header, err=True)
+        typer.echo(_json_rows(given, texts, vectors))
+        return
+    if output is not None:
+        from tagsmith.fileio import atomic_write_bytes, atomic_writer
+
+        if output.suffix.lower() == ".json":
+            atomic_write_bytes(output, _json_rows(given, texts, vectors).encode("utf-8"))
+        else:
+            import numpy as np
+
+            with atomic_writer(output, "wb") as fh:
+                np.save(fh, vectors)
+        typer.echo(header)
+        typer.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 to {output}")
+        return
+    typer.echo(header)
+    _print_preview(console, given, vectors)
+
+
+def _tags_from_file(path: Path) -> list[str]:
+    from tagsmith.cli._console import err_console
+    from tagsmith.fileio import read_tag_lines
+
+    if str(path) == "-":
+        return [line.strip() for _, line in read_tag_lines(path)]
+    from tagsmith.vocab import read_vocabulary
+
+    vocab = read_vocabulary(path, underscores=True)
+    if vocab.format == "plain":
+        # every line is a row of output, duplicates included, in file order
+        return [line.strip() for _, line in read_tag_lines(path)]
+    for problem in vocab.problems[:5]:
+        err_console.print(f"Skipped {path}: {problem}", style="yellow", highlight=False,
+                          markup=False)
+    if len(vocab.problems) > 5:
+        err_console.print(f"Skipped {len(vocab.problems) - 5} more bad rows.", style="yellow",
+                          highlight=False, markup=False)
+    return [e.tag for e in vocab.entries]
+
+
+def _embed_with_progress(embedder, texts: list[str], err_console):  # noqa: ANN001, ANN202
+    if len(texts) < 512 or not err_console.is_terminal:
+        return embedder.embed(texts)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=err_console, transient=True,
+    ) as bar:
+        task = bar.add_task("embedding", total=len(set(texts)))
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return embedder.embed(texts, progress=progress)
+
+
+def _json_rows(tags: list[str], texts: list[str], vectors) -> str:  # noqa: ANN001
+    # %.9g round-trips float32 exactly and keeps the file a third the size of repr(float64).
+    rows = []
+    for tag, text, vec in zip(tags, texts, vectors):
+        numbers = ",".join(f"{x:.9g}" if math.isfinite(x) else "null" for x in vec.tolist())
+        rows.append(
+            f'{{"tag": {json.dumps(tag, ensure_ascii=False)}, '
+            f'"text": {json.dumps(text, ensure_ascii=False)}, "vector": [{numbers}]}}'
+        )
+    return "[\n" + ",\n".join(rows) + "\n]"
+
+
+def _print_preview(console, tags: list[str], vectors) -> None:  # noqa: ANN001
+    import numpy as np
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    table.add_column("tag", overflow="fold")
+    table.add_column("norm", justify="right")
+    table.add_column("first values")
+    for tag, vec in list(zip(tags, vectors))[:_PREVIEW_ROWS]:
+        head = " ".join(f"{x:+.4f}" for x in vec[:4])
+        table.add_row(tag, f"{float(np.linalg.norm(vec)):.3f}", head + " ...")
+    console.print(table)
+    extra = len(tags) - _PREVIEW_ROWS
+    console.print(
+        (f"... and {extra} more; " if extra > 0 else "")
+        + f"{len(tags)} x {vectors.shape[1]} vectors; use -o out.npy or --json to get them.",
+        highlight=False, markup=False,
+    )
