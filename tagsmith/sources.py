@@ -873,10 +873,35 @@ def resolve_hub(
     )
 
 
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached, or None. Without this, an offline machine waits ~25 s
+    through huggingface_hub's retries before the same failure."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # a proxy decides reachability; let huggingface_hub try
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    if not url.hostname:
+        return None
+    try:
+        socket.create_connection(
+            (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout
+        ).close()
+    except OSError as exc:
+        return f"{exc.__class__.__name__}: {exc.strerror or exc}"
+    return None
+
+
 def _list_repo_files(repo_id: str) -> list[str]:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
+    why = _hub_unreachable()
+    if why is not None:
+        raise ConnectionError(why)
     try:
         return HfApi().list_repo_files(repo_id)
     except GatedRepoError:

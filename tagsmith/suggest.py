@@ -48,10 +48,7 @@ from tagsmith.variants import (
 
 Progress = Callable[[str], None]
 
-NO_MODEL_NOTICE = (
-    "Similarity columns need the SD1.5 text encoder, and none was found ({why}); "
-    "give one with --model PATH_OR_HUB_ID or the TAGSMITH_MODEL environment variable."
-)
+NO_MODEL_NOTICE = "Token analysis only; similarity needs the SD1.5 text encoder. {why}"
 
 # Vocabulary tags looked at for embedding neighbours: the most frequent ones carry the
 # meanings a new tag leaks into, and a bounded pool keeps suggest interactive.
@@ -177,7 +174,7 @@ def open_model(settings: Any, *, explicit: bool) -> tuple[Any | None, str | None
     except ModelNotFoundError as exc:
         if explicit:
             raise
-        return None, NO_MODEL_NOTICE.format(why=str(exc).rstrip(".").split(";")[0])
+        return None, NO_MODEL_NOTICE.format(why=str(exc))
 
 
 def suggest(

@@ -104,6 +104,7 @@ def nearest_known_words(
     *,
     k: int = 4,
     exclude: Iterable[str] = (),
+    min_relative_similarity: float = 0.5,
 ) -> list[tuple[str, float]]:
     """Known whole-word tokens closest to ``word`` in the input token-embedding table.
 
@@ -120,10 +121,17 @@ def nearest_known_words(
     sims = cand @ query / np.where(norms == 0, 1.0, norms)
     skip = {word, *exclude}
     out: list[tuple[str, float]] = []
+    floor: float | None = None
     for j in np.argsort(-sims):
         w = words[int(j)]
         if w in skip or any(_same_stem(w, s) for s in skip):
             continue
+        # Only words that are close relative to the closest one: a substitute with no
+        # relation to the word is not a form of the tag, just a different tag.
+        if floor is None:
+            floor = max(0.0, float(sims[j])) * min_relative_similarity
+        if sims[j] <= floor:
+            break
         out.append((w, float(sims[j])))
         if len(out) >= k:
             break

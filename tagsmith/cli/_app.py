@@ -21,6 +21,10 @@ app = typer.Typer(
 # their commands appear in --help. Importing them must stay cheap (no torch at module level).
 COMMAND_MODULES: list[str] = [
     "tokenize_cmd",
+    "suggest_cmd",
+    "trigger_cmd",
+    "embed_cmd",
+    "dataset_cmd",
     "embed_cmd",
 ]
 
