@@ -429,18 +429,18 @@ def score_vocabulary(
 
 
 def riskiest(rows: Sequence[ScoreRow], n: int = RISKIEST) -> list[ScoreRow]:
-    """Highest leak_risk first; without risks (no model or no counts), by leak similarity,
-    then by dominance."""
-    def key(r: ScoreRow) -> tuple[float, float, float]:
-        return (
-            r.leak_risk if r.leak_risk is not None else -1.0,
-            r.leak_similarity if r.leak_similarity is not None else -1.0,
-            r.dominance if r.dominance is not None else -1.0,
-        )
-
-    ranked = [r for r in rows if r.shares_token_with is not None and max(key(r)) > 0]
-    ranked.sort(key=key, reverse=True)
-    return ranked[:n]
+    """Tags with the highest leak_risk (> 0). Where no row has a risk: by leak_similarity
+    (a model but no counts), else by dominance > 0 (counts but no model)."""
+    if any(r.leak_risk is not None for r in rows):
+        picked = [r for r in rows if r.leak_risk]
+        picked.sort(key=lambda r: (r.leak_risk, r.leak_similarity), reverse=True)
+    elif any(r.leak_similarity is not None for r in rows):
+        picked = [r for r in rows if r.leak_similarity is not None]
+        picked.sort(key=lambda r: r.leak_similarity, reverse=True)
+    else:
+        picked = [r for r in rows if r.dominance]
+        picked.sort(key=lambda r: r.dominance, reverse=True)
+    return picked[:n]
 
 
 def embed_in_chunks(

@@ -1,0 +1,258 @@
+"""`tagsmith score`: token split and leakage risk of every tag of a vocabulary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tagsmith.cli._app import app
+from tagsmith.cli._model_options import (
+    CacheDirOption,
+    ClipSkipOption,
+    ContextOption,
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    NoCacheOption,
+    RepresentationOption,
+    settings_from_options,
+)
+
+PHASE_LABELS = {"tokenize": "tokenize", "encode": "encode", "neighbors": "neighbours"}
+MAX_PROBLEMS_SHOWN = 5
+
+
+@app.command("score")
+def score_command(
+    vocab: Annotated[
+        Path | None,
+        typer.Argument(
+            show_default=False, metavar="VOCAB",
+            help="Tag list: tagcomplete CSV, WD14 selected_tags.csv or one tag per line "
+            "(gzip OK). Default: $TAGSMITH_VOCAB.",
+        ),
+    ] = None,
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", metavar="OUT",
+                     help="Score file to write (.csv, .jsonl or .parquet)."),
+    ] = ...,  # type: ignore[assignment]
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", "-f", show_default=False, metavar="csv|jsonl|parquet",
+                     help="Output format (default: from OUT's extension)."),
+    ] = None,
+    neighbors: Annotated[
+        int, typer.Option("--neighbors", "-k", min=1, max=100, metavar="K",
+                          help="Nearest tags listed per tag."),
+    ] = 5,
+    min_count: Annotated[
+        int | None,
+        typer.Option("--min-count", min=0, show_default=False, metavar="N",
+                     help="Skip tags with fewer posts (tags without a count are kept)."),
+    ] = None,
+    category: Annotated[
+        list[str] | None,
+        typer.Option("--category", "-c", show_default=False, metavar="CAT",
+                     help="Only these categories: a number or general, artist, copyright, "
+                     "character, meta (repeatable, or comma-separated)."),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", "-n", min=1, show_default=False, metavar="N",
+                     help="Score only the first N tags left after the filters (a tagcomplete "
+                     "list is sorted by post count, so: the N most used)."),
+    ] = None,
+    top: Annotated[
+        int, typer.Option("--top", min=0, metavar="N", help="Riskiest tags shown in the summary."),
+    ] = 15,
+    model: ModelOption = None,
+    clip_skip: ClipSkipOption = 1,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    representation: RepresentationOption = "tag",
+    context: ContextOption = None,
+    cache_dir: CacheDirOption = None,
+    no_cache: NoCacheOption = False,
+) -> None:
+    """Score every tag of a vocabulary: token split, nearest tags, and leakage risk towards
+    more frequent tags that share its head token. Writes one row per tag to OUT."""
+    from tagsmith.cli._console import console, err_console
+    from tagsmith.errors import UsageError
+    from tagsmith.score import _pyarrow, format_for_path, parse_categories, score_vocabulary
+    from tagsmith.suggest import open_model
+    from tagsmith.vocab import default_vocab_path, read_vocabulary
+
+    path = vocab or default_vocab_path()
+    if path is None:
+        raise UsageError("Give a vocabulary file, or set TAGSMITH_VOCAB to one.")
+    # Everything that could fail at the end is checked before a long run starts.
+    out_format = format_for_path(output, fmt)
+    if out_format == "parquet":
+        _pyarrow()
+    if output.is_dir():
+        raise UsageError(f"{output} is a folder; give a file name to write the scores to.")
+    out_parent = output.parent if str(output.parent) else Path(".")
+    if not out_parent.is_dir():
+        raise UsageError(f"Cannot write {output}: the folder {out_parent} does not exist.")
+    categories = parse_categories(category or [])
+
+    with err_console.status("reading the vocabulary…"):
+        vocabulary = read_vocabulary(path)
+    err_console.print(vocabulary.summary() + ".", highlight=False, markup=False)
+    for note in vocabulary.notes:
+        err_console.print(f"Note: {note}", highlight=False, markup=False)
+    _print_problems(err_console, vocabulary.problems)
+
+    settings = settings_from_options(
+        model=model, clip_skip=clip_skip, device=device, dtype=dtype,
+        representation=representation, context=context, cache_dir=cache_dir, no_cache=no_cache,
+    )
+    with err_console.status("looking for the text encoder…"):
+        embedder, notice = open_model(settings, explicit=model is not None)
+    if notice:
+        err_console.print(f"Note: {notice}", style="yellow", highlight=False, markup=False)
+
+    bars = _PhaseBars(err_console)
+    try:
+        with bars:
+            result = score_vocabulary(
+                vocabulary, embedder, k=neighbors, min_count=min_count,
+                categories=categories or None, limit=limit, progress=bars.update,
+            )
+    except KeyboardInterrupt:
+        if embedder is not None and not no_cache:
+            err_console.print(
+                "Stopped. Vectors already computed are in the embedding cache: run the same "
+                f"command again to resume. {output} was not written.",
+                style="yellow", highlight=False, markup=False,
+            )
+        raise
+    finally:
+        if embedder is not None:
+            embedder.close()
+    from tagsmith.score import write_scores
+
+    write_scores(result.rows, output, out_format, summary=result.summary)
+    _print_summary(console, result, output, top)
+
+
+def _print_problems(err_console: Any, problems: list) -> None:
+    if not problems:
+        return
+    for p in problems[:MAX_PROBLEMS_SHOWN]:
+        err_console.print(f"  skipped {p}", highlight=False, markup=False, style="yellow")
+    if len(problems) > MAX_PROBLEMS_SHOWN:
+        more = len(problems) - MAX_PROBLEMS_SHOWN
+        err_console.print(f"  … and {more:,} more bad rows", highlight=False, style="yellow")
+
+
+class _PhaseBars:
+    """One rich progress bar per phase, created when the phase reports first."""
+
+    def __init__(self, err_console: Any) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description:<10}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _rate_column(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _PhaseBars:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        task = self.tasks.get(phase)
+        if task is None:
+            task = self.progress.add_task(PHASE_LABELS.get(phase, phase), total=total)
+            self.tasks[phase] = task
+        self.progress.update(task, completed=done, total=total)
+
+
+def _rate_column() -> Any:
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        """Tags per second, as rich smooths it over recent updates."""
+
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            if speed is None:
+                return Text("     - tags/s", style="progress.data.speed")
+            return Text(f"{speed:>6,.0f} tags/s", style="progress.data.speed")
+
+    return RateColumn()
+
+
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _print_summary(console: Any, result: Any, output: Path, top: int) -> None:
+    from rich.table import Table
+
+    from tagsmith.tokenizer import normalize_tag
+
+    s = result.summary
+    pct = 100 * s.n_split / s.n_tags if s.n_tags else 0
+    lines = [
+        f"Scored {s.n_tags:,} tags -> {output}",
+        f"  {s.n_split:,} ({pct:.1f}%) split a word into sub-word pieces; "
+        f"{s.n_tags - s.n_split:,} use only known whole-word tokens.",
+    ]
+    if s.filtered_out:
+        lines.append(f"  {s.filtered_out:,} tags left out by --min-count/--category/--limit.")
+    if s.timings:
+        lines.append("  time: " + ", ".join(
+            f"{PHASE_LABELS.get(k, k)} {v:.1f}s" for k, v in s.timings.items()
+        ))
+    console.print("\n".join(lines), highlight=False, markup=False)
+    rows = s.riskiest[:top]
+    if not rows:
+        return
+    with_model = s.model is not None
+    title = (
+        "Riskiest tags: close to a much more frequent tag sharing their head token"
+        if with_model else
+        "Tags most dominated by a frequent tag sharing their head token (no model: no similarity)"
+    )
+    table = Table(title=title, title_justify="left", show_lines=False)
+    table.add_column("tag", overflow="fold")
+    table.add_column("posts", justify="right")
+    table.add_column("tokens", overflow="fold")
+    table.add_column("shares head token with", overflow="fold")
+    table.add_column("its posts", justify="right")
+    if with_model:
+        table.add_column("leak sim", justify="right")
+        table.add_column("risk", justify="right")
+    for r in rows:
+        cells = [
+            r.text, _fmt(r.count, ","), " ".join(r.tokens), normalize_tag(r.shares_token_with),
+            _fmt(r.shares_token_count, ","),
+        ]
+        if with_model:
+            cells += [_fmt(r.leak_similarity), _fmt(r.leak_risk)]
+        table.add_row(*cells)
+    console.print(table)

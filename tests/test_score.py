@@ -1,0 +1,369 @@
+"""`tagsmith score`: the library, the score file formats, and the command."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fake_embedder import BagOfTokensEmbedder, random_table
+
+from tagsmith.errors import FileFormatError, InputError, UsageError
+from tagsmith.score import (
+    COLUMNS,
+    ScoreNeighbor,
+    ScoreRow,
+    _shares_token,
+    dominance,
+    embed_in_chunks,
+    format_for_path,
+    head_token_index,
+    parse_categories,
+    read_score_file,
+    read_score_metadata,
+    riskiest,
+    score_vocabulary,
+    select_entries,
+    write_scores,
+)
+from tagsmith.tokenizer import load_tokenizer
+from tagsmith.vocab import Vocabulary, read_vocabulary
+
+VOCAB = (
+    "bottle,0,71684,bottles\n"
+    "wine_bottle,0,6727,\n"
+    "holding_bottle,0,20214,\n"
+    "mayonnaise,0,526,\n"
+    "mayonnaise_bottle,0,144,\n"
+    "cross_tattoo,0,396,\n"
+    "tattoo,0,200000,\n"
+    "hijikata_toushirou_\\(gintama\\),4,571,\n"
+    "toushirou,4,30,\n"
+    ":),0,5000,\n"
+    "long_hair,0,4350743,\n"
+    "mayonnaise_bottle,0,12,\n"  # duplicate: merged, higher count kept
+    "jar,x,5,\n"  # bad row
+)
+
+
+@pytest.fixture
+def vocab_path(tmp_path: Path) -> Path:
+    p = tmp_path / "tags.csv"
+    p.write_text(VOCAB, encoding="utf-8")
+    return p
+
+
+@pytest.fixture
+def vocab(vocab_path: Path):  # noqa: ANN201
+    return read_vocabulary(vocab_path)
+
+
+@pytest.fixture(scope="module")
+def fake() -> BagOfTokensEmbedder:
+    return BagOfTokensEmbedder(random_table(32, seed=3))
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+# -- head tokens and partners -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tag", "head"),
+    [
+        ("mayonnaise bottle", "bottle</w>"),
+        ("bottle", "bottle</w>"),
+        ("mayonnaise", "onnaise</w>"),
+        ("hijikata toushirou (gintama)", "rou</w>"),
+        ("long hair", "hair</w>"),
+        (":)", ":)</w>"),
+        ("year 2020", "year</w>"),
+        ("(cosplay)", "cosplay</w>"),
+        ("cross-arm", "arm</w>"),
+    ],
+)
+def test_head_token(tag: str, head: str) -> None:
+    tt = load_tokenizer().analyze(tag)
+    pos = head_token_index(tt.words, tt.n_tokens)
+    assert pos is not None and tt.tokens[pos] == head
+
+
+def test_head_token_of_empty() -> None:
+    assert head_token_index((), 0) is None
+
+
+def test_shares_token_against_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    n = 300
+    ids = [list(rng.integers(0, 12, rng.integers(1, 5))) for _ in range(n)]
+    counts = rng.integers(-1, 20, n)  # -1: unknown, many ties
+    n_tok = np.array([len(i) for i in ids])
+    rows = list(rng.choice(n, 80, replace=False))
+    heads = np.array([ids[r][-1] for r in rows])
+    got = _shares_token(heads, ids, counts, n_tok, rows)
+    for j, r in enumerate(rows):
+        others = [o for o in range(n) if o != r and heads[j] in ids[o]]
+        best = min(others, key=lambda o: (-counts[o], n_tok[o], o)) if others else -1
+        assert got[j] == best
+
+
+# -- scoring ------------------------------------------------------------------------------
+
+
+def test_score_rows_against_hand_computation(vocab, fake: BagOfTokensEmbedder) -> None:
+    res = score_vocabulary(vocab, fake, k=3)
+    rows = {r.text: r for r in res.rows}
+    assert len(res.rows) == 11 and res.summary.n_tags == 11
+    assert res.summary.duplicates_removed == 1 and res.summary.bad_rows == 1
+    assert [p.line for p in res.problems] == [13]
+
+    may = rows["mayonnaise bottle"]
+    assert may.tag == "mayonnaise_bottle" and may.count == 144 and may.category == 0
+    assert may.tokens == ("may", "onnaise</w>", "bottle</w>") and may.n_tokens == 3
+    assert may.known_words == ("bottle",) and may.unknown_words == ("mayonnaise",)
+    assert may.head_token == "bottle</w>"
+    assert may.shares_token_with == "bottle" and may.shares_token_count == 71684
+
+    # Independent numbers: the fake encoder's vectors, cosine in float64.
+    vec = {t: fake.embed([t])[0] for t in rows}
+    leak = float(unit(vec["mayonnaise bottle"]) @ unit(vec["bottle"]))
+    assert may.leak_similarity == pytest.approx(leak, abs=1e-4)
+    dom = math.log10(71684 / 144) / 3
+    assert may.leak_risk == pytest.approx(leak * dom, abs=2e-4)
+    assert may.dominance == pytest.approx(dom)
+
+    texts = list(rows)
+    m = unit(np.stack([vec[t] for t in texts]))
+    sims = m @ m.T
+    np.fill_diagonal(sims, -np.inf)
+    i = texts.index("mayonnaise bottle")
+    order = np.argsort(-sims[i])[:3]
+    assert [n.tag for n in may.neighbors] == [res.rows[j].tag for j in order]
+    assert [n.similarity for n in may.neighbors] == pytest.approx(sims[i, order], abs=1e-4)
+    assert may.distinctiveness == pytest.approx(1 - sims[i, order].mean(), abs=1e-4)
+
+    # Partners: the most frequent other tag with the head token; "bottle" itself has the
+    # token alone, so its partner is the next most frequent, holding_bottle.
+    assert rows["bottle"].shares_token_with == "holding_bottle"
+    assert rows["bottle"].leak_risk == 0.0  # the partner is less frequent
+    assert rows["hijikata toushirou (gintama)"].head_token == "rou</w>"
+    assert rows["hijikata toushirou (gintama)"].shares_token_with == "toushirou"
+    assert rows["cross tattoo"].shares_token_with == "tattoo"
+    assert rows["long hair"].shares_token_with is None and rows["long hair"].leak_risk is None
+    assert res.summary.n_split == sum(1 for r in res.rows if r.unknown_words)
+    assert res.summary.model["fingerprint"] == "fake0000"
+    assert set(res.summary.timings) == {"tokenize", "encode", "neighbors"}
+
+
+def test_riskiest_orders_by_risk(vocab, fake: BagOfTokensEmbedder) -> None:
+    res = score_vocabulary(vocab, fake, k=2)
+    risks = [r.leak_risk for r in res.summary.riskiest]
+    assert risks == sorted(risks, reverse=True) and all(r > 0 for r in risks)
+    assert "mayonnaise_bottle" in [r.tag for r in res.summary.riskiest]
+    assert riskiest(res.rows, 1) == res.summary.riskiest[:1]
+
+
+def test_without_model_token_columns_only(vocab) -> None:
+    res = score_vocabulary(vocab, None, k=3)
+    may = next(r for r in res.rows if r.text == "mayonnaise bottle")
+    assert may.neighbors == () and may.leak_similarity is None
+    assert may.distinctiveness is None and may.leak_risk is None
+    assert may.shares_token_with == "bottle"  # token-only: no model needed
+    assert res.summary.model is None and res.summary.k == 0
+    assert "encode" not in res.summary.timings
+    # Without similarities the summary ranks by how dominated a tag is.
+    # cross tattoo: 200000 / 396 = 505x; mayonnaise bottle: 71684 / 144 = 498x.
+    assert [r.tag for r in res.summary.riskiest[:2]] == ["cross_tattoo", "mayonnaise_bottle"]
+
+
+def test_filters_and_partners_from_whole_vocabulary(vocab, fake: BagOfTokensEmbedder) -> None:
+    res = score_vocabulary(vocab, fake, k=2, categories={0}, min_count=300, limit=4)
+    assert [r.tag for r in res.rows] == ["bottle", "wine_bottle", "holding_bottle", "mayonnaise"]
+    assert res.summary.filtered_out == 7
+    # The partner (144 posts) lies outside the selection and is still embedded.
+    may = res.rows[3]
+    assert may.shares_token_with == "mayonnaise_bottle" and may.shares_token_count == 144
+    leak = float(unit(fake.embed(["mayonnaise"])[0]) @ unit(fake.embed(["mayonnaise bottle"])[0]))
+    assert may.leak_similarity == pytest.approx(leak, abs=1e-4)
+    assert may.leak_risk == 0.0  # the partner is rarer
+    # Neighbours come from the selection only.
+    assert {n.tag for n in may.neighbors} <= {"bottle", "wine_bottle", "holding_bottle"}
+
+
+def test_nothing_selected(vocab) -> None:
+    with pytest.raises(InputError, match=r"^No tags left to score: all 11 tags"):
+        score_vocabulary(vocab, None, min_count=10**9)
+
+
+def test_select_entries_keeps_unknown_counts(tmp_path: Path) -> None:
+    p = tmp_path / "plain.txt"
+    p.write_text("a tag\nother tag\n")
+    v = read_vocabulary(p)
+    assert select_entries(v, min_count=5) == [0, 1]
+    assert select_entries(v, categories={0}) == []
+
+
+def test_parse_categories() -> None:
+    assert parse_categories(["general", "4", "artist,copyright"]) == {0, 1, 3, 4}
+    with pytest.raises(UsageError, match=r"^Unknown category 'species'"):
+        parse_categories(["species"])
+
+
+def test_dominance() -> None:
+    assert dominance(144, 71684) == pytest.approx(math.log10(71684 / 144) / 3)
+    assert dominance(10, 10_000_000) == 1.0
+    assert dominance(500, 100) == 0.0 and dominance(5, 0) == 0.0
+    assert dominance(None, 5) is None and dominance(5, None) is None
+
+
+def test_embed_in_chunks_keeps_order_and_reports(fake: BagOfTokensEmbedder) -> None:
+    texts = ["long hair", "bottle", "hijikata toushirou (gintama)", "a", "wine bottle"] * 3
+    seen: list[tuple[int, int]] = []
+    before = len(fake.calls)
+    out = embed_in_chunks(fake, texts, chunk_size=4, progress=lambda d, t: seen.append((d, t)))
+    np.testing.assert_allclose(out, fake.embed(texts), atol=1e-6)
+    calls = fake.calls[before:-1]
+    assert len(calls) == 4 and all(len(c) <= 4 for c in calls)
+    # Each call holds tags of similar length: sorted by token count.
+    lengths = [len(load_tokenizer().encode(t)) for c in calls for t in c]
+    assert lengths == sorted(lengths)
+    assert seen[-1] == (15, 15) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+# -- files --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scored(vocab, fake: BagOfTokensEmbedder):  # noqa: ANN201
+    return score_vocabulary(vocab, fake, k=3)
+
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl", "parquet"])
+def test_round_trip(tmp_path: Path, scored, ext: str) -> None:
+    path = write_scores(scored.rows, tmp_path / f"out.{ext}", summary=scored.summary)
+    back = read_score_file(path)
+    assert back == scored.rows
+    assert isinstance(back[0].neighbors[0], ScoreNeighbor)
+    assert [f for f in COLUMNS][:3] == ["tag", "text", "count"]
+
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl", "parquet"])
+def test_round_trip_without_model(tmp_path: Path, vocab, ext: str) -> None:
+    res = score_vocabulary(vocab, None)
+    back = read_score_file(write_scores(res.rows, tmp_path / f"out.{ext}"))
+    assert back == res.rows
+
+
+def test_round_trip_awkward_tags(tmp_path: Path) -> None:
+    rows = [
+        ScoreRow("a,\"b\"\n", "a,\"b\"", None, None, ("a</w>",), 1, ("a",), (), None, None,
+                 None, (ScoreNeighbor(":|", 0.5), ScoreNeighbor("x, y", -0.25)), 0.1, None, 0.0),
+        ScoreRow("•_•", "•_•", 3, 5, (), 0, (), (), None, None, None, (), None, None, None),
+    ]
+    for ext in ("csv", "jsonl", "parquet"):
+        assert read_score_file(write_scores(rows, tmp_path / f"x.{ext}")) == rows
+
+
+def test_csv_layout_is_readable(tmp_path: Path, scored) -> None:
+    text = write_scores(scored.rows, tmp_path / "o.csv").read_text(encoding="utf-8")
+    header, first = text.splitlines()[:2]
+    assert header.split(",") == list(COLUMNS)
+    assert first.startswith("bottle,bottle,71684,0,bottle</w>,1,bottle,,bottle</w>,")
+
+
+def test_jsonl_layout(tmp_path: Path, scored) -> None:
+    line = (write_scores(scored.rows, tmp_path / "o.jsonl").read_text().splitlines())[4]
+    obj = json.loads(line)
+    assert obj["tag"] == "mayonnaise_bottle" and obj["tokens"] == ["may", "onnaise</w>",
+                                                                   "bottle</w>"]
+    assert set(obj["neighbors"][0]) == {"tag", "similarity"}
+
+
+def test_parquet_metadata(tmp_path: Path, scored) -> None:
+    path = write_scores(scored.rows, tmp_path / "o.parquet", summary=scored.summary)
+    meta = read_score_metadata(path)
+    assert meta["n_tags"] == 11 and meta["model"]["fingerprint"] == "fake0000"
+    assert read_score_metadata(write_scores(scored.rows, tmp_path / "o.csv")) is None
+
+
+def test_format_for_path() -> None:
+    assert format_for_path("x.CSV") == "csv" and format_for_path("x.ndjson") == "jsonl"
+    assert format_for_path("x.txt", "parquet") == "parquet"
+    with pytest.raises(UsageError, match="Cannot tell the output format from 'x.txt'"):
+        format_for_path("x.txt")
+    with pytest.raises(UsageError, match="Unknown format 'xlsx'"):
+        format_for_path("x.csv", "xlsx")
+
+
+def test_failed_write_keeps_old_file(tmp_path: Path, scored, monkeypatch) -> None:
+    out = tmp_path / "o.jsonl"
+    out.write_text("old\n")
+
+    class Boom(ScoreRow):
+        def to_dict(self):  # noqa: ANN202
+            raise RuntimeError("disk full")
+
+    bad = list(scored.rows[:3]) + [Boom(**{c: getattr(scored.rows[3], c) for c in COLUMNS})]
+    with pytest.raises(RuntimeError):
+        write_scores(bad, out)
+    assert out.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl", "tags.csv"]
+
+
+def test_parquet_without_pyarrow(tmp_path: Path, scored, monkeypatch) -> None:
+    real_import = builtins.__import__
+
+    def no_pyarrow(name, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if name.startswith("pyarrow"):
+            raise ImportError(name)
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    with pytest.raises(InputError, match=r"Parquet needs pyarrow: .*tagsmith\[parquet\]"):
+        write_scores(scored.rows, tmp_path / "o.parquet")
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_read_score_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        read_score_file(tmp_path / "nope.csv")
+    with pytest.raises(InputError, match="is a directory"):
+        read_score_file(tmp_path)
+    (tmp_path / "e.csv").write_text("")
+    with pytest.raises(FileFormatError, match="is empty"):
+        read_score_file(tmp_path / "e.csv")
+    (tmp_path / "v.csv").write_text(VOCAB)
+    with pytest.raises(FileFormatError, match="not a tagsmith score file"):
+        read_score_file(tmp_path / "v.csv")
+    (tmp_path / "b.jsonl").write_text('{"tag": "a", "n_tokens": 1}\n{"tag": \n')
+    with pytest.raises(FileFormatError, match=r"not a tagsmith score file \(line 2"):
+        read_score_file(tmp_path / "b.jsonl")
+    (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(FileFormatError, match="not UTF-8"):
+        read_score_file(tmp_path / "bin.csv")
+    (tmp_path / "p.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(FileFormatError, match="not a readable parquet file"):
+        read_score_file(tmp_path / "p.parquet")
+
+
+# -- the real list ------------------------------------------------------------------------
+
+
+@pytest.mark.shared_data
+def test_danbooru_token_columns(danbooru_csv: Path) -> None:
+    full = read_vocabulary(danbooru_csv)
+    # The tags with >= 2,000 posts stand in for the whole list (tokenizing all 140k is slow).
+    v = Vocabulary([e for e in full if (e.count or 0) >= 2_000], full.format, full.path, [], 0)
+    res = score_vocabulary(v, None, categories={0}, min_count=20_000)
+    rows = {r.text: r for r in res.rows}
+    assert res.summary.filtered_out == len(v) - len(res.rows)
+    assert len(res.rows) == sum(1 for e in full if e.category == 0 and e.count >= 20_000)
+    assert rows["long hair"].shares_token_with == "short_hair"  # 'long hair' itself is first
+    assert rows["holding bottle"].shares_token_with == "bottle"
+    assert rows["holding bottle"].shares_token_count == 71_684
