@@ -23,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     "tokenize_cmd",
     "suggest_cmd",
     "trigger_cmd",
+    "score_cmd",
     "embed_cmd",
     "dataset_cmd",
     "embed_cmd",
