@@ -143,8 +143,10 @@ def suggest_command(
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
 ) -> None:
-    """Rank spaced, hyphenated, joined and substituted forms of a tag by how well they keep
-    their meaning without leaking into neighbour concepts."""
+    """Rank the forms of a tag: keep its meaning, don't leak into neighbours.
+
+    Forms: spaced, hyphenated, underscore, joined, and substitutions by nearby known words.
+    """
     from tagsmith.cli._console import console, err_console
     from tagsmith.ranking import ScoreWeights
     from tagsmith.suggest import SuggestOptions, open_model, suggest

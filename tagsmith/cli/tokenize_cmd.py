@@ -58,7 +58,7 @@ def render_words(analysis):  # noqa: ANN001, ANN201 - rich Text
     shown = [w for w in analysis.words if not w.is_punctuation]
     for i, word in enumerate(shown):
         if i:
-            text.append("  ")
+            text.append("\n")
         if word.known:
             text.append(f"{word.text} ", style="green")
             text.append("known", style="dim green")
@@ -118,21 +118,23 @@ def tokenize_command(
         console.print_json(json.dumps([a.to_dict() for a in analyses], ensure_ascii=False))
     else:
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(show_lines=False, header_style="bold", pad_edge=False)
-        table.add_column("tag", overflow="fold")
-        table.add_column("tokens", overflow="fold")
+        table = Table(show_lines=True, header_style="bold", pad_edge=False)
+        table.add_column("tag", overflow="fold", max_width=28)
+        table.add_column("tokens (ids below)", overflow="fold")
         table.add_column("n", justify="right")
-        table.add_column("ids", overflow="fold", style="dim")
         table.add_column("words", overflow="fold")
         for a in analyses:
-            n_style = "red" if a.n_tokens > 75 else ""
-            shown = a.tag if a.text == a.tag else f"{a.tag}\n[dim]→ {a.text}[/dim]"
+            shown = Text(a.tag)
+            if a.text != a.tag:
+                shown.append(f"\n→ {a.text}", style="dim")
+            pieces = render_pieces(a.tokens)
+            pieces.append("\n" + " ".join(map(str, a.ids)), style="dim")
             table.add_row(
                 shown,
-                render_pieces(a.tokens),
-                f"[{n_style}]{a.n_tokens}[/]" if n_style else str(a.n_tokens),
-                " ".join(map(str, a.ids)),
+                pieces,
+                Text(str(a.n_tokens), style="red" if a.n_tokens > 75 else ""),
                 render_words(a),
             )
         console.print(table)

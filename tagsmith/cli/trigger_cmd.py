@@ -82,8 +82,11 @@ def trigger_command(
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
 ) -> None:
-    """Rank trigger words that reuse known tokens without colliding with strong or correlated
-    tags; with --part, rank families whose members stay distinct."""
+    """Rank new trigger words (or part families) for a concept.
+
+    Good triggers reuse known tokens without colliding with strong or correlated tags; with
+    --part, family members (cross-arm, cross-chest) must also stay distinct.
+    """
     from tagsmith.cli._console import console, err_console
     from tagsmith.suggest import open_model
     from tagsmith.trigger import TriggerOptions, rank_triggers
