@@ -287,7 +287,7 @@ def score_vocabulary(
     min_count: int | None = None,
     categories: Collection[int] | None = None,
     limit: int | None = None,
-    chunk_size: int = EMBED_CHUNK,
+    chunk_size: int | None = None,
     progress: ScoreProgress = _nothing,
     neighbor_backend: str = "auto",
     memory_budget: int | None = None,
@@ -351,7 +351,7 @@ def score_vocabulary(
         extra = sorted({int(p) for p in partner if p >= 0} - selected_set)
         embed_rows = list(selected) + extra
         vectors = embed_in_chunks(
-            embedder, [texts_all[i] for i in embed_rows], chunk_size=chunk_size,
+            embedder, [texts_all[i] for i in embed_rows], chunk_size=chunk_size or EMBED_CHUNK,
             n_tokens=[int(n_tok[i]) for i in embed_rows],
             progress=lambda d, t: progress("encode", d, t),
         )

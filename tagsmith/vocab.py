@@ -115,9 +115,11 @@ class Vocabulary:
         name = self.path.name if self.path else "vocabulary"
         parts = [f"{len(self.entries):,} tags from {name} ({self.format})"]
         if self.duplicates_removed:
-            parts.append(f"{self.duplicates_removed:,} duplicates merged")
+            n = self.duplicates_removed
+            parts.append(f"{n:,} duplicate{'s' if n != 1 else ''} merged")
         if self.problems:
-            parts.append(f"{len(self.problems):,} bad rows skipped")
+            n = len(self.problems)
+            parts.append(f"{n:,} bad row{'s' if n != 1 else ''} skipped")
         return ", ".join(parts)
 
 

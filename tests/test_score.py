@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fake_embedder import BagOfTokensEmbedder, random_table
 
+from tagsmith.cli import run
 from tagsmith.errors import FileFormatError, InputError, UsageError
 from tagsmith.score import (
     COLUMNS,
@@ -367,3 +368,163 @@ def test_danbooru_token_columns(danbooru_csv: Path) -> None:
     assert rows["long hair"].shares_token_with == "short_hair"  # 'long hair' itself is first
     assert rows["holding bottle"].shares_token_with == "bottle"
     assert rows["holding bottle"].shares_token_count == 71_684
+
+
+# -- with the real encoder (tiny random weights) ------------------------------------------
+
+
+def tiny_embedder(model: Path):  # noqa: ANN201
+    from tagsmith.embedding import EncoderSettings, open_embedder
+
+    return open_embedder(EncoderSettings(model=str(model)))
+
+
+def test_real_encoder_numbers(vocab, tiny_model: Path) -> None:
+    from sklearn.neighbors import NearestNeighbors
+
+    res = score_vocabulary(vocab, tiny_embedder(tiny_model), k=4, chunk_size=3)
+    texts = [r.text for r in res.rows]
+    # Vectors from a fresh embedder, one call, no chunking: the reference.
+    ref = tiny_embedder(tiny_model).embed(texts + ["mayonnaise bottle"])
+    nn = NearestNeighbors(n_neighbors=5, metric="cosine", algorithm="brute").fit(ref[:-1])
+    dist, idx = nn.kneighbors(ref[:-1])
+    for j, r in enumerate(res.rows):
+        others = [(int(i), 1 - d) for i, d in zip(idx[j], dist[j]) if i != j][:4]
+        assert [n.similarity for n in r.neighbors] == pytest.approx(
+            [s for _, s in others], abs=2e-4)
+        assert {n.tag for n in r.neighbors} == {res.rows[i].tag for i, _ in others}
+    may = next(r for r in res.rows if r.text == "mayonnaise bottle")
+    leak = float(unit(ref[texts.index("mayonnaise bottle")]) @ unit(ref[texts.index("bottle")]))
+    assert may.leak_similarity == pytest.approx(leak, abs=2e-4)
+
+
+# -- the command --------------------------------------------------------------------------
+
+
+def test_cli_with_model(vocab_path: Path, tmp_path: Path, tiny_model: Path, capsys) -> None:
+    out = tmp_path / "scores.csv"
+    code = run(["score", str(vocab_path), "-o", str(out), "--model", str(tiny_model), "-k", "3"])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    rows = read_score_file(out)
+    assert len(rows) == 11 and all(len(r.neighbors) == 3 for r in rows)
+    assert "11 tags from tags.csv (tagcomplete), 1 duplicate merged, 1 bad row skipped." in cap.err
+    assert "skipped line 13: category 'x' is not a whole number" in cap.err
+    assert f"Scored 11 tags -> {out}" in cap.out
+    assert "Riskiest tags" in cap.out and "mayonnaise bottle" in cap.out
+    for phase in ("tokenize", "encode", "neighbours"):
+        assert phase in cap.err
+
+
+def test_cli_without_model(vocab_path: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "scores.jsonl"
+    code = run(["score", str(vocab_path), "-o", str(out)])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    notes = [line for line in cap.err.splitlines() if line.startswith("Note: ")]
+    assert len(notes) == 1 and "SD1.5 text encoder" in notes[0]
+    assert "Traceback" not in cap.err
+    rows = read_score_file(out)
+    assert len(rows) == 11 and all(r.neighbors == () and r.leak_similarity is None for r in rows)
+    assert "no model: no similarity" in cap.out
+
+
+def test_cli_filters_and_format(vocab_path: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "scores.data"
+    code = run(["score", str(vocab_path), "-o", str(out), "--format", "parquet",
+                "--category", "general", "--min-count", "1000", "--limit", "3"])
+    assert code == 0, capsys.readouterr().err
+    assert [r.tag for r in read_score_file(out)] == ["bottle", "wine_bottle", "holding_bottle"]
+    assert "8 tags left out" in capsys.readouterr().out
+
+
+def test_cli_vocab_from_environment(vocab_path: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("TAGSMITH_VOCAB", str(vocab_path))
+    assert run(["score", "-o", str(tmp_path / "o.csv")]) == 0
+    monkeypatch.delenv("TAGSMITH_VOCAB")
+    capsys.readouterr()
+    assert run(["score", "-o", str(tmp_path / "o.csv")]) == 2
+    assert "Give a vocabulary file, or set TAGSMITH_VOCAB" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["{missing}", "-o", "{tmp}/o.csv"], 1, "does not exist."),
+        (["{vocab}", "-o", "{tmp}/o.txt"], 2, "Cannot tell the output format from 'o.txt'"),
+        (["{vocab}", "-o", "{tmp}/nowhere/o.csv"], 2, "the folder"),
+        (["{vocab}", "-o", "{tmp}"], 2, "is a folder"),
+        (["{vocab}", "-o", "{tmp}/o.csv", "--category", "species"], 2, "Unknown category"),
+        (["{vocab}", "-o", "{tmp}/o.csv", "--neighbors", "0"], 2, "--neighbors"),
+        (["{vocab}"], 2, "--output"),
+        (["{vocab}", "-o", "{tmp}/o.csv", "--model", "{tmp}/no-model"], 1, "Error: "),
+        (["{vocab}", "-o", "{tmp}/o.csv", "--min-count", "999999999"], 1, "No tags left"),
+        (["{tmp}/empty.csv", "-o", "{tmp}/o.csv"], 1, "is empty."),
+    ],
+)
+def test_cli_bad_input(vocab_path: Path, tmp_path: Path, capsys, args, code, message) -> None:
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "o.csv").write_text("previous run\n")
+    fill = {"vocab": str(vocab_path), "tmp": str(tmp_path), "missing": str(tmp_path / "x.csv")}
+    assert run(["score", *[a.format(**fill) for a in args]]) == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert (tmp_path / "o.csv").read_text() == "previous run\n"
+
+
+def test_cli_parquet_without_pyarrow_fails_before_work(
+    vocab_path: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import tagsmith.score as score_mod
+
+    def missing() -> None:
+        raise InputError("Parquet needs pyarrow: pip install 'tagsmith[parquet]'.")
+
+    monkeypatch.setattr(score_mod, "_pyarrow", missing)
+    monkeypatch.setattr(score_mod, "score_vocabulary", lambda *a, **k: pytest.fail("ran"))
+    assert run(["score", str(vocab_path), "-o", str(tmp_path / "o.parquet")]) == 1
+    assert "Parquet needs pyarrow" in capsys.readouterr().err
+
+
+def test_cli_interrupt_then_resume(
+    vocab_path: Path, tmp_path: Path, tiny_model: Path, monkeypatch, capsys
+) -> None:
+    import tagsmith.score as score_mod
+    from tagsmith.embedding import TagEmbedder
+    from tagsmith.encoder import ClipTextEncoder
+
+    monkeypatch.setattr(score_mod, "EMBED_CHUNK", 4)
+    encoded: list[int] = []
+    real_encode = ClipTextEncoder.encode
+
+    def counting_encode(self, sequences, **kw):  # noqa: ANN001, ANN003, ANN202
+        encoded.append(len(sequences))
+        return real_encode(self, sequences, **kw)
+
+    monkeypatch.setattr(ClipTextEncoder, "encode", counting_encode)
+    real_embed = TagEmbedder.embed
+    calls = {"n": 0}
+
+    def interrupted_embed(self, texts, **kw):  # noqa: ANN001, ANN003, ANN202
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_embed(self, texts, **kw)
+
+    monkeypatch.setattr(TagEmbedder, "embed", interrupted_embed)
+    out = tmp_path / "scores.csv"
+    out.write_text("previous run\n")
+    args = ["score", str(vocab_path), "-o", str(out), "--model", str(tiny_model)]
+    assert run(args) == 130
+    err = capsys.readouterr().err
+    assert "Stopped. Vectors already computed are in the embedding cache" in err
+    assert "Interrupted." in err and "Traceback" not in err
+    assert out.read_text() == "previous run\n"
+    assert sum(encoded) == 8  # two chunks of 4 done before Ctrl-C
+
+    monkeypatch.setattr(TagEmbedder, "embed", real_embed)
+    encoded.clear()
+    assert run(args) == 0
+    # 11 tags + 1 partner outside... none here: 11 texts, 8 came from the cache.
+    assert sum(encoded) == 3
+    assert len(read_score_file(out)) == 11

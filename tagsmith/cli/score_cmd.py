@@ -89,11 +89,11 @@ def score_command(
     if path is None:
         raise UsageError("Give a vocabulary file, or set TAGSMITH_VOCAB to one.")
     # Everything that could fail at the end is checked before a long run starts.
+    if output.is_dir():
+        raise UsageError(f"{output} is a folder; give a file name to write the scores to.")
     out_format = format_for_path(output, fmt)
     if out_format == "parquet":
         _pyarrow()
-    if output.is_dir():
-        raise UsageError(f"{output} is a folder; give a file name to write the scores to.")
     out_parent = output.parent if str(output.parent) else Path(".")
     if not out_parent.is_dir():
         raise UsageError(f"Cannot write {output}: the folder {out_parent} does not exist.")
