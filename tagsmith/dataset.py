@@ -38,6 +38,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from tagsmith.errors import DatasetError
@@ -52,11 +53,11 @@ DEFAULT_MAX_Q = 0.1
 EMBED_BASELINE_TAGS = 200  # most frequent tags whose pairwise similarity calibrates "close"
 COLLISION_PERCENTILE = 95.0
 MAX_CLUSTER_NODES = 400
-EXACT_SHUFFLE_MAX_TAGS = 400  # beyond this many shuffled tags, a seeded Monte Carlo estimate
 
 _REPEAT_FOLDER = re.compile(r"^(\d+)(?:_(.*))?$", re.S)
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")  # Python's universal newlines, as kohya's readlines
 _SEPARATOR = re.compile(r",|\r\n|\r|\n")
+_SYNTAX_CHARS = re.compile(r"[()\[\]]")
 _WEIGHT_SUFFIX = re.compile(r":\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*$")
 
 
@@ -191,7 +192,7 @@ def _peel_syntax(s: str) -> tuple[int, int, bool]:
     a letter or digit (``:)``, ``>_<``) is an emoticon tag and is kept whole.
     """
     i, j = 0, len(s)
-    if not any(ch.isalnum() for ch in s):
+    if not _SYNTAX_CHARS.search(s) or not any(ch.isalnum() for ch in s):
         return i, j, False
     escaped = _escaped_positions(s)
     match = _bracket_matches(s, escaped)
@@ -229,6 +230,7 @@ def _peel_syntax(s: str) -> tuple[int, int, bool]:
     return i, j, weighted
 
 
+@lru_cache(maxsize=1 << 16)
 def tag_key(text: str) -> str:
     """The analysed form of a tag as written (no syntax around it): what statistics compare."""
     return clean_text(normalize_tag(text))
@@ -521,7 +523,7 @@ def build_cooccurrence(tag_sets: Sequence[Iterable[str]], weights: Sequence[floa
     rows: list[int] = []
     cols: list[int] = []
     for r, tags in enumerate(tag_sets):
-        for t in set(tags):
+        for t in dict.fromkeys(tags):  # first-seen order keeps results reproducible
             rows.append(r)
             cols.append(index.setdefault(t, len(index)))
     x = sparse.csr_matrix(
@@ -544,15 +546,8 @@ def pair_stat(
 ) -> PairStat:
     """Association of two tags from caption counts (support) and weighted presence (strength)."""
     p_ab, p_a, p_b = w_ab / w_total, w_a / w_total, w_b / w_total
-    if p_ab <= 0:
-        npmi, lift = -1.0, 0.0
-    elif p_ab >= 1:
-        npmi, lift = 0.0, 1.0  # both in every caption: no evidence either way
-    else:
-        lift = p_ab / (p_a * p_b)
-        npmi = math.log(lift) / -math.log(p_ab)
-    var = p_a * (1 - p_a) * p_b * (1 - p_b)
-    phi = (p_ab - p_a * p_b) / math.sqrt(var) if var > 0 else 0.0
+    npmi_a, lift_a, phi_a = _association(p_ab, p_a, p_b)
+    npmi, lift, phi = float(npmi_a), float(lift_a), float(phi_a)
     rarer = min(count_a, count_b)
     discount = together / (together + 1) * rarer / (rarer + 1)
     return PairStat(
@@ -596,27 +591,50 @@ def strong_pairs(
         return []
     weighted = (x.T @ x.multiply(co.weights[:, None]).tocsc()).tocsr()
     rows, cols, counts = together
-    ca = co.counts[keep[rows]]
-    cb = co.counts[keep[cols]]
+    ia, ib = keep[rows], keep[cols]
+    ca, cb = co.counts[ia], co.counts[ib]
     # P(X >= together) for X ~ Hypergeometric(captions, count_a, count_b).
     p_values = hypergeom.sf(counts - 1, n, ca, cb)
     q_values = benjamini_hochberg(p_values)
+    w_ab = np.asarray(weighted[rows, cols]).ravel()
     total = co.total_weight
+    npmi, _, _ = _association(
+        w_ab / total, co.weighted_counts[ia] / total, co.weighted_counts[ib] / total
+    )
+    rarer = np.minimum(ca, cb)
+    score = npmi * counts / (counts + 1) * rarer / (rarer + 1)
     out: list[PairStat] = []
-    for i, j, c, p, q in zip(rows, cols, counts, p_values, q_values):
-        ia, ib = keep[i], keep[j]
-        a, b = co.tags[ia], co.tags[ib]
+    for k in np.flatnonzero((score >= min_score) & (q_values <= max_q)):
+        a, b, xa, xb = co.tags[ia[k]], co.tags[ib[k]], ia[k], ib[k]
         if b < a:
-            a, b, ia, ib = b, a, ib, ia
-        stat = pair_stat(
-            a, b, int(c), int(co.counts[ia]), int(co.counts[ib]), float(weighted[i, j]),
-            float(co.weighted_counts[ia]), float(co.weighted_counts[ib]), total,
-            p_value=float(p), q_value=float(q),
-        )
-        if stat.score >= min_score and stat.q_value <= max_q:
-            out.append(stat)
+            a, b, xa, xb = b, a, xb, xa
+        out.append(pair_stat(
+            a, b, int(counts[k]), int(co.counts[xa]), int(co.counts[xb]), float(w_ab[k]),
+            float(co.weighted_counts[xa]), float(co.weighted_counts[xb]), total,
+            p_value=float(p_values[k]), q_value=float(q_values[k]),
+        ))
     out.sort(key=lambda s: (-s.score, -s.together, s.a, s.b))
     return out
+
+
+def _association(p_ab, p_a, p_b):  # noqa: ANN001, ANN202 - numpy arrays in, arrays out
+    """NPMI, lift and phi of 2x2 tables given by their joint and marginal probabilities.
+
+    NPMI is -1 for pairs never together and 0 for pairs together in every caption (no
+    evidence either way), as is phi when a tag is in every caption or none.
+    """
+    import numpy as np
+
+    p_ab, p_a, p_b = (np.asarray(x, dtype=np.float64) for x in (p_ab, p_a, p_b))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lift = np.where(p_ab > 0, p_ab / (p_a * p_b), 0.0)
+        inner = (p_ab > 0) & (p_ab < 1)
+        npmi = np.where(inner, np.log(np.where(inner, lift, 1.0)) / -np.log(
+            np.where(inner, p_ab, 0.5)), np.where(p_ab <= 0, -1.0, 0.0))
+        lift = np.where(p_ab >= 1, 1.0, lift)
+        var = p_a * (1 - p_a) * p_b * (1 - p_b)
+        phi = np.where(var > 0, (p_ab - p_a * p_b) / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
+    return npmi, lift, phi
 
 
 def sparse_upper(m, min_value: float) -> tuple:  # noqa: ANN001 - scipy sparse matrix
@@ -824,81 +842,114 @@ def shuffled_cut_probabilities(
     fixed_lengths: Sequence[int], flex_lengths: Sequence[int], limit: int = CHUNK_LENGTH,
 ) -> list[float]:
     """For each shuffled tag, the probability that kohya's shuffle puts any of its tokens past
-    ``limit``.
+    ``limit`` (see ``shuffled_cut_batch``)."""
+    return shuffled_cut_batch([(list(fixed_lengths), list(flex_lengths))], limit)[0]
 
-    The caption is ``", ".join(fixed + shuffled(flex))``; every tag but the last is followed
-    by one comma token (tags ending in punctuation can merge with that comma into one token,
-    ignored here). A shuffled tag at position p is preceded by a uniformly random p-subset of
-    the other shuffled tags, and p is uniform, so
-    ``P(cut) = mean over p of P(sum of a random p-subset > limit - start - length)``.
-    The subset-sum distribution is counted exactly by dynamic programming over (size, sum),
-    once per distinct tag length; past EXACT_SHUFFLE_MAX_TAGS tags a seeded Monte Carlo
-    estimate (4,000 shuffles) is used instead.
+
+def shuffled_cut_batch(
+    captions: Sequence[tuple[Sequence[int], Sequence[int]]], limit: int = CHUNK_LENGTH,
+) -> list[list[float]]:
+    """Exact cut probabilities for many captions, each given as (token lengths of the fixed
+    ``keep_tokens`` tags, token lengths of the shuffled tags).
+
+    kohya trains on ``", ".join(fixed + shuffled(flex))``: every tag but the last is followed
+    by one comma token (a tag ending in punctuation can merge with that comma into one token;
+    ignored here). A shuffled tag of length n is cut when the tags shuffled ahead of it add up
+    to more than ``limit - fixed - n`` tokens (each with its comma).
+
+    Uniform shuffling is the same as giving every tag an independent uniform arrival time:
+    given a tag's own time x, each other tag is ahead of it with probability x,
+    independently. So P(cut) = integral over x in [0, 1] of P(sum of the Bernoulli(x)-chosen
+    other tags > threshold). For fixed x, that sum's distribution comes from its generating
+    function prod_i (1 - x + x z^w_i), evaluated at roots of unity and inverted by FFT; the
+    integrand is a polynomial of degree k in x (k = other tags), so Gauss-Legendre quadrature
+    with more than k/2 nodes integrates it exactly. Captions are processed in vectorised
+    chunks, one row per (caption, distinct tag length).
     """
-    import numpy as np
-
-    m = len(flex_lengths)
-    if m == 0:
-        return []
-    fixed_tokens = sum(n + 1 for n in fixed_lengths)  # each fixed tag is followed by a comma
-    steps = [n + 1 for n in flex_lengths]  # a tag and the comma after it
-    out = [0.0] * m
-    if fixed_tokens + sum(steps) - 1 <= limit:
-        return out  # the whole caption fits: nothing is ever cut
-    if m > EXACT_SHUFFLE_MAX_TAGS:
-        return _shuffled_cut_monte_carlo(fixed_tokens, list(flex_lengths), limit)
-    cache: dict[int, list[float]] = {}
-    for j, n in enumerate(flex_lengths):
-        if n == 0:
-            continue  # an empty entry has no tokens to lose
-        threshold = limit - fixed_tokens - n  # cut when the tags before it add up to more
-        if threshold < 0:
-            out[j] = 1.0
-            continue
-        if n not in cache:
-            others = list(steps)
-            others.remove(n + 1)
-            cache[n] = _tail_by_size(others, threshold)
-        out[j] = float(np.mean(cache[n]))
+    out = [[0.0] * len(flex) for _, flex in captions]
+    rows: list[tuple[int, int, int]] = []  # (caption, removed step, threshold)
+    for c, (fixed, flex) in enumerate(captions):
+        fixed_tokens = sum(n + 1 for n in fixed)  # each fixed tag is followed by a comma
+        if not flex or fixed_tokens + sum(n + 1 for n in flex) - 1 <= limit:
+            continue  # the whole caption fits: nothing is ever cut
+        for n in sorted({n for n in flex if n > 0}):
+            threshold = limit - fixed_tokens - n
+            if threshold < 0:
+                for j, m in enumerate(flex):
+                    if m == n:
+                        out[c][j] = 1.0
+            else:
+                rows.append((c, n + 1, threshold))
+    if not rows:
+        return out
+    steps = [[n + 1 for n in flex] for _, flex in captions]
+    top = [sum(s) for s in steps]
+    rows.sort(key=lambda r: (top[r[0]], len(steps[r[0]])))
+    start = 0
+    while start < len(rows):
+        # Chunks of similar size keep the arrays small: about 2M numbers each.
+        first = rows[start]
+        size = 1 << top[first[0]].bit_length()
+        n_nodes = len(steps[first[0]]) // 2 + 1
+        end = start + 1
+        while end < len(rows):
+            c = rows[end][0]
+            grown_size = max(size, 1 << top[c].bit_length())
+            grown_nodes = max(n_nodes, len(steps[c]) // 2 + 1)
+            if (end - start + 1) * grown_size * (grown_nodes + 1) > 2_000_000:
+                break
+            size, n_nodes = grown_size, grown_nodes
+            end += 1
+        probs = _cut_odds_chunk(rows[start:end], steps, size, n_nodes + n_nodes % 2)
+        for (c, step, _), prob in zip(rows[start:end], probs):
+            for j, m in enumerate(captions[c][1]):
+                if m + 1 == step:
+                    out[c][j] = prob
+        start = end
     return out
 
 
-def _tail_by_size(items: list[int], threshold: int) -> list[float]:
-    """P(sum of a uniform random p-subset of ``items`` > threshold), for p = 0..len(items)."""
+def _cut_odds_chunk(rows, steps, size: int, n_nodes: int) -> list[float]:  # noqa: ANN001
+    """P(cut) for rows of (caption, removed step, threshold); ``size`` > every sum of steps."""
     import numpy as np
 
-    k = len(items)
-    cap = threshold + 1  # every sum above the threshold is kept in this last bin
-    counts = np.zeros((k + 1, cap + 1))
-    counts[0, 0] = 1.0
-    for w in items:
-        shifted = np.zeros_like(counts[:-1])
-        if w <= cap:
-            shifted[:, w:] = counts[:-1, : cap + 1 - w]
-            shifted[:, cap] += counts[:-1, cap + 1 - w :].sum(axis=1)
-        else:
-            shifted[:, cap] = counts[:-1].sum(axis=1)
-        counts[1:] += shifted
-    totals = counts.sum(axis=1)
-    return list(counts[:, cap] / totals)
+    x, quad = _gauss_legendre_01(n_nodes)  # an even count keeps x off 1/2, where a factor is 0
+    captions = sorted({r[0] for r in rows})
+    where = {c: i for i, c in enumerate(captions)}
+    widths = sorted({w for c in captions for w in steps[c]})
+    col = {w: i for i, w in enumerate(widths)}
+    multiplicity = np.zeros((len(captions), len(widths)))
+    for c in captions:
+        for w in steps[c]:
+            multiplicity[where[c], col[w]] += 1
+    # log|1 - x + x z^w| and arg(...) for every width: products of complex factors become
+    # sums, and numpy's real cos/sin/log/arctan2 are far faster than its complex log/power.
+    # The sum's distribution is real, so half the spectrum determines it (irfft).
+    angle = -2 * np.pi * np.arange(size // 2 + 1) / size
+    phase_w = np.asarray(widths, dtype=np.float64)[:, None, None] * angle[None, None, :]
+    re_part = 1 - x[None] + x[None] * np.cos(phase_w)
+    im_part = x[None] * np.sin(phase_w)
+    log_mod = 0.5 * np.log(re_part * re_part + im_part * im_part)  # (widths, nodes, size)
+    arg = np.arctan2(im_part, re_part)
+    total_mod = np.einsum("cw,wgl->cgl", multiplicity, log_mod)
+    total_arg = np.einsum("cw,wgl->cgl", multiplicity, arg)
+    ci = np.array([where[c] for c, _, _ in rows])
+    wi = np.array([col[w] for _, w, _ in rows])
+    mod = np.exp(total_mod[ci] - log_mod[wi])
+    phase = total_arg[ci] - arg[wi]
+    pmf = np.fft.irfft(mod * np.cos(phase) + 1j * (mod * np.sin(phase)), n=size, axis=-1)
+    cdf = np.cumsum(pmf, axis=-1)
+    thresholds = np.minimum([t for _, _, t in rows], size - 1)
+    tail = 1.0 - np.take_along_axis(cdf, thresholds[:, None, None].repeat(n_nodes, 1), -1)[..., 0]
+    return list(np.clip(tail @ quad, 0.0, 1.0))
 
 
-def _shuffled_cut_monte_carlo(fixed_tokens: int, flex: list[int], limit: int) -> list[float]:
+@lru_cache(maxsize=64)
+def _gauss_legendre_01(n: int):  # noqa: ANN202 - (nodes as a column, weights) on [0, 1]
     import numpy as np
 
-    rng = np.random.default_rng(0)
-    lengths = np.asarray(flex)
-    steps = lengths + 1
-    hits = np.zeros(len(flex))
-    trials = 4000
-    for _ in range(trials // 200):
-        order = np.argsort(rng.random((200, len(flex))), axis=1)
-        ordered_steps = np.take(steps, order)
-        starts = fixed_tokens + np.cumsum(ordered_steps, axis=1) - ordered_steps
-        ends = starts + np.take(lengths, order)
-        cut = (ends > limit) & (np.take(lengths, order) > 0)
-        np.add.at(hits, order[cut], 1)
-    return list(hits / trials)
+    nodes, weights = np.polynomial.legendre.leggauss(n)
+    return ((nodes + 1) / 2)[:, None], weights / 2
 
 
 @dataclass
@@ -1126,9 +1177,14 @@ def _token_stats(
     shuffled_weight = 0.0
     at_risk = 0
     fixed_cut = 0
-    for cap, parts, total in zip(caps, parts_per_caption, totals):
+    part_lengths_all = [[lengths[p] for p in parts] for parts in parts_per_caption]
+    odds = shuffled_cut_batch(
+        [(pl[:keep_tokens], pl[keep_tokens:]) for pl in part_lengths_all], limit
+    )
+    for cap, parts, total, part_lengths, probs in zip(
+        caps, parts_per_caption, totals, part_lengths_all, odds
+    ):
         w = cap.file.weight
-        part_lengths = [lengths[p] for p in parts]
         keys = [tag_key(strip_weight_syntax(p)) if p else "" for p in parts]
         # File order: where each tag's tokens fall when the caption is used as written.
         pos = 0
@@ -1140,7 +1196,6 @@ def _token_stats(
                     cut_file[key] = cut_file.get(key, 0.0) + w
             pos += n_tok + 1
         fixed, flex = part_lengths[:keep_tokens], part_lengths[keep_tokens:]
-        probs = shuffled_cut_probabilities(fixed, flex, limit)
         fpos = 0
         for n_tok, key in zip(fixed, keys[:keep_tokens]):
             if fpos + n_tok > limit and n_tok:
@@ -1193,7 +1248,9 @@ def _file_notes(ds: Dataset) -> list[str]:
     not_utf8 = Counter(c.decoded.label for c in caps if c.decoded.encoding != "utf-8")
     if not_utf8:
         k = sum(not_utf8.values())
-        detail = ", ".join(f"{name}: {v}" for name, v in not_utf8.most_common())
+        detail = ", ".join(
+            f"{name}: {v}" for name, v in sorted(not_utf8.items(), key=lambda kv: (-kv[1], kv[0]))
+        )
         notes.append(
             f"{k} caption file{'s are' if k != 1 else ' is'} not UTF-8 ({detail}); kohya reads "
             "captions as UTF-8 and stops with an error on them (`tagsmith retag` keeps each "
@@ -1234,7 +1291,8 @@ def _file_notes(ds: Dataset) -> list[str]:
     forms: dict[str, set[str]] = {}
     for c in caps:
         for t in c.first_line_tags:
-            forms.setdefault(t.key, set()).add(t.text)
+            # Case and spacing do not reach the tokenizer; underscores and escapes do.
+            forms.setdefault(t.key, set()).add(clean_text(t.text))
     mixed = sorted(k for k, v in forms.items() if len(v) > 1)
     if mixed:
         example = " / ".join(sorted(forms[mixed[0]])[:3])
@@ -1269,8 +1327,8 @@ def _file_notes(ds: Dataset) -> list[str]:
     if in_repeat and outside:
         notes.append(
             f"{len(outside)} caption{'s lie' if len(outside) != 1 else ' lies'} outside any "
-            f"N_name repeat folder (e.g. {outside[0]}); kohya's folder mode skips them, here "
-            "they count once"
+            f"N_name repeat folder (e.g. {outside[0]}); kohya's folder mode skips "
+            f"{'them, here they count' if len(outside) != 1 else 'it, here it counts'} once"
         )
     return notes
 
@@ -1314,15 +1372,14 @@ def partners_of(
 ) -> list[str]:
     """Strong co-occurrence partners of one tag, as the report ranks them (see
     ``correlated_tags``)."""
-    import numpy as np
 
     i = co.index[key]
     n = co.n_captions
     if int(co.counts[i]) == n:
-        order = [
-            j for j in np.argsort(-co.counts, kind="stable")
-            if j != i and co.counts[j] * 2 >= n
-        ]
+        order = sorted(
+            (j for j in range(len(co.tags)) if j != i and co.counts[j] * 2 >= n),
+            key=lambda j: (-int(co.counts[j]), co.tags[j]),
+        )
         return [co.tags[j] for j in order[:limit]]
     support = default_min_support(n) if min_support is None else min_support
     pairs = strong_pairs(co, min_support=support, min_score=min_score, max_q=max_q)

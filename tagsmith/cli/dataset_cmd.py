@@ -28,10 +28,11 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%" if x >= 0.1 or x == 0 else f"{100 * x:.1f}%"
 
 
-def _open_embedder(settings):  # noqa: ANN001, ANN202 - EncoderSettings -> embedder
+def _open_embedder(options: dict):  # noqa: ANN202 - the encoder façade's embedder
+    from tagsmith.cli._model_options import settings_from_options
     from tagsmith.embedding import open_embedder
 
-    return open_embedder(settings)
+    return open_embedder(settings_from_options(**options))
 
 
 class _LazyEmbed:
@@ -46,11 +47,11 @@ class _LazyEmbed:
     def __call__(self, texts: list[str]):  # noqa: ANN204 - numpy array or None
         from tagsmith.errors import ModelNotFoundError
 
+        if self.notice is not None:
+            return None
         if self._embedder is None:
-            from tagsmith.cli._model_options import settings_from_options
-
             try:
-                self._embedder = _open_embedder(settings_from_options(**self.options))
+                self._embedder = _open_embedder(self.options)
             except ModelNotFoundError as exc:
                 self.notice = f"{exc} The model column is skipped."
                 return None
