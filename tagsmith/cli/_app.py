@@ -24,6 +24,7 @@ COMMAND_MODULES: list[str] = [
     "suggest_cmd",
     "trigger_cmd",
     "score_cmd",
+    "explore_cmd",
     "embed_cmd",
     "dataset_cmd",
     "embed_cmd",

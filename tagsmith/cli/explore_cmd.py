@@ -1,0 +1,128 @@
+"""`tagsmith explore`: the interactive ranking table (Textual, imported only when it runs)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tagsmith.cli._app import app
+from tagsmith.cli._model_options import (
+    CacheDirOption,
+    ClipSkipOption,
+    ContextOption,
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    NoCacheOption,
+    RepresentationOption,
+)
+from tagsmith.cli.suggest_cmd import (
+    AvoidOption,
+    CandidateOption,
+    KeepOption,
+    NeighborOption,
+    VocabOption,
+    WeightsOption,
+)
+from tagsmith.errors import InputError
+
+ExploreTopOption = Annotated[
+    int | None,
+    typer.Option("--top", help="Show this many candidates (default: all).", min=1,
+                 show_default=False),
+]
+ExportOption = Annotated[
+    str,
+    typer.Option("--export-to", help="File name the export dialog (e) offers first."),
+]
+
+
+@app.command("explore")
+def explore_command(
+    target: Annotated[str, typer.Argument(
+        help="A tag (\"mayonnaise bottle\") to rank its forms, or a score file from "
+        "tagsmith score (OUT.csv, OUT.jsonl, OUT.parquet).", show_default=False)],
+    neighbor: NeighborOption = None,
+    avoid: AvoidOption = None,
+    keep: KeepOption = None,
+    candidate: CandidateOption = None,
+    vocab: VocabOption = None,
+    top: ExploreTopOption = None,
+    weights: WeightsOption = None,
+    export_to: ExportOption = "marked-tags.txt",
+    model: ModelOption = None,
+    clip_skip: ClipSkipOption = 1,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    representation: RepresentationOption = "tag",
+    context: ContextOption = None,
+    cache_dir: CacheDirOption = None,
+    no_cache: NoCacheOption = False,
+) -> None:
+    """Explore a ranking in an interactive table: sort, filter, inspect token splits and
+    neighbours, drill into suggest for any tag, mark tags and export them.
+
+    Marked tags are printed on standard output when you quit, one per line, so
+    `tagsmith explore scores.csv > picked.txt` keeps them.
+    """
+    from tagsmith.ranking import ScoreWeights
+    from tagsmith.suggest import SuggestOptions
+    from tagsmith.tui.loaders import check_score_path, looks_like_score_file
+
+    score_weights = ScoreWeights.parse(weights) if weights else ScoreWeights()
+    # Options that describe one tag apply to the tag given here; drill-downs get the rest.
+    drill_options = SuggestOptions(vocab_path=vocab, top=top, weights=score_weights,
+                                   cache_dir=cache_dir, use_cache=not no_cache)
+    if looks_like_score_file(target):
+        path = Path(target).expanduser()
+        check_score_path(path)
+        from tagsmith.tui.app import ScoreSource
+
+        source: object = ScoreSource(path)
+    else:
+        if not target.strip():
+            raise InputError("The tag is empty; give a tag such as \"mayonnaise bottle\".")
+        from tagsmith.tui.app import SuggestSource
+
+        source = SuggestSource(target, SuggestOptions(
+            neighbors=neighbor or [], avoid=avoid or [], keep=keep or [],
+            candidates=candidate or [], vocab_path=vocab, top=top, weights=score_weights,
+            cache_dir=cache_dir, use_cache=not no_cache,
+        ))
+    _require_terminal()
+
+    def load_model():  # noqa: ANN202 - (TagEmbedder | None, notice)
+        from tagsmith.cli._model_options import settings_from_options
+        from tagsmith.suggest import open_model
+
+        settings = settings_from_options(
+            model=model, clip_skip=clip_skip, device=device, dtype=dtype,
+            representation=representation, context=context, cache_dir=cache_dir,
+            no_cache=no_cache,
+        )
+        return open_model(settings, explicit=model is not None)
+
+    from tagsmith.tui.app import ExploreApp
+
+    explorer = ExploreApp(source, suggest_options=drill_options,  # type: ignore[arg-type]
+                          model_loader=load_model, export_default=export_to)
+    try:
+        explorer.run()
+    finally:
+        # Whatever ended the app, what the user marked reaches stdout.
+        for tag in explorer.marked:
+            typer.echo(tag)
+    if explorer.return_code not in (None, 0):
+        raise typer.Exit(explorer.return_code or 1)
+
+
+def _require_terminal() -> None:
+    # Textual draws on stderr and reads stdin; stdout stays free for the marked tags.
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise InputError(
+            "tagsmith explore is interactive and needs a terminal on stdin and stderr; "
+            "use tagsmith suggest or tagsmith score for output to files and pipes."
+        )
