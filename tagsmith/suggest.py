@@ -404,16 +404,19 @@ def nearest_vocab_tags(
 
 
 def _static_vectors(index: Any, rows: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Mean input token embedding of each row's ids (no encoder pass)."""
+    """Mean input token embedding of each row's ids (no encoder pass): one sparse product."""
+    from scipy.sparse import csr_matrix
+
     starts = index.indptr[rows]
-    ends = index.indptr[rows + 1]
-    lengths = (ends - starts).astype(np.int64)
-    flat = np.concatenate([index.token_ids[s:e] for s, e in zip(starts, ends)]) if len(rows) \
-        else np.zeros(0, dtype=np.int32)
-    owner = np.repeat(np.arange(len(rows)), lengths)
-    out = np.zeros((len(rows), table.shape[1]), dtype=np.float32)
-    np.add.at(out, owner, table[flat])
-    return out / np.maximum(lengths, 1)[:, None]
+    lengths = (index.indptr[rows + 1] - starts).astype(np.int64)
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    # Positions of every row's ids in the flat array, gathered without a Python loop.
+    offsets = np.repeat(starts - indptr[:-1], lengths) + np.arange(int(indptr[-1]))
+    cols = index.token_ids[offsets].astype(np.int64)
+    weights = np.repeat(1.0 / np.maximum(lengths, 1), lengths).astype(np.float32)
+    mean = csr_matrix((weights, cols, indptr), shape=(len(rows), table.shape[0]))
+    return np.asarray(mean @ table, dtype=np.float32)
 
 
 # -- reasons --------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from tagsmith.prompt import strip_tag_syntax
 from tagsmith.tokenizer import WORD_END, ClipTokenizer, TagTokens, clean_text, normalize_tag
 
 _WORD_SPLIT = re.compile(r"[\s_\-]+")
-_ALPHA = re.compile(r"^[a-z]{3,}$")
+SUBSTITUTE_MAX_ID = 40_000
 
 # Kinds of form, in the order they are listed when scores tie.
 SPACED, HYPHEN, UNDERSCORE, JOINED = "spaced", "hyphen", "underscore", "joined"
@@ -81,10 +81,12 @@ def spelling_forms(words: Sequence[str]) -> list[tuple[str, str]]:
 def whole_word_token_ids(tok: ClipTokenizer) -> tuple[np.ndarray, list[str]]:
     """Ids and words of alphabetic whole-word tokens (``container</w>``), at least 3 letters."""
     ids, words = [], []
+    cut = -len(WORD_END)
     for piece, i in tok.vocab.items():
-        if piece.endswith(WORD_END):
-            w = piece[: -len(WORD_END)]
-            if _ALPHA.match(w):
+        # str methods, not a regex: this runs over all 49,408 pieces on every suggest.
+        if piece.endswith(WORD_END) and len(piece) >= 7:
+            w = piece[:cut]
+            if w.isascii() and w.isalpha() and w.islower():
                 ids.append(i)
                 words.append(w)
     order = np.argsort(ids)
@@ -112,13 +114,16 @@ def nearest_known_words(
     pieces. Inflections of the word itself (``bottles``) are skipped: they carry its meaning.
     """
     ids, words = _whole_words_cached(tok)
+    # Substitutes come from the common words (BPE merge rank = frequency in CLIP's text):
+    # a substitute should carry meaning the model knows well, and half the table is faster.
+    common = int(np.searchsorted(ids, SUBSTITUTE_MAX_ID))
+    ids, words = ids[:common], words[:common]
     piece_ids = tok.encode(word)
     if not piece_ids:
         return []
     query = table[piece_ids].mean(axis=0)
-    cand = table[ids]
-    norms = np.linalg.norm(cand, axis=1) * (np.linalg.norm(query) or 1.0)
-    sims = cand @ query / np.where(norms == 0, 1.0, norms)
+    cand = _normalized_rows(table, ids)
+    sims = cand @ (query / (np.linalg.norm(query) or 1.0))
     skip = {word, *exclude}
     out: list[tuple[str, float]] = []
     floor: float | None = None
@@ -139,6 +144,19 @@ def nearest_known_words(
 
 
 _WHOLE_WORDS: dict[int, tuple[np.ndarray, list[str]]] = {}
+_NORMALIZED: list[tuple[np.ndarray, np.ndarray]] = []  # (table, its normalised word rows)
+
+
+def _normalized_rows(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Unit-length rows of ``table[ids]``, computed once per table (suggest asks twice)."""
+    for t, rows in _NORMALIZED:
+        if t is table:
+            return rows
+    rows = table[ids].astype(np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    rows /= np.where(norms == 0, 1.0, norms)
+    _NORMALIZED[:] = [(table, rows)]
+    return rows
 
 
 def _whole_words_cached(tok: ClipTokenizer) -> tuple[np.ndarray, list[str]]:
