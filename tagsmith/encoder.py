@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -154,14 +155,20 @@ def torch_load_checkpoint(path: Path) -> object:
     globals is refused (UnsafeCheckpointError), a damaged one named (UnsupportedModelError)."""
     fmt = sniff_format(path)
     try:
-        return torch.load(
-            str(path), map_location="cpu", weights_only=True, mmap=fmt == "zip-pickle"
-        )
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it may not parse; the outcome is what counts
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(
+                str(path), map_location="cpu", weights_only=True, mmap=fmt == "zip-pickle"
+            )
     except pickle.UnpicklingError as exc:
         detail = f"{exc} {exc.__cause__ or ''} {exc.__context__ or ''}"
-        if "GLOBAL" in detail or "global" in detail:
-            found = _GLOBAL_NAME.search(detail)
-            what = f" (it references {found.group(1)})" if found else ""
+        found = _GLOBAL_NAME.search(detail)
+        # torch names the global it refused; a pickle it could not even parse (another
+        # protocol, not torch's format) is scanned, never executed, for what it would call
+        name = found.group(1) if found else next(iter(_unsafe_globals(path, fmt)), None)
+        if name is not None or "global" in detail.lower():
+            what = f" (it references {name})" if name else ""
             raise UnsafeCheckpointError(
                 f"'{path}' can only be loaded by full unpickling{what}, which could run "
                 "arbitrary code, so tagsmith refuses it; use a .safetensors version of this "
@@ -176,6 +183,47 @@ def torch_load_checkpoint(path: Path) -> object:
             f"'{path}' is damaged or truncated and cannot be read as a PyTorch checkpoint "
             f"({first})."
         ) from None
+
+
+_USUAL_GLOBALS = (
+    "torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.frozenset",
+    "builtins.bytearray", "builtins.slice", "builtins.complex",
+)
+
+
+def _unsafe_globals(path: Path, fmt: str) -> list[str]:
+    """Globals a pickle would import, read with pickletools (nothing is unpickled), minus the
+    ones torch's weights_only loader allows."""
+    import io
+    import pickletools
+
+    try:
+        if fmt == "zip-pickle":
+            with zipfile.ZipFile(path) as zf:
+                name = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                data = zf.read(name) if name else b""
+        else:
+            with path.open("rb") as fh:
+                data = fh.read(64 * 1024 * 1024)
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return []
+    stream = io.BytesIO(data)
+    found: list[str] = []
+    for _ in range(4):  # torch's legacy format is several pickles in a row
+        strings: list[str] = []
+        try:
+            for op, arg, _pos in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                    found.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except Exception:  # noqa: BLE001 - garbage after the pickles ends the scan
+            break
+        if stream.tell() >= len(data):
+            break
+    return [g for g in found if not g.startswith(_USUAL_GLOBALS)]
 
 
 def _flatten_tensors(obj: object, prefix: str = "", depth: int = 0) -> dict[str, torch.Tensor]:

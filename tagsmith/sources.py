@@ -164,8 +164,8 @@ def parse_model_spec(spec: str) -> ModelSpec:
         text = text[len("hf://"):]
         if _HUB_ID.match(text):
             return ModelSpec("hub", text)
-    path = Path(text).expanduser()
-    if path.exists():
+    path = Path(os.path.expanduser(text))  # leaves "~nobody" alone instead of raising
+    if _exists(path):
         return ModelSpec("path", text, path)
     if _HUB_ID.match(text) and not text.lower().endswith(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES):
         return ModelSpec("hub", text)
@@ -173,6 +173,13 @@ def parse_model_spec(spec: str) -> ModelSpec:
         f"There is no file or folder at '{text}', and it is not a Hugging Face repo id "
         "(owner/name); give a checkpoint, a diffusers folder or a repo id with --model."
     )
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # NUL bytes, names too long
+        return False
 
 
 def resolve_source(model: str | None = None, *, download: bool = True) -> TextEncoderSource:

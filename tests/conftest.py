@@ -30,3 +30,21 @@ def danbooru_csv() -> Path:
     if not DANBOORU_CSV.is_file():
         pytest.skip("../shared/data/danbooru.csv is not present (only in the team's workspace)")
     return DANBOORU_CSV
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - tests/tiny_models.py
+    """A tiny random SD1.5-style CLIP text encoder, saved lazily in every layout users keep.
+
+    ``tiny_models.single_file()``, ``.ckpt()``, ``.hf_folder()``, ``.diffusers_folder()``...;
+    ``tiny_models.weights`` holds its tensors. See tests/tiny_models.py.
+    """
+    from tiny_models import TinyModelFiles  # imports torch: only for tests that ask
+
+    return TinyModelFiles(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture
+def tiny_model(tiny_models) -> Path:  # noqa: ANN001
+    """Path of a tiny A1111-layout single-file checkpoint, for `--model` in CLI tests."""
+    return tiny_models.single_file()

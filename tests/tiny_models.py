@@ -330,3 +330,47 @@ def reference_model(weights: dict[str, torch.Tensor], config: EncoderConfig = TI
     assert not unexpected, unexpected
     assert all("position_ids" in m for m in missing), missing
     return model.eval()
+
+
+class TinyModelFiles:
+    """The tiny encoder saved on demand in each layout, once per test session."""
+
+    def __init__(self, root: Path, seed: int = 0) -> None:
+        self.root = root
+        self.weights = tiny_weights(seed)
+        self._made: dict[tuple, Path] = {}
+
+    def _once(self, key: tuple, build) -> Path:  # noqa: ANN001
+        if key not in self._made:
+            self._made[key] = build(self.root / "-".join(str(k) for k in key))
+        return self._made[key]
+
+    def single_file(self, layout: str = "new", dtype: str = "fp32", pos_ids: str = "int") -> Path:
+        return self._once(
+            ("single", layout, dtype, pos_ids),
+            lambda p: save_single_file(self.weights, p.with_suffix(".safetensors"), layout=layout,
+                                       dtype=dtype, pos_ids=pos_ids),
+        )
+
+    def ckpt(self, layout: str = "new", dtype: str = "fp32", legacy: bool = False) -> Path:
+        return self._once(
+            ("ckpt", layout, dtype, legacy),
+            lambda p: save_ckpt(self.weights, p.with_suffix(".ckpt"), layout=layout, dtype=dtype,
+                                legacy=legacy),
+        )
+
+    def hf_folder(self, dtype: str = "fp32", clip_model: bool = False) -> Path:
+        return self._once(
+            ("hf", dtype, clip_model),
+            lambda p: save_hf_folder(self.weights, p, dtype=dtype, clip_model=clip_model),
+        )
+
+    def diffusers_folder(self) -> Path:
+        return self._once(("diffusers",), lambda p: save_diffusers_folder(self.weights, p))
+
+    def other_single_file(self, seed: int = 1) -> Path:
+        """Different weights, same layout: must get a different fingerprint."""
+        return self._once(
+            ("other", seed),
+            lambda p: save_single_file(tiny_weights(seed), p.with_suffix(".safetensors")),
+        )

@@ -1,0 +1,326 @@
+"""The encoder computes what SD computes: checked against transformers' CLIPTextModel.
+
+transformers is imported once per session (it costs seconds); the reference model runs eager
+attention on the same tiny weights, padded to 77 as A1111 and diffusers do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tagsmith.embedding import EncoderSettings, open_embedder
+from tagsmith.encoder import (
+    ClipTextEncoder,
+    inspect_pickle,
+    load_text_encoder,
+    select_device,
+    select_dtype,
+    torch_load_checkpoint,
+)
+from tagsmith.errors import (
+    InputError,
+    ModelError,
+    UnsafeCheckpointError,
+    UnsupportedModelError,
+    UsageError,
+)
+from tagsmith.sources import resolve_source
+from tagsmith.tokenizer import BOS_ID, EOS_ID, load_tokenizer
+
+TAGS = [
+    "mayonnaise bottle", "mayonnaise container", "mayonnaise-container", "bottle", "wine bottle",
+    "1girl", "solo", "long hair", "cross-arm", "crossarm", "sks", "ohwx",
+    "hijikata toushirou (gintama)", "looking at viewer", "a", "^_^", "breasts",
+    "very long hair with a red ribbon and a blue bow", "thighhighs", "black thighhighs",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():  # noqa: ANN202
+    # Tiny models on a shared 2-core machine: thread hand-offs, not arithmetic, dominate.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_models):  # noqa: ANN001, ANN201
+    import tiny_models as tm
+
+    return tm.reference_model(tiny_models.weights)
+
+
+def _padded77(ids: list[int]) -> list[int]:
+    # What A1111/diffusers feed the encoder: BOS, tokens, EOS, EOS padding to 77.
+    return [BOS_ID, *ids, EOS_ID] + [EOS_ID] * (75 - len(ids))
+
+
+def _reference_states(reference, tags: list[str], clip_skip: int = 1, context: str = ""):  # noqa: ANN001, ANN202
+    tok = load_tokenizer()
+    prefix = tok.encode(context) if context else []
+    rows, spans = [], []
+    for ids in tok.encode_batch(tags):
+        rows.append(_padded77(prefix + ids))
+        spans.append((1 + len(prefix), 1 + len(prefix) + len(ids)))
+    with torch.no_grad():
+        out = reference(torch.tensor(rows), output_hidden_states=True)
+        states = reference.final_layer_norm(out.hidden_states[-clip_skip])
+    return states, spans, out
+
+
+def _embed(model: Path, tags: list[str], **kw) -> np.ndarray:  # noqa: ANN003
+    with open_embedder(EncoderSettings(model=str(model), use_cache=False, **kw)) as emb:
+        return emb.embed(tags)
+
+
+# -- the forward pass ---------------------------------------------------------------------------
+
+
+def test_lean_forward_matches_transformers(tiny_models, reference) -> None:  # noqa: ANN001
+    enc = ClipTextEncoder(reference_config(), dict(tiny_models.weights))
+    tok = load_tokenizer()
+    ids = torch.tensor([_padded77(x) for x in tok.encode_batch(TAGS[:8])])
+    with torch.no_grad():
+        out = reference(ids, output_hidden_states=True)
+    ours = enc.hidden_states(ids)
+    assert len(ours) == len(out.hidden_states) == 4
+    for a, b in zip(ours, out.hidden_states):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0)
+    assert (enc.forward(ids) - out.last_hidden_state).abs().max() <= 1e-5
+
+
+def reference_config():  # noqa: ANN201
+    import tiny_models as tm
+
+    return tm.TINY
+
+
+@pytest.mark.parametrize("clip_skip", [2, 3])
+def test_clip_skip_is_final_norm_of_earlier_hidden_state(tiny_models, reference, clip_skip) -> None:  # noqa: ANN001
+    enc = ClipTextEncoder(reference_config(), dict(tiny_models.weights))
+    ids = torch.tensor([_padded77(load_tokenizer().encode("mayonnaise bottle"))])
+    with torch.no_grad():
+        hidden = reference(ids, output_hidden_states=True).hidden_states
+        # A1111: hidden_states[-N], then the final layer norm, written out by hand
+        h = hidden[-clip_skip]
+        ln = reference.final_layer_norm
+        mu = h.mean(-1, keepdim=True)
+        var = ((h - mu) ** 2).mean(-1, keepdim=True)
+        by_hand = (h - mu) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
+    ours = enc.forward(ids, clip_skip=clip_skip)
+    assert (ours - by_hand).abs().max() <= 1e-5
+    assert (ours - enc.forward(ids, clip_skip=1)).abs().max() > 1e-2  # it changes something
+    with pytest.raises(UsageError, match="between 1 and 3"):
+        enc.forward(ids, clip_skip=4)
+
+
+@pytest.mark.parametrize("clip_skip", [1, 2])
+@pytest.mark.parametrize("context", ["", "1girl, solo, "])
+def test_tag_vectors_match_padded_to_77(tiny_models, reference, clip_skip, context) -> None:  # noqa: ANN001
+    """Dynamic padding, length buckets and the shared prefix change no number (<= 1e-4)."""
+    states, spans, _ = _reference_states(reference, TAGS, clip_skip, context)
+    expected = np.stack([states[i, a:b].mean(0).numpy() for i, (a, b) in enumerate(spans)])
+    settings = EncoderSettings(
+        model=str(tiny_models.single_file()), clip_skip=clip_skip, use_cache=False,
+        context=(context + "{}") if context else None,
+    )
+    with open_embedder(settings) as emb:
+        got = emb.embed(TAGS)
+        enc = emb.encoder()
+        # a tiny budget forces many buckets of different lengths
+        small = np.zeros_like(got)
+        seqs = emb._sequences(TAGS)
+        prefix = [BOS_ID, *load_tokenizer().encode(context)] if context else [BOS_ID]
+        for idx, vecs in enc.encode(seqs, prefix=prefix, clip_skip=clip_skip, token_budget=8):
+            small[idx] = vecs
+    assert np.abs(got - expected).max() <= 1e-4
+    assert np.abs(small - expected).max() <= 1e-4
+
+
+def test_eos_vector_is_the_pooled_output(tiny_models, reference) -> None:  # noqa: ANN001
+    _, _, out = _reference_states(reference, TAGS)
+    got = _embed(tiny_models.single_file(), TAGS, representation="eos")
+    # transformers pools the first EOS (eos_token_id 49407 in this config)
+    assert np.abs(got - out.pooler_output.numpy()).max() <= 1e-4
+
+
+def test_text_after_the_tag_changes_eos_but_not_the_tag(tiny_models) -> None:  # noqa: ANN001
+    model = tiny_models.single_file()
+    a = _embed(model, TAGS[:4], context="{}")
+    b = _embed(model, TAGS[:4], context="{}, masterpiece, best quality")
+    assert np.array_equal(a, b)
+    ea = _embed(model, TAGS[:4], context="{}", representation="eos")
+    eb = _embed(model, TAGS[:4], context="{}, masterpiece", representation="eos")
+    assert np.abs(ea - eb).max() > 1e-3
+
+
+def test_token_states_are_what_cross_attention_reads(tiny_models, reference) -> None:  # noqa: ANN001
+    states, spans, _ = _reference_states(reference, TAGS[:5])
+    with open_embedder(EncoderSettings(model=str(tiny_models.single_file()), use_cache=False)) as e:
+        per_token = e.token_states(TAGS[:5])
+    for i, (a, b) in enumerate(spans):
+        assert per_token[i].shape == (b - a, 128)
+        assert np.abs(per_token[i] - states[i, a:b].numpy()).max() <= 1e-4
+
+
+def test_long_tags_are_cut_where_sd_cuts_them(tiny_models, reference) -> None:  # noqa: ANN001
+    long_tag = " ".join(["red"] * 90)
+    with open_embedder(EncoderSettings(model=str(tiny_models.single_file()), use_cache=False)) as e:
+        got = e.embed([long_tag])
+        assert any("longer than the 75 tokens" in n for n in e.notes)
+    ids = torch.tensor([[BOS_ID] + [load_tokenizer().encode("red")[0]] * 75 + [EOS_ID]])
+    with torch.no_grad():
+        ref = reference(ids).last_hidden_state[0, 1:76].mean(0).numpy()
+    assert np.abs(got[0] - ref).max() <= 1e-4
+    with pytest.raises(InputError, match="no tokens"):
+        _embed(tiny_models.single_file(), ["   "])
+
+
+# -- every layout, same numbers ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "maker",
+    [
+        lambda t: t.single_file(layout="old"),
+        lambda t: t.single_file(dtype="fp16"),
+        lambda t: t.single_file(dtype="bf16"),
+        lambda t: t.single_file(pos_ids="corrupt"),
+        lambda t: t.hf_folder(),
+        lambda t: t.hf_folder(clip_model=True),
+        lambda t: t.diffusers_folder(),
+        lambda t: t.ckpt(),
+        lambda t: t.ckpt(layout="old", dtype="fp16"),
+        lambda t: t.ckpt(legacy=True),
+    ],
+    ids=["a1111-old", "fp16", "bf16", "bad-position-ids", "hf", "clipmodel", "diffusers", "ckpt",
+         "ckpt-old-fp16", "ckpt-legacy"],
+)
+def test_every_layout_gives_identical_embeddings(tiny_models, maker) -> None:  # noqa: ANN001
+    expected = _embed(tiny_models.single_file(), TAGS, dtype="fp32")
+    got = _embed(maker(tiny_models), TAGS, dtype="fp32")
+    assert np.array_equal(got, expected)
+
+
+def test_hub_cache_layout_gives_identical_embeddings(
+    tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
+    import tiny_models as tm
+
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    tm.build_hf_cache(tiny_models.weights, tmp_path / "hf", "stable-diffusion-v1-5/"
+                      "stable-diffusion-v1-5")
+    expected = _embed(tiny_models.single_file(), TAGS[:5], dtype="fp32")
+    with open_embedder(EncoderSettings(use_cache=False, dtype="fp32")) as emb:  # default model
+        assert np.array_equal(emb.embed(TAGS[:5]), expected)
+
+
+def test_ckpt_inspection_matches_safetensors(tiny_models) -> None:  # noqa: ANN001
+    from tagsmith.sources import safetensors_fingerprint
+
+    ins = inspect_pickle(resolve_source(str(tiny_models.ckpt())))
+    assert ins.source.config == reference_config()
+    single = resolve_source(str(tiny_models.single_file()))
+    assert ins.fingerprint == safetensors_fingerprint(single)
+    assert "weights_only=True" in ins.source.description
+
+
+# -- pickles that would run code ----------------------------------------------------------------
+
+
+def test_malicious_ckpt_is_refused_and_nothing_runs(tiny_models, tmp_path: Path) -> None:  # noqa: ANN001
+    import tiny_models as tm
+
+    marker = tmp_path / "pwned"
+    evil = tm.save_malicious_ckpt(tiny_models.weights, tmp_path / "model.ckpt", marker)
+    bare = tm.save_malicious_plain_pickle(tmp_path / "bare.pt", marker)
+    for path in (evil, bare):
+        with pytest.raises(UnsafeCheckpointError) as err:
+            open_embedder(EncoderSettings(model=str(path)))
+        assert "could run arbitrary code" in err.value.message
+        assert re.search(r"references (builtins\.)?exec\b", err.value.message)
+        with pytest.raises(UnsafeCheckpointError):
+            torch_load_checkpoint(path)
+    assert not marker.exists()
+
+    # The control: fully unpickling the same file does run its code, so the trap is armed.
+    torch.load(str(evil), weights_only=False)
+    assert marker.read_text() == "code ran"
+
+
+@pytest.mark.parametrize("what", ["truncated", "random"])
+def test_damaged_ckpt_is_named(tiny_models, tmp_path: Path, what: str) -> None:  # noqa: ANN001
+    import tiny_models as tm
+
+    if what == "truncated":
+        path = tm.save_truncated(tiny_models.ckpt(), tmp_path / "cut.ckpt", 0.6)
+    else:
+        path = tmp_path / "noise.ckpt"
+        path.write_bytes(b"\x80\x04" + os.urandom(500))  # looks like a pickle, is not one
+    with pytest.raises(UnsupportedModelError) as err:
+        open_embedder(EncoderSettings(model=str(path)))
+    assert "damaged" in err.value.message and str(path) in err.value.message
+
+
+def test_ckpt_of_another_model_gets_the_same_sentences(tmp_path: Path) -> None:
+    sd2 = {"state_dict": {"cond_stage_model.model.token_embedding.weight": torch.zeros(4, 1024)}}
+    torch.save(sd2, tmp_path / "sd2.ckpt")
+    with pytest.raises(UnsupportedModelError, match="SD 2.x checkpoint"):
+        open_embedder(EncoderSettings(model=str(tmp_path / "sd2.ckpt")))
+
+
+# -- device, dtype, laziness ----------------------------------------------------------------------
+
+
+def test_device_and_dtype_selection() -> None:
+    cpu = torch.device("cpu")
+    assert select_dtype("auto", cpu) == torch.float32
+    assert select_dtype("auto", torch.device("cuda")) == torch.float16
+    assert select_dtype("bf16", cpu) == torch.bfloat16
+    assert select_device("cpu") == cpu
+    if not torch.cuda.is_available():
+        assert select_device("auto").type in ("cpu", "mps")
+        with pytest.raises(ModelError, match="sees no CUDA GPU"):
+            select_device("cuda")
+    with pytest.raises(UsageError):
+        select_dtype("fp8", cpu)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_half_precision_on_cpu_is_close(tiny_models, dtype: str) -> None:  # noqa: ANN001
+    full = _embed(tiny_models.single_file(), TAGS[:6], dtype="fp32")
+    half = _embed(tiny_models.single_file(), TAGS[:6], dtype=dtype)
+    cos = (full * half).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(half, axis=1)
+    assert cos.min() > 0.999
+
+
+def test_token_embedding_table(tiny_models) -> None:  # noqa: ANN001
+    want = tiny_models.weights["embeddings.token_embedding.weight"].numpy()
+    for path in (tiny_models.single_file(dtype="bf16"), tiny_models.ckpt()):
+        with open_embedder(EncoderSettings(model=str(path), use_cache=False)) as emb:
+            table = emb.token_embedding_table()
+            assert table.shape == (49408, 128) and table.dtype == np.float32
+            assert np.array_equal(table, want)
+    enc = load_text_encoder(resolve_source(str(tiny_models.single_file())), device="cpu")
+    assert torch.equal(enc.token_embedding, torch.from_numpy(want))
+
+
+def test_opening_a_model_does_not_import_torch(tiny_models) -> None:  # noqa: ANN001
+    code = (
+        "import sys; from tagsmith.embedding import EncoderSettings, open_embedder\n"
+        f"e = open_embedder(EncoderSettings(model={str(tiny_models.single_file())!r}))\n"
+        "t = e.token_embedding_table()\n"
+        "print(e.fingerprint, e.dim, t.shape, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "False", out.stdout
