@@ -300,6 +300,15 @@ def render_suggest(console: Any, result: Any) -> None:
             console.print(line)
     else:
         console.print(Text("✓ = every word is one known whole-word token", style="dim"))
+        if result.neighbors:
+            line = Text("Neighbour concepts: ", style="bold")
+            for i, n in enumerate(result.neighbors):
+                if i:
+                    line.append(", ")
+                line.append(n.tag, style=ROLE_STYLE.get(n.role, ""))
+                extra = [n.role] + ([f"{n.count:,} posts"] if n.count is not None else [])
+                line.append(f" ({', '.join(extra)})", style="dim")
+            console.print(line)
 
 
 def _render_matrix(console: Any, result: Any) -> None:
