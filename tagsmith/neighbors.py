@@ -65,6 +65,7 @@ def nearest_neighbors(
     backend: str = "auto",
     device: str | None = None,
     progress: ProgressCallback | None = None,
+    normalized: bool = False,
 ) -> Neighbors:
     """Exact top-``k`` cosine neighbours among the rows of ``vectors``.
 
@@ -72,14 +73,17 @@ def nearest_neighbors(
     without, of each row of ``vectors`` among the others. ``exclude_self`` (default: true when
     ``queries`` is None) drops the row itself, so ``k`` is capped at ``n - 1``. ``backend`` is
     ``"numpy"``, ``"torch"`` or ``"auto"`` (torch when it is already imported, else numpy);
-    ``device`` is a torch device (default: CUDA when available). Ctrl-C between blocks
+    ``device`` is a torch device (default: CUDA when available). ``normalized=True`` says
+    the rows are already unit float32 (saves a copy of the inputs). Ctrl-C between blocks
     raises ``KeyboardInterrupt`` with nothing half-done left behind.
     """
-    db = normalize_rows(vectors)
+    db = np.asarray(vectors, dtype=np.float32) if normalized else normalize_rows(vectors)
     if db.ndim != 2:
         raise ValueError("vectors must be a 2-D array")
     self_search = queries is None
-    q = db if self_search else normalize_rows(queries)
+    q = db if self_search else (
+        np.asarray(queries, dtype=np.float32) if normalized else normalize_rows(queries)
+    )
     if exclude_self is None:
         exclude_self = self_search
     if exclude_self and not self_search:
