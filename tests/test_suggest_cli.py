@@ -164,3 +164,23 @@ def test_unknown_vocab_format(tmp_path, capsys):
     f.write_bytes(bytes(range(256)) * 4)
     assert run(["suggest", "bottle", "--vocab", str(f)]) == EXIT_FAILURE
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_dataset_correlated_tags_become_avoid(hand_model, tmp_path, capsys):
+    ds = tmp_path / "10_mayo"
+    ds.mkdir()
+    for i in range(20):
+        tags = ["mayonnaise bottle", "kitchen table"] if i < 18 else ["mayonnaise bottle"]
+        tags += ["1girl"] if i % 2 else ["solo"]
+        (ds / f"{i:03d}.png").write_bytes(b"")
+        (ds / f"{i:03d}.txt").write_text(", ".join(tags), encoding="utf-8")
+    for i in range(20, 40):  # other images without the object
+        (ds / f"{i:03d}.png").write_bytes(b"")
+        (ds / f"{i:03d}.txt").write_text("1girl, solo, outdoors", encoding="utf-8")
+    code = run(["suggest", "mayonnaise bottle", "-m", str(hand_model), "--dataset",
+                str(tmp_path), "--json"])
+    assert code == EXIT_OK, capsys.readouterr().err
+    out = json.loads(capsys.readouterr().out)
+    avoid = [n["tag"] for n in out["neighbors"] if n["role"] == "avoid"]
+    assert "kitchen table" in avoid
+    assert all(c["avoid"] is not None for c in out["candidates"])
