@@ -1,10 +1,37 @@
-"""The SD1.5 CLIP tokenizer, exact and offline.
+r"""The SD1.5 CLIP tokenizer, exact and offline.
 
 Stable Diffusion 1.5 tokenizes prompts with OpenAI CLIP ViT-L/14's byte-level BPE: 49,408 ids,
 BOS 49406, EOS 49407, padded with EOS. tagsmith ships the tokenizer built from CLIP's own merges
 file (``tagsmith/_data``) and runs it through the Rust ``tokenizers`` backend. Text is cleaned
 exactly as CLIP's reference tokenizer cleans it (ftfy, HTML unescaped twice, whitespace
 collapsed, lowercased) in Python first, because the Rust normalizers cannot do what ftfy does.
+
+Parity with the reference (OpenAI CLIP's ``SimpleTokenizer``, which transformers' slow
+``CLIPTokenizer`` and so A1111 follow) is tested id for id against an independent pure-Python
+BPE over every Danbooru tag and alias, a set of hard cases and arbitrary text
+(tests/test_tokenizer_parity.py). What it takes, and the choices made:
+
+* **Cleaning.** Printable ASCII without ``&`` skips ftfy and ``html.unescape``: both leave such
+  text unchanged (a property test checks it), and skipping them makes cleaning the 140k Danbooru
+  tags ~20x faster. Other text goes the reference's way, whitespace collapsed with the ``regex``
+  module's ``\s`` as the reference does (Python's ``re`` also counts U+001C..U+001F, which
+  ftfy removes anyway).
+* **Splitting into words.** ASCII text is split by the Rust pre-tokenizer (the reference
+  pattern; on ASCII the two regex engines agree). Any other text, and text containing ``<|``,
+  is split in Python with the reference's own pattern, compiled with the ``regex`` module and
+  ``IGNORECASE`` as the reference compiles it, and the words are handed to BPE as they are.
+  The Rust engine cannot do this part exactly: its Unicode tables are older (17,480 letters
+  and digits assigned since Unicode 14, such as U+0560 or new CJK ideographs, are not
+  letters to it), and ``IGNORECASE`` has effects of its own: the reference drops U+0345
+  (combining ypogegrammeni; it folds to a letter, so it is neither "letter" nor
+  "other") and reads ``'ſ`` (long s) as the contraction ``'s``.
+* **Special tokens in text.** Literal ``<|endoftext|>`` / ``<|startoftext|>`` typed by a user
+  become the EOS / BOS id, as in the reference, but only where the reference's scan starts
+  a new word there: after ``!`` it is part of a punctuation run (``!<|`` ...), as in the
+  reference, not the special token (the Rust added-token matcher would always extract it).
+* **Tags are not prompts.** ``normalize_tag`` (Danbooru underscores, escaped brackets) is
+  tagsmith's own reading of a tag before cleaning; ``encode`` / ``encode_batch`` apply the
+  reference cleaning only.
 
 Nothing here imports torch or transformers.
 """
@@ -18,6 +45,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from typing import Any
 
 BOS_ID = 49406
 EOS_ID = 49407
@@ -28,10 +56,14 @@ CHUNK_LENGTH = 75  # A1111: tokens per chunk, BOS and EOS not counted
 MAX_LENGTH = 77  # positions in the text encoder
 WORD_END = "</w>"
 
-# Python's \s, as the reference's whitespace_clean uses it (via the `regex` module, same set).
+# CLIP's reference pre-tokenizer pattern, verbatim (for the ``regex`` module, with IGNORECASE).
+SPLIT_PATTERN = (
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|"""
+    r"""[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+)
+
 _WHITESPACE = re.compile(r"\s+")
-# Printable ASCII without '&' is left untouched by ftfy and html.unescape: skip both (20x faster).
-_PLAIN_ASCII = re.compile(r"[ -%'-~]*")
+_regex_whitespace: Any = None
 
 
 def clean_text(text: str) -> str:
@@ -39,13 +71,24 @@ def clean_text(text: str) -> str:
 
     ftfy.fix_text, html.unescape twice, strip, collapse whitespace to single spaces, lowercase.
     """
-    if not _PLAIN_ASCII.fullmatch(text):
-        import ftfy
+    if text.isascii() and text.isprintable() and "&" not in text:
+        # ftfy and html.unescape leave printable ASCII without '&' as it is, and its only
+        # whitespace is ' ', so split/join is the reference's strip + collapse.
+        return " ".join(text.split()).lower()
+    return _clean_text_reference(text)
 
-        text = ftfy.fix_text(text)
-        text = html.unescape(html.unescape(text))
-    text = _WHITESPACE.sub(" ", text.strip()).strip()
-    return text.lower()
+
+def _clean_text_reference(text: str) -> str:
+    """The reference's cleaning, step for step (``clean_text`` without its fast path)."""
+    global _regex_whitespace
+    import ftfy
+    import regex
+
+    if _regex_whitespace is None:
+        _regex_whitespace = regex.compile(r"\s+")
+    text = ftfy.fix_text(text)
+    text = html.unescape(html.unescape(text)).strip()
+    return _regex_whitespace.sub(" ", text).strip().lower()
 
 
 @dataclass(frozen=True)
@@ -151,26 +194,81 @@ class ClipTokenizer:
     def __init__(self) -> None:
         from tokenizers import Tokenizer
 
-        path = resources.files("tagsmith") / "_data" / "clip_tokenizer.json"
-        self._tok = Tokenizer.from_str(path.read_text(encoding="utf-8"))
+        self._tok = Tokenizer.from_str(_tokenizer_json())
         self._lock = threading.Lock()
+        self._word_tok: Any = None
+        self._split: Any = None
         self._vocab: dict[str, int] | None = None
         self._id_to_token: list[str] | None = None
+        self._words: dict[tuple[int, ...], Word] = {}
+        self._ends: list[bool] | None = None
 
     # -- ids -----------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         """Ids of ``text`` after reference cleaning, without BOS/EOS."""
-        return self._tok.encode(clean_text(text), add_special_tokens=False).ids
+        return self._ids_cleaned([clean_text(text)])[0]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Ids for many texts at once (Rust, parallel), without BOS/EOS."""
-        cleaned = [clean_text(t) for t in texts]
-        encs = self._tok.encode_batch(cleaned, add_special_tokens=False)
+        return self._ids_cleaned([clean_text(t) for t in texts])
+
+    def encode_cleaned_batch(self, cleaned: Sequence[str]) -> list[Any]:
+        """Encodings for texts already passed through ``clean_text``.
+
+        Each has ``ids``, ``tokens``, ``offsets`` (character spans in its text) and
+        ``word_ids`` (which word of the text each token belongs to), like
+        ``tokenizers.Encoding``.
+        """
+        return self._route(list(cleaned), self._tok.encode_batch, self._encode_split)
+
+    def _ids_cleaned(self, cleaned: list[str]) -> list[list[int]]:
+        # encode_batch_fast skips offset tracking (tokenizers >= 0.20); the ids are the same.
+        fast = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        encs = self._route(cleaned, fast, self._encode_split)
         return [e.ids for e in encs]
 
-    def encode_cleaned_batch(self, cleaned: Sequence[str]):  # noqa: ANN201 - tokenizers.Encoding
-        """Encodings for texts already passed through ``clean_text``."""
-        return self._tok.encode_batch(list(cleaned), add_special_tokens=False)
+    @staticmethod
+    def _route(cleaned: list[str], rust: Any, split: Any) -> list[Any]:
+        # ASCII goes to the Rust pre-tokenizer; the rest needs the reference's regex engine.
+        slow = [i for i, t in enumerate(cleaned) if not t.isascii() or "<|" in t]
+        if not slow:
+            return rust(cleaned, add_special_tokens=False)
+        out: list[Any] = [None] * len(cleaned)
+        if len(slow) < len(cleaned):
+            is_slow = set(slow)
+            fast = [i for i in range(len(cleaned)) if i not in is_slow]
+            for i, enc in zip(fast, rust([cleaned[i] for i in fast], add_special_tokens=False)):
+                out[i] = enc
+        for i, enc in zip(slow, split([cleaned[i] for i in slow])):
+            out[i] = enc
+        return out
+
+    def _encode_split(self, texts: list[str]) -> list[_SplitEncoding]:
+        word_tok, split = self._word_tokenizer()
+        spans = [[m.span() for m in split.finditer(t)] for t in texts]
+        words = [[t[a:b] for a, b in sp] for t, sp in zip(texts, spans)]
+        encs = word_tok.encode_batch(words, is_pretokenized=True, add_special_tokens=False)
+        result = []
+        for sp, enc in zip(spans, encs):
+            word_ids = enc.word_ids
+            offsets = [(sp[w][0] + a, sp[w][0] + b) for (a, b), w in zip(enc.offsets, word_ids)]
+            result.append(_SplitEncoding(enc.ids, enc.tokens, offsets, word_ids))
+        return result
+
+    def _word_tokenizer(self) -> tuple[Any, Any]:
+        """The same BPE without its pre-tokenizer, fed words split in Python, and the split."""
+        with self._lock:
+            if self._word_tok is None:
+                import regex
+                from tokenizers import Tokenizer, pre_tokenizers
+
+                tok = Tokenizer.from_str(_tokenizer_json())
+                tok.pre_tokenizer = pre_tokenizers.ByteLevel(
+                    add_prefix_space=False, use_regex=False
+                )
+                self._split = regex.compile(SPLIT_PATTERN, regex.IGNORECASE)
+                self._word_tok = tok
+            return self._word_tok, self._split
 
     # -- vocabulary ------------------------------------------------------------------------
     @property
@@ -180,12 +278,15 @@ class ClipTokenizer:
         return self._vocab
 
     def id_to_token(self, token_id: int) -> str:
+        return self._token_table()[token_id]
+
+    def _token_table(self) -> list[str]:
         if self._id_to_token is None:
             table = [""] * VOCAB_SIZE
             for tok, i in self.vocab.items():
                 table[i] = tok
             self._id_to_token = table
-        return self._id_to_token[token_id]
+        return self._id_to_token
 
     def token_to_id(self, token: str) -> int | None:
         return self.vocab.get(token)
@@ -198,38 +299,88 @@ class ClipTokenizer:
     def analyze(self, tag: str, *, underscores: bool = True) -> TagTokens:
         return self.analyze_batch([tag], underscores=underscores)[0]
 
-    def analyze_batch(
-        self, tags: Sequence[str], *, underscores: bool = True
-    ) -> list[TagTokens]:
+    def analyze_batch(self, tags: Sequence[str], *, underscores: bool = True) -> list[TagTokens]:
         """Token split of each tag, normalised as a Danbooru tag (see ``normalize_tag``)."""
         texts = [clean_text(normalize_tag(t, underscores=underscores)) for t in tags]
-        encs = self._tok.encode_batch(texts, add_special_tokens=False)
-        return [
-            _tag_tokens(tag, text, enc) for tag, text, enc in zip(tags, texts, encs)
-        ]
+        all_ids = self._ids_cleaned(texts)
+        table = self._token_table()
+        ends = self._word_ends()
+        words = self._words
+        if len(words) > _WORD_CACHE_SIZE:
+            words.clear()
+        out = []
+        for tag, text, ids in zip(tags, texts, all_ids):
+            key = tuple(ids)
+            pieces = tuple(map(table.__getitem__, key))
+            out.append(
+                TagTokens(
+                    tag=tag,
+                    text=text,
+                    ids=key,
+                    tokens=pieces,
+                    words=_split_words(key, pieces, ends, words),
+                )
+            )
+        return out
+
+    def _word_ends(self) -> list[bool]:
+        """For each id: does a word end with this token (``</w>`` pieces, special tokens)."""
+        if self._ends is None:
+            self._ends = [
+                piece.endswith(WORD_END) or i >= BOS_ID
+                for i, piece in enumerate(self._token_table())
+            ]
+        return self._ends
 
 
-def _tag_tokens(tag: str, text: str, enc) -> TagTokens:  # noqa: ANN001 - tokenizers.Encoding
-    ids = tuple(enc.ids)
-    pieces = tuple(enc.tokens)
-    words: list[Word] = []
-    cur_word: int | None = None
+# Words recur across a vocabulary (88k distinct in 440k Danbooru tag words): share them.
+_WORD_CACHE_SIZE = 500_000
+
+
+def _split_words(
+    ids: tuple[int, ...],
+    pieces: tuple[str, ...],
+    ends: list[bool],
+    cache: dict[tuple[int, ...], Word],
+) -> tuple[Word, ...]:
+    # Every word's last piece, and only that one, carries </w>; special tokens stand alone.
+    words = []
     start = 0
-    for i, wid in enumerate(enc.word_ids):
-        if wid != cur_word:
-            if cur_word is not None:
-                words.append(_word(text, enc, start, i, ids, pieces))
-            cur_word = wid
+    for i, tid in enumerate(ids, 1):
+        if ends[tid]:
+            key = ids[start:i]
+            word = cache.get(key)
+            if word is None:
+                word = Word(text=_pieces_text(pieces[start:i]), pieces=pieces[start:i], ids=key)
+                cache[key] = word
+            words.append(word)
             start = i
-    if cur_word is not None:
-        words.append(_word(text, enc, start, len(ids), ids, pieces))
-    return TagTokens(tag=tag, text=text, ids=ids, tokens=pieces, words=tuple(words))
+    return tuple(words)
 
 
-def _word(text: str, enc, start: int, end: int, ids, pieces) -> Word:  # noqa: ANN001
-    begin = enc.offsets[start][0]
-    finish = enc.offsets[end - 1][1]
-    return Word(text=text[begin:finish], pieces=pieces[start:end], ids=ids[start:end])
+def _pieces_text(pieces: tuple[str, ...]) -> str:
+    joined = "".join(pieces)
+    if joined.endswith(WORD_END):
+        joined = joined[: -len(WORD_END)]
+    if joined.isascii():
+        return joined  # printable ASCII bytes map to themselves; special tokens are ASCII
+    dec = _byte_decoder()
+    return bytes(dec[ch] for ch in joined).decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True, slots=True)
+class _SplitEncoding:
+    """The parts of a ``tokenizers.Encoding`` tagsmith reads, offsets made absolute."""
+
+    ids: list[int]
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    word_ids: list[int | None]
+
+
+def _tokenizer_json() -> str:
+    path = resources.files("tagsmith") / "_data" / "clip_tokenizer.json"
+    return path.read_text(encoding="utf-8")
 
 
 @lru_cache(maxsize=1)
@@ -242,25 +393,29 @@ def load_tokenizer() -> ClipTokenizer:
 
 _ESCAPED_PAREN = re.compile(r"\\([()\[\]])")
 
+# tagcomplete's default "Underscore replacement exclusion list" (its setting
+# tac_undersocreReplacementExclusionList, spelling theirs): these tags are inserted with their
+# underscores; every other tag has every "_" turned into a space.
+TAGCOMPLETE_UNDERSCORE_EXCLUSIONS = frozenset(
+    "0_0,(o)_(o),+_+,+_-,._.,<o>_<o>,<|>_<|>,=_=,>_<,3_3,6_9,>_o,@_@,^_^,o_o,u_u,x_x,|_|,||_||".split(
+        ","
+    )
+)
+
 
 def normalize_tag(tag: str, *, underscores: bool = True) -> str:
     """A Danbooru-style tag as SD sees it: underscores to spaces, escapes made literal.
 
     ``mayonnaise_bottle`` -> ``mayonnaise bottle``; ``hijikata_toushirou_\\(gintama\\)`` ->
-    ``hijikata toushirou (gintama)``. Underscores inside a tag that is only punctuation or
-    emoticon-like (``^_^``, ``>_<``) are kept, as tagcomplete keeps them.
+    ``hijikata toushirou (gintama)``. The emoticon tags in tagcomplete's default exclusion list
+    (``^_^``, ``>_<``, ``o_o``, ``<o>_<o>`` ...) keep their underscores, as tagcomplete inserts
+    them; other tags lose all of theirs (``t_t`` -> ``t t``, as tagcomplete does too). The list
+    is matched case-insensitively, since CLIP lowercases anyway.
     """
-    text = tag.strip()
-    if underscores and "_" in text and _is_wordy(text):
+    text = _ESCAPED_PAREN.sub(r"\1", tag.strip())
+    if underscores and "_" in text and text.lower() not in TAGCOMPLETE_UNDERSCORE_EXCLUSIONS:
         text = text.replace("_", " ")
-    text = _ESCAPED_PAREN.sub(r"\1", text)
     return _WHITESPACE.sub(" ", text).strip()
-
-
-def _is_wordy(tag: str) -> bool:
-    # Emoticon tags such as ^_^, >_<, o_o, 0_0 keep their underscore (tagcomplete does too).
-    letters = sum(ch.isalnum() for ch in tag)
-    return not (len(tag) <= 3 or letters <= 2 and len(tag) <= 5)
 
 
 def iter_nonempty(lines: Iterable[str]) -> Iterable[str]:
