@@ -49,7 +49,7 @@ CAPTION_EXTENSIONS = (".txt", ".caption")  # in order of preference for one imag
 BACKUP_DIR_NAME = ".tagsmith-backup"
 
 DEFAULT_MIN_SCORE = 0.3
-DEFAULT_MAX_Q = 0.1
+DEFAULT_MAX_Q = 0.05
 EMBED_BASELINE_TAGS = 200  # most frequent tags whose pairwise similarity calibrates "close"
 COLLISION_PERCENTILE = 95.0
 MAX_CLUSTER_NODES = 400
@@ -579,7 +579,6 @@ def strong_pairs(
     nothing about any pair (see ``always_present``).
     """
     import numpy as np
-    from scipy.stats import hypergeom
 
     n = co.n_captions
     keep = np.flatnonzero((co.counts >= min_support) & (co.counts < n))
@@ -594,7 +593,7 @@ def strong_pairs(
     ia, ib = keep[rows], keep[cols]
     ca, cb = co.counts[ia], co.counts[ib]
     # P(X >= together) for X ~ Hypergeometric(captions, count_a, count_b).
-    p_values = hypergeom.sf(counts - 1, n, ca, cb)
+    p_values = hypergeom_tail(counts, n, ca, cb)
     q_values = benjamini_hochberg(p_values)
     w_ab = np.asarray(weighted[rows, cols]).ravel()
     total = co.total_weight
@@ -635,6 +634,45 @@ def _association(p_ab, p_a, p_b):  # noqa: ANN001, ANN202 - numpy arrays in, arr
         var = p_a * (1 - p_a) * p_b * (1 - p_b)
         phi = np.where(var > 0, (p_ab - p_a * p_b) / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
     return npmi, lift, phi
+
+
+def hypergeom_tail(k, n: int, ka, kb):  # noqa: ANN001, ANN201 - numpy arrays
+    """P(X >= k) for X ~ Hypergeometric(n items, ka marked, kb drawn), elementwise.
+
+    Summed term by term from k away from the mode (the upper tail when k is above the mode,
+    else one minus the lower tail), so that every sum is of terms that shrink geometrically and
+    stops once they no longer change it; each term comes from a log-factorial table. Exact to
+    rounding, and without importing scipy.stats (over a second at start-up).
+    """
+    import numpy as np
+
+    k, ka, kb = (np.asarray(a, dtype=np.int64) for a in (k, ka, kb))
+    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1, dtype=np.float64)))])
+
+    def log_pmf(x, a, b):  # noqa: ANN001, ANN202
+        return (
+            log_fact[a] - log_fact[x] - log_fact[a - x]
+            + log_fact[n - a] - log_fact[b - x] - log_fact[n - a - b + x]
+            - log_fact[n] + log_fact[b] + log_fact[n - b]
+        )
+
+    lo = np.maximum(0, ka + kb - n)
+    hi = np.minimum(ka, kb)
+    mode = np.floor((ka + 1) * (kb + 1) / (n + 2)).astype(np.int64)
+    upper = k > mode  # sum k..hi; else 1 - sum lo..k-1, summed from k-1 downwards
+    x = np.where(upper, k, k - 1)
+    stop = np.where(upper, hi, lo)
+    step = np.where(upper, 1, -1)
+    total = np.zeros(len(k))
+    active = (x >= lo) & (x <= hi)
+    while active.any():
+        idx = np.flatnonzero(active)
+        term = np.exp(log_pmf(x[idx], ka[idx], kb[idx]))
+        total[idx] += term
+        done = (x[idx] == stop[idx]) | (term <= total[idx] * 1e-17)
+        x[idx] += step[idx]
+        active[idx[done]] = False
+    return np.clip(np.where(upper, total, 1.0 - total), 0.0, 1.0)
 
 
 def sparse_upper(m, min_value: float) -> tuple:  # noqa: ANN001 - scipy sparse matrix

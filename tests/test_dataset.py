@@ -298,6 +298,20 @@ def test_independent_tags_give_no_pairs(n):
     assert strong_pairs(co, min_support=ds_mod.default_min_support(n)) == []
 
 
+@given(st.integers(1, 60).flatmap(lambda n: st.tuples(
+    st.just(n), st.integers(0, n), st.integers(0, n), st.integers(0, n))))
+@settings(max_examples=300, deadline=None)
+def test_hypergeometric_tail_matches_exact_sums(args):
+    n, ka, kb, k = args
+    lo, hi = max(0, ka + kb - n), min(ka, kb)
+    k = min(max(k, lo), hi + 1)
+    exact = sum(math.comb(ka, x) * math.comb(n - ka, kb - x) for x in range(k, hi + 1)) / (
+        math.comb(n, kb)
+    )
+    got = float(ds_mod.hypergeom_tail([k], n, [ka], [kb])[0])
+    assert got == pytest.approx(exact, rel=1e-9, abs=1e-15)
+
+
 def test_benjamini_hochberg_matches_definition():
     p = np.array([0.01, 0.04, 0.03, 0.2])
     q = ds_mod.benjamini_hochberg(p)

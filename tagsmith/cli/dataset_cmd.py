@@ -18,6 +18,8 @@ from tagsmith.cli._model_options import (
     ModelOption,
     NoCacheOption,
     RepresentationOption,
+    print_model_notes,
+    settings_from_options,
 )
 from tagsmith.errors import UsageError
 
@@ -28,41 +30,37 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%" if x >= 0.1 or x == 0 else f"{100 * x:.1f}%"
 
 
-def _open_embedder(options: dict):  # noqa: ANN202 - the encoder façade's embedder
-    from tagsmith.cli._model_options import settings_from_options
+def _open_embedder(settings):  # noqa: ANN001, ANN202 - EncoderSettings -> TagEmbedder
     from tagsmith.embedding import open_embedder
 
-    return open_embedder(settings_from_options(**options))
+    return open_embedder(settings)
 
 
 class _LazyEmbed:
     """Opens the text encoder on first use (only when there are clusters to check), and turns
     "no model here" into a notice instead of a failure."""
 
-    def __init__(self, options: dict) -> None:
-        self.options = options
+    def __init__(self, settings) -> None:  # noqa: ANN001 - EncoderSettings
+        self.settings = settings
         self.notice: str | None = None
-        self._embedder = None
+        self.embedder = None
 
     def __call__(self, texts: list[str]):  # noqa: ANN204 - numpy array or None
         from tagsmith.errors import ModelNotFoundError
 
         if self.notice is not None:
             return None
-        if self._embedder is None:
+        if self.embedder is None:
             try:
-                self._embedder = _open_embedder(self.options)
+                self.embedder = _open_embedder(self.settings)
             except ModelNotFoundError as exc:
                 self.notice = f"{exc} The model column is skipped."
                 return None
-            except ImportError:
-                self.notice = "The text encoder is not available; the model column is skipped."
-                return None
-        return self._embedder.embed(texts)
+        return self.embedder.embed(texts)
 
     def close(self) -> None:
-        if self._embedder is not None and hasattr(self._embedder, "close"):
-            self._embedder.close()
+        if self.embedder is not None and hasattr(self.embedder, "close"):
+            self.embedder.close()
 
 
 @app.command("dataset")
@@ -85,7 +83,7 @@ def dataset_command(
         help="Lowest pair score (NPMI, discounted for small counts) reported as entangled.",
     ),
     max_q: float = typer.Option(
-        0.1, "--max-q", min=0.0, max=1.0,
+        0.05, "--max-q", min=0.0, max=1.0,
         help="False discovery rate for pairs (Benjamini-Hochberg); 1 keeps pairs that could be "
         "chance.",
     ),
@@ -107,14 +105,15 @@ def dataset_command(
     from tagsmith.cli._console import console, err_console
     from tagsmith.dataset import load_dataset, report_from_dataset
 
-    ds = load_dataset(directory)
     embed = None
     if not no_model:
-        embed = _LazyEmbed(dict(
+        # Checked now, so a bad option fails even when no cluster needs the model.
+        embed = _LazyEmbed(settings_from_options(
             model=model, clip_skip=clip_skip, device=device, dtype=dtype,
             representation=representation, context=context, cache_dir=cache_dir,
             no_cache=no_cache,
         ))
+    ds = load_dataset(directory)
     try:
         report = report_from_dataset(
             ds, keep_tokens=keep_tokens, min_support=min_support, min_score=min_score,
@@ -126,6 +125,8 @@ def dataset_command(
     notice = embed.notice if embed is not None else None
     if notice:
         report.embedding_note = notice
+    if embed is not None and embed.embedder is not None:
+        print_model_notes(embed.embedder)
     if as_json:
         console.print_json(json.dumps(report.to_dict(), ensure_ascii=False))
     else:
