@@ -1348,10 +1348,13 @@ def _file_notes(ds: Dataset) -> list[str]:
         )
     if ds.files.orphans:
         k = len(ds.files.orphans)
+        example = ds.files.orphans[0]
         notes.append(
-            f"{k} .txt/.caption file{'s have' if k != 1 else ' has'} "
-            f"no image beside {'them' if k != 1 else 'it'} (e.g. "
-            f"{ds.files.orphans[0]}); they are not captions and were left out"
+            f"1 .txt/.caption file has no image beside it ({example}); it is not a caption and "
+            "was left out"
+            if k == 1 else
+            f"{k} .txt/.caption files have no image beside them (e.g. {example}); they are not "
+            "captions and were left out"
         )
     if ds.files.uncaptioned_images:
         k = len(ds.files.uncaptioned_images)

@@ -419,6 +419,25 @@ def retag_command(
         )
 
 
+def _highlighted_pair(old: str, new: str):  # noqa: ANN202 - two rich Texts
+    """The two lines with the comma-separated pieces that differ in bold, the rest dimmed."""
+    import difflib
+    import re
+
+    from rich.text import Text
+
+    # Whole tags with their separators, so a rename lights up as one piece.
+    pieces = re.compile(r"[^,]+,?|,")
+    old_parts, new_parts = pieces.findall(old), pieces.findall(new)
+    a, b = Text(style="red"), Text(style="green")
+    matcher = difflib.SequenceMatcher(None, old_parts, new_parts, autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        same = op == "equal"
+        a.append("".join(old_parts[i1:i2]), style="dim red" if same else "bold red")
+        b.append("".join(new_parts[j1:j2]), style="dim green" if same else "bold green")
+    return a, b
+
+
 def _print_plan(plan, *, all_files: bool) -> None:  # noqa: ANN001 - RetagPlan
     from rich.text import Text
 
@@ -435,10 +454,12 @@ def _print_plan(plan, *, all_files: bool) -> None:  # noqa: ANN001 - RetagPlan
     shown = plan.changes if all_files else plan.changes[:DIFF_FILES_BEFORE_WRITE]
     for ch in shown:
         console.print(Text(f"{ch.rel} ({ch.decoded.label})", style="bold"))
-        for line_no, old, new in ch.line_diffs():
-            prefix = f"  {line_no}: " if len(ch.line_diffs()) > 1 or line_no > 1 else "  "
-            console.print(Text(f"{prefix}- {old}", style="red"))
-            console.print(Text(f"{prefix}+ {new}", style="green"))
+        diffs = ch.line_diffs()
+        for line_no, old, new in diffs:
+            prefix = f"  {line_no}: " if len(diffs) > 1 or line_no > 1 else "  "
+            old_text, new_text = _highlighted_pair(old, new)
+            console.print(Text(f"{prefix}- ", style="red") + old_text)
+            console.print(Text(f"{prefix}+ ", style="green") + new_text)
         for e in ch.edits:
             if e.note and e.new is not None:
                 console.print(Text(f"    {e.old}: {e.note}", style="yellow"))
