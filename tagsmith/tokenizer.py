@@ -9,29 +9,31 @@ collapsed, lowercased) in Python first, because the Rust normalizers cannot do w
 Parity with the reference (OpenAI CLIP's ``SimpleTokenizer``, which transformers' slow
 ``CLIPTokenizer`` and so A1111 follow) is tested id for id against an independent pure-Python
 BPE over every Danbooru tag and alias, a set of hard cases and arbitrary text
-(tests/test_tokenizer_parity.py). What it takes, and the choices made:
+(tests/test_tokenizer_parity.py); ``encode`` has no known difference from it. What it takes:
 
 * **Cleaning.** Printable ASCII without ``&`` skips ftfy and ``html.unescape``: both leave such
-  text unchanged (a property test checks it), and skipping them makes cleaning the 140k Danbooru
-  tags ~20x faster. Other text goes the reference's way, whitespace collapsed with the ``regex``
-  module's ``\s`` as the reference does (Python's ``re`` also counts U+001C..U+001F, which
-  ftfy removes anyway).
-* **Splitting into words.** ASCII text is split by the Rust pre-tokenizer (the reference
-  pattern; on ASCII the two regex engines agree). Any other text, and text containing ``<|``,
-  is split in Python with the reference's own pattern, compiled with the ``regex`` module and
-  ``IGNORECASE`` as the reference compiles it, and the words are handed to BPE as they are.
-  The Rust engine cannot do this part exactly: its Unicode tables are older (17,480 letters
-  and digits assigned since Unicode 14, such as U+0560 or new CJK ideographs, are not
-  letters to it), and ``IGNORECASE`` has effects of its own: the reference drops U+0345
-  (combining ypogegrammeni; it folds to a letter, so it is neither "letter" nor
-  "other") and reads ``'ſ`` (long s) as the contraction ``'s``.
-* **Special tokens in text.** Literal ``<|endoftext|>`` / ``<|startoftext|>`` typed by a user
-  become the EOS / BOS id, as in the reference, but only where the reference's scan starts
-  a new word there: after ``!`` it is part of a punctuation run (``!<|`` ...), as in the
-  reference, not the special token (the Rust added-token matcher would always extract it).
-* **Tags are not prompts.** ``normalize_tag`` (Danbooru underscores, escaped brackets) is
-  tagsmith's own reading of a tag before cleaning; ``encode`` / ``encode_batch`` apply the
-  reference cleaning only.
+  text unchanged (a property test checks it against the full path), and skipping them makes
+  cleaning the 140k Danbooru tags ~100x faster. Other text goes the reference's way step for
+  step, whitespace collapsed with the ``regex`` module's ``\s`` as the reference does (Python's
+  ``re`` also counts U+001C..U+001F; ftfy removes those first anyway).
+* **Splitting into words.** ASCII text is split by the Rust pre-tokenizer stored in the
+  tokenizer file (the reference pattern; on ASCII the two regex engines agree). Other text,
+  and any text containing ``<|``, is split in Python with the reference's own pattern,
+  compiled with the ``regex`` module and ``IGNORECASE`` as the reference compiles it, and the
+  words go to the same BPE as they are. The Rust engine gets three things wrong there: (1) its
+  Unicode tables are older than the ``regex`` module's (17,480 code points, e.g. U+0558,
+  U+A7CE, U+2B73A, are letters or digits to the reference and not to it: such a word split
+  differently); (2) with ``IGNORECASE`` the reference's "other" class misses U+0345
+  (combining ypogegrammeni, which case-folds to a letter), so the reference drops it like
+  whitespace; (3) ``'ſ`` (long s) matches the contraction ``'s`` and stays one word.
+* **Special tokens in text.** Literal ``<|endoftext|>`` / ``<|startoftext|>`` in user text
+  become the EOS / BOS id, as in the reference, wherever the reference's scan starts a word
+  there (``a <|endoftext|> b``, ``a<|endoftext|>b``). After punctuation, as in
+  ``!<|endoftext|>``, the ``<|`` joins the punctuation run and the text is ordinary pieces, as
+  in the reference; Rust's added-token matcher would have extracted EOS there.
+* **Tags are not prompts.** ``normalize_tag`` (Danbooru underscores, tagcomplete's emoticon
+  exclusions, escaped brackets) is tagsmith's own reading of a tag before the reference
+  cleaning; ``analyze_batch`` applies it, ``encode`` / ``encode_batch`` do not.
 
 Nothing here imports torch or transformers.
 """

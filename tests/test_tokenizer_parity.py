@@ -7,6 +7,8 @@ pinned here were checked against the real openai/clip-vit-large-patch14 tokenize
 from __future__ import annotations
 
 import csv
+import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -77,6 +79,16 @@ def test_vocabulary_matches_reference_layout(tok, ref) -> None:  # noqa: ANN001
     assert len(tok.vocab) == VOCAB_SIZE == 49408
     assert ref.vocab_size == 49408
     assert tok.vocab == ref.encoder
+
+
+def test_shipped_tokenizer_json_is_what_the_build_script_makes() -> None:
+    script = Path(__file__).resolve().parent.parent / "data" / "build_tokenizer.py"
+    spec = importlib.util.spec_from_file_location("build_tokenizer", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    shipped = json.loads(module.OUT.read_text(encoding="utf-8"))
+    assert json.loads(module.build().to_str()) == shipped
 
 
 # -- every Danbooru tag and alias -------------------------------------------------------------
