@@ -175,10 +175,9 @@ class RankingScreen(Screen[None]):
         ranking = self.query_one(RankingView)
         keep = ranking.current_row if previous is not None else None
         if previous is not None:
-            if previous.sort_key is not None:
-                self.view.sort_by(previous.sort_key, previous.descending)
-            elif previous.table.default_sort is not None:
-                self.view.sort_key = None
+            if previous.sort_key is None or table.column(previous.sort_key) is not None:
+                self.view.sort_key = previous.sort_key
+                self.view.descending = previous.descending
             self.view.set_query(previous.query)
         ranking.loading = False
         notices = self.query_one("#notices", Static)
@@ -240,6 +239,8 @@ class RankingScreen(Screen[None]):
                 label = col.label if col is not None else self.view.sort_key
                 arrow = "\u25bc" if self.view.descending else "\u25b2"
                 status.append(f" \u00b7 by {label} {arrow}")
+            elif self.view.descending:
+                status.append(" \u00b7 reversed")
         n = len(self.explore.marked)
         if n:
             status.append(f" \u00b7 {n} marked", style="bold yellow")
@@ -292,10 +293,9 @@ class RankingScreen(Screen[None]):
         query = self.query_one(FilterBar).value
         if query == self.view.query:
             return
-        ranking = self.query_one(RankingView)
-        keep = ranking.current_row
+        # A new filter starts at its first match, as a search does.
         self.view.set_query(query)
-        ranking.show(self.view, keep_row=keep)
+        self.query_one(RankingView).show(self.view)
         self._update_title()
 
     def on_input_submitted(self, event: FilterBar.Submitted) -> None:
@@ -313,11 +313,16 @@ class RankingScreen(Screen[None]):
 
     # -- sort ------------------------------------------------------------------------------
     def _sort(self, key: str, descending: bool | None = None) -> None:
-        if self.view is None:
-            return
+        if self.view is not None:
+            self._reorder(lambda view: view.sort_by(key, descending))
+
+    def _reorder(self, change: Callable[[TableView], None]) -> None:
+        """Re-sort, keeping the cursor on its row unless it was at the top: at the top the
+        user is looking at the ranking, not at one row."""
+        assert self.view is not None
         ranking = self.query_one(RankingView)
-        keep = ranking.current_row
-        self.view.sort_by(key, descending)
+        keep = ranking.current_row if ranking.cursor > 0 else None
+        change(self.view)
         ranking.show(self.view, keep_row=keep)
         self._update_title()
 
@@ -334,24 +339,12 @@ class RankingScreen(Screen[None]):
             self._sort(self.view.table.columns[n - 1].key)
 
     def action_reverse(self) -> None:
-        if self.view is None:
-            return
-        ranking = self.query_one(RankingView)
-        keep = ranking.current_row
-        self.view.reverse()
-        ranking.show(self.view, keep_row=keep)
-        self._update_title()
+        if self.view is not None:
+            self._reorder(TableView.reverse)
 
     def action_original_order(self) -> None:
-        if self.view is None:
-            return
-        ranking = self.query_one(RankingView)
-        keep = ranking.current_row
-        self.view.sort_key = None
-        self.view.descending = False
-        self.view.refilter()
-        ranking.show(self.view, keep_row=keep)
-        self._update_title()
+        if self.view is not None:
+            self._reorder(TableView.original_order)
 
     # -- marks, export, drill-down ----------------------------------------------------------
     def action_mark(self) -> None:

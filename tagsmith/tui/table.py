@@ -376,10 +376,12 @@ class TableView:
         self._refresh()
 
     def reverse(self) -> None:
-        if self.sort_key is not None:
-            self.sort_by(self.sort_key, not self.descending)
-        else:
-            self.rows = self.rows[::-1].copy()
+        self.descending = not self.descending
+        self._refresh()
+
+    def original_order(self) -> None:
+        self.sort_key, self.descending = None, False
+        self._refresh()
 
     def refilter(self) -> None:
         """Apply the filter again (after marks change, for ``marked=true``)."""
@@ -407,8 +409,10 @@ class TableView:
         n = len(self.table)
         if self.sort_key is not None and n:
             order = self.table.order(self.sort_key, self.descending)
-        else:
+        else:  # file order, or its reverse
             order = np.arange(n, dtype=np.int64)
+            if self.descending:
+                order = order[::-1].copy()
         mask = filter_mask(self.filter, self.table, self._marked)
         self.rows = order if mask is None else order[mask[order]]
 

@@ -19,7 +19,7 @@ from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import ModalScreen
@@ -109,6 +109,8 @@ class RankingView(ScrollView, can_focus=True):
         self._widths: dict[str, int] = {}
         self._fixed_width = 0
         self._longest: tuple[Table, int] | None = None
+        self._styles: dict[str, Style] = {}
+        self._base: Style | None = None
 
     # -- data --------------------------------------------------------------------------
     def show(self, view: TableView, *, keep_row: int | None = None) -> None:
@@ -188,9 +190,24 @@ class RankingView(ScrollView, can_focus=True):
         return None
 
     # -- drawing ---------------------------------------------------------------------------
+    def render_lines(self, crop: Region) -> list[Strip]:
+        self._base = self.rich_style
+        return super().render_lines(crop)
+
+    def notify_style_update(self) -> None:
+        # Component styles are looked up once, not once per cell; a theme change clears them.
+        self._styles = {}
+        super().notify_style_update()
+
+    def _style(self, name: str) -> Style:
+        got = self._styles.get(name)
+        if got is None:
+            got = self._styles[name] = self.get_component_rich_style(name)
+        return got
+
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
-        base = self.rich_style
+        base = self._base if self._base is not None else self.rich_style
         v = self.view
         if v is None:
             return Strip.blank(width, base)
@@ -199,7 +216,7 @@ class RankingView(ScrollView, can_focus=True):
         pos = int(self.scroll_y) + y - 1
         if pos >= len(v):
             if pos == 0 and len(v.table):
-                style = base + self.get_component_rich_style("ranking--empty")
+                style = base + self._style("ranking--empty")
                 return Strip([Segment(_fit("  no rows match the filter", width), style)])
             return Strip.blank(width, base)
         return self._row(pos, int(v.rows[pos]), width, base)
@@ -207,8 +224,8 @@ class RankingView(ScrollView, can_focus=True):
     def _header(self, width: int, base: Style) -> Strip:
         v = self.view
         assert v is not None
-        style = base + self.get_component_rich_style("ranking--header")
-        sorted_style = style + self.get_component_rich_style("ranking--header-sorted")
+        style = base + self._style("ranking--header")
+        sorted_style = style + self._style("ranking--header-sorted")
 
         def label(c: Column) -> Segment:
             w = self._widths[c.key]
@@ -233,13 +250,13 @@ class RankingView(ScrollView, can_focus=True):
         marked = self.is_marked(key)
         style = base
         if pos == self.cursor:
-            style = base + self.get_component_rich_style(
+            style = base + self._style(
                 "ranking--cursor" if self.has_focus else "ranking--cursor-blurred"
             )
-        marked_style = style + self.get_component_rich_style("ranking--marked")
+        marked_style = style + self._style("ranking--marked")
         segs: list[Segment] = [
             Segment(MARK + " " if marked else "  ",
-                    style + self.get_component_rich_style("ranking--mark"))
+                    style + self._style("ranking--mark"))
         ]
         for c in self._fixed:
             text = _fit(table.cell(c, row), self._widths[c.key], c.right_aligned)
@@ -252,7 +269,7 @@ class RankingView(ScrollView, can_focus=True):
         text = table.cell(c, row)
         cell_style = style
         if c.kind == "bool" and text:
-            cell_style = style + self.get_component_rich_style(
+            cell_style = style + self._style(
                 "ranking--yes" if text == "yes" else "ranking--no"
             )
         return Segment(_fit(text, self._widths[c.key], c.right_aligned) + " " * GAP, cell_style)
@@ -275,8 +292,10 @@ class RankingView(ScrollView, can_focus=True):
             self.cursor = pos
         self._scroll_to_cursor()
 
-    def watch_cursor(self) -> None:
-        self.refresh()
+    def watch_cursor(self, old: int, new: int) -> None:
+        # Only the two rows that changed are drawn again (a scroll redraws everything anyway).
+        for pos in (old, new):
+            self.refresh_line(pos + 1)  # virtual line: the header is line 0
         self.post_message(self.CursorMoved(self.current_row))
 
     def watch_has_focus(self, _: bool) -> None:
