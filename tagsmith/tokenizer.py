@@ -64,7 +64,6 @@ SPLIT_PATTERN = (
     r"""[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 )
 
-_WHITESPACE = re.compile(r"\s+")
 _regex_whitespace: Any = None
 
 
@@ -414,10 +413,12 @@ def normalize_tag(tag: str, *, underscores: bool = True) -> str:
     them; other tags lose all of theirs (``t_t`` -> ``t t``, as tagcomplete does too). The list
     is matched case-insensitively, since CLIP lowercases anyway.
     """
-    text = _ESCAPED_PAREN.sub(r"\1", tag.strip())
+    text = tag.strip()
+    if "\\" in text:
+        text = _ESCAPED_PAREN.sub(r"\1", text)
     if underscores and "_" in text and text.lower() not in TAGCOMPLETE_UNDERSCORE_EXCLUSIONS:
         text = text.replace("_", " ")
-    return _WHITESPACE.sub(" ", text).strip()
+    return " ".join(text.split())  # str.split's whitespace is re's \s: collapse and strip
 
 
 def iter_nonempty(lines: Iterable[str]) -> Iterable[str]:
