@@ -335,7 +335,7 @@ class ClipTokenizer:
 
 
 # Words recur across a vocabulary (88k distinct in 440k Danbooru tag words): share them.
-_WORD_CACHE_SIZE = 500_000
+_WORD_CACHE_SIZE = 200_000
 
 
 def _split_words(
