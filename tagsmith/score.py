@@ -343,12 +343,15 @@ def score_vocabulary(
     timings["tokenize"] = time.perf_counter() - t0
 
     neigh = None
+    neigh_row: dict[int, int] = {}
     leak = np.full(len(selected), np.nan, dtype=np.float32)
     if embedder is not None:
         t0 = time.perf_counter()
-        # Partners outside the selection are embedded too, after the selected rows.
+        # Partners outside the selection are embedded too, after the selected rows. A tag
+        # with no tokens at all (only characters the cleaner removes) has no vector.
+        embedded = [j for j, i in enumerate(selected) if n_tok[i] > 0]
         extra = sorted({int(p) for p in partner if p >= 0} - selected_set)
-        embed_rows = list(selected) + extra
+        embed_rows = [selected[j] for j in embedded] + extra
         vectors = embed_in_chunks(
             embedder, [texts_all[i] for i in embed_rows], chunk_size=chunk_size or EMBED_CHUNK,
             n_tokens=[int(n_tok[i]) for i in embed_rows],
@@ -362,16 +365,17 @@ def score_vocabulary(
         unit = normalize_rows(vectors)
         del vectors  # 140k x 768 float32 is 430 MB: keep one copy
         neigh = nearest_neighbors(
-            unit[: len(selected)], k, backend=neighbor_backend, normalized=True,
+            unit[: len(embedded)], k, backend=neighbor_backend, normalized=True,
             memory_budget=memory_budget or DEFAULT_MEMORY_BUDGET,
             progress=lambda d, t: progress("neighbors", d, t),
         )
+        neigh_row = dict(zip(embedded, range(len(embedded))))
         position = {r: j for j, r in enumerate(embed_rows)}
-        has = partner >= 0
-        if has.any():
-            other = np.array([position[int(p)] for p in partner[has]])
-            mine = np.flatnonzero(has)
-            leak[has] = np.einsum("ij,ij->i", unit[mine], unit[other])
+        pairs = [(j, position[selected[j]], position[int(partner[j])])
+                 for j in embedded if partner[j] >= 0]
+        if pairs:
+            js, mine, other = (np.array(c) for c in zip(*pairs))
+            leak[js] = np.einsum("ij,ij->i", unit[mine], unit[other])
         timings["neighbors"] = time.perf_counter() - t0
 
     rows: list[ScoreRow] = []
@@ -383,13 +387,14 @@ def score_vocabulary(
         hp = head_pos[j]
         nb: tuple[ScoreNeighbor, ...] = ()
         leak_sim = distinct = risk = None
-        if neigh is not None:
+        n_row = neigh_row.get(j)
+        if neigh is not None and n_row is not None:
             nb = tuple(
-                ScoreNeighbor(entries[selected[int(x)]].tag, _round(s))
-                for x, s in zip(neigh.indices[j], neigh.similarities[j])
+                ScoreNeighbor(entries[selected[embedded[int(x)]]].tag, _round(s))
+                for x, s in zip(neigh.indices[n_row], neigh.similarities[n_row])
             )
             if len(nb):
-                distinct = _round(1.0 - float(np.mean(neigh.similarities[j])))
+                distinct = _round(1.0 - float(np.mean(neigh.similarities[n_row])))
             if other is not None:
                 leak_sim = _round(float(leak[j]))
                 dom = dominance(e.count, other.count)

@@ -535,3 +535,20 @@ def test_cli_interrupt_then_resume(
     # All partners are scored tags here: 11 texts, 7 came from the cache.
     assert sum(encoded) == 4
     assert len(read_score_file(out)) == 11
+
+
+def test_tag_without_tokens_is_not_embedded(tmp_path: Path) -> None:
+    # ftfy drops control characters: the tag survives the reader but has no tokens, and the
+    # real encoder refuses to embed nothing.
+    p = tmp_path / "t.csv"
+    p.write_text("bottle,0,10,\n\x01\x02,0,5,\nwine_bottle,0,3,\njar,0,2,\n", encoding="utf-8")
+    fake = BagOfTokensEmbedder(random_table(16, seed=1))
+    res = score_vocabulary(read_vocabulary(p), fake, k=3)
+    empty = res.rows[1]
+    assert empty.n_tokens == 0 and empty.neighbors == () and empty.head_token is None
+    assert all("\x01\x02" not in call for call in fake.calls)
+    assert all(n.tag != "\x01\x02" for r in res.rows for n in r.neighbors)
+    assert [len(r.neighbors) for r in res.rows] == [2, 0, 2, 2]
+    wine = res.rows[2]
+    leak = float(unit(fake.embed(["wine bottle"])[0]) @ unit(fake.embed(["bottle"])[0]))
+    assert wine.leak_similarity == pytest.approx(leak, abs=1e-4)

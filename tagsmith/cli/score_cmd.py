@@ -249,7 +249,7 @@ def _print_summary(console: Any, result: Any, output: Path, top: int) -> None:
         table.add_column("risk", justify="right")
     for r in rows:
         cells = [
-            r.text, _fmt(r.count, ","), " ".join(r.tokens), normalize_tag(r.shares_token_with),
+            r.text, _fmt(r.count, ","), " | ".join(r.tokens), normalize_tag(r.shares_token_with),
             _fmt(r.shares_token_count, ","),
         ]
         if with_model:
