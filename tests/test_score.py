@@ -552,3 +552,12 @@ def test_tag_without_tokens_is_not_embedded(tmp_path: Path) -> None:
     wine = res.rows[2]
     leak = float(unit(fake.embed(["wine bottle"])[0]) @ unit(fake.embed(["bottle"])[0]))
     assert wine.leak_similarity == pytest.approx(leak, abs=1e-4)
+
+
+def test_cli_passes_on_encoder_notes(tmp_path: Path, tiny_model: Path, capsys) -> None:
+    p = tmp_path / "t.csv"
+    p.write_text("bottle,0,10,\n" + "_".join(["word"] * 80) + ",0,5,\njar,0,2,\n")
+    code = run(["score", str(p), "-o", str(tmp_path / "o.csv"), "--model", str(tiny_model)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "1 tag is longer than the 75 tokens SD1.5 reads in one chunk" in " ".join(err.split())

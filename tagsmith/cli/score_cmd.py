@@ -133,6 +133,8 @@ def score_command(
     finally:
         if embedder is not None:
             embedder.close()
+    for note in (embedder.notes if embedder is not None else []):
+        err_console.print(f"Note: {note}", highlight=False, markup=False)
     from tagsmith.score import write_scores
 
     write_scores(result.rows, output, out_format, summary=result.summary)
