@@ -146,7 +146,7 @@ def parse_vocabulary(
 ) -> Vocabulary:
     """Parse vocabulary text already decoded (BOM removed); see ``read_vocabulary``."""
     where = str(path) if path is not None else "the vocabulary"
-    records = _records(text)
+    records = _records(text, where)
     head = list(itertools.islice(records, _SAMPLE_ROWS))
     if not head:
         raise FileFormatError(f"{where} has no tags (only blank lines).")
@@ -231,7 +231,7 @@ def _read_text(path: Path) -> str:
         raise FileFormatError(f"Vocabulary file {path} is empty.")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise FileFormatError(f"{path} is UTF-16 text; save it as UTF-8 and try again.")
-    if b"\x00" in data[:8192]:
+    if b"\x00" in data:
         raise FileFormatError(f"{path} is a binary file, not {_FORMAT_HINT}.")
     try:
         return data.decode("utf-8-sig")
@@ -245,11 +245,19 @@ def _read_text(path: Path) -> str:
 # -- rows ------------------------------------------------------------------------------------
 
 
-def _records(text: str) -> Iterator[tuple[int, list[str]]]:
+def _records(text: str, where: str) -> Iterator[tuple[int, list[str]]]:
     """Non-blank CSV records with the physical line each starts on."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=False)
     line = 1
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise FileFormatError(
+                f"Cannot read line {line} of {where} as CSV ({exc}; an unclosed quote?)."
+            ) from None
         # A quoted field may span lines: the record starts where the previous one ended.
         start = line
         line = reader.line_num + 1
@@ -389,7 +397,10 @@ def _parse_row(
             if layout.min_cols == layout.max_cols
             else f"{layout.min_cols} to {layout.max_cols}"
         )
-        hint = " (quote tags that contain commas)" if n > layout.max_cols else ""
+        if any("\n" in cell for cell in row):
+            hint = " (an unclosed quote joins the lines after it)"
+        else:
+            hint = " (quote tags that contain commas)" if n > layout.max_cols else ""
         problems.append(RowProblem(line, f"expected {expected} columns, found {n}{hint}"))
         return None
     tag = row[layout.tag_col].strip()

@@ -255,6 +255,27 @@ def test_binary_file(tmp_path: Path) -> None:
         read_vocabulary(write(tmp_path, bytes(range(256)) * 4))
 
 
+def test_nul_byte_late_in_file(tmp_path: Path) -> None:
+    with pytest.raises(FileFormatError, match=r"is a binary file"):
+        read_vocabulary(write(tmp_path, TAGCOMPLETE * 2000 + "b\x00c,0,1,\n"))
+
+
+def test_huge_field(tmp_path: Path) -> None:
+    with pytest.raises(
+        FileFormatError, match=r"^Cannot read line 2 of .* as CSV \(field larger than field limit"
+    ):
+        read_vocabulary(write(tmp_path, 'x,0,1,\n"' + "a" * 200_000 + '"\n'))
+
+
+def test_unclosed_quote(tmp_path: Path) -> None:
+    v = read_vocabulary(write(tmp_path, 'a,0,1,\n"unterminated,0,1,\nb,0,2,\nc,0,3,\n'))
+    assert v.texts == ["a"]
+    assert v.problems == [
+        RowProblem(2, "expected 2 to 4 columns, found 1 (an unclosed quote joins the lines "
+                      "after it)")
+    ]
+
+
 def test_utf16_file(tmp_path: Path) -> None:
     with pytest.raises(FileFormatError, match=r"UTF-16 text; save it as UTF-8"):
         read_vocabulary(write(tmp_path, TAGCOMPLETE.encode("utf-16")))
