@@ -225,7 +225,7 @@ class ClipTokenizer:
     def _ids_cleaned(self, cleaned: list[str]) -> list[list[int]]:
         # encode_batch_fast skips offset tracking (tokenizers >= 0.20); the ids are the same.
         fast = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
-        encs = self._route(cleaned, fast, self._encode_split)
+        encs = self._route(cleaned, fast, self._encode_split_ids)
         return [e.ids for e in encs]
 
     @staticmethod
@@ -255,6 +255,12 @@ class ClipTokenizer:
             offsets = [(sp[w][0] + a, sp[w][0] + b) for (a, b), w in zip(enc.offsets, word_ids)]
             result.append(_SplitEncoding(enc.ids, enc.tokens, offsets, word_ids))
         return result
+
+    def _encode_split_ids(self, texts: list[str]) -> list[Any]:
+        word_tok, split = self._word_tokenizer()
+        words = [split.findall(t) for t in texts]
+        fast = getattr(word_tok, "encode_batch_fast", word_tok.encode_batch)
+        return fast(words, is_pretokenized=True, add_special_tokens=False)
 
     def _word_tokenizer(self) -> tuple[Any, Any]:
         """The same BPE without its pre-tokenizer, fed words split in Python, and the split."""
