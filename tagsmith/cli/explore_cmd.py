@@ -68,11 +68,17 @@ def explore_command(
     Marked tags are printed on standard output when you quit, one per line, so
     `tagsmith explore scores.csv > picked.txt` keeps them.
     """
+    from tagsmith.cli._model_options import settings_from_options
     from tagsmith.ranking import ScoreWeights
     from tagsmith.suggest import SuggestOptions
     from tagsmith.tui.loaders import check_score_path, looks_like_score_file
 
     score_weights = ScoreWeights.parse(weights) if weights else ScoreWeights()
+    # Bad option values fail here, not later inside the app; the model itself loads in the app.
+    settings = settings_from_options(
+        model=model, clip_skip=clip_skip, device=device, dtype=dtype,
+        representation=representation, context=context, cache_dir=cache_dir, no_cache=no_cache,
+    ).validated()
     # Options that describe one tag apply to the tag given here; drill-downs get the rest.
     drill_options = SuggestOptions(vocab_path=vocab, top=top, weights=score_weights,
                                    cache_dir=cache_dir, use_cache=not no_cache)
@@ -95,14 +101,8 @@ def explore_command(
     _require_terminal()
 
     def load_model():  # noqa: ANN202 - (TagEmbedder | None, notice)
-        from tagsmith.cli._model_options import settings_from_options
         from tagsmith.suggest import open_model
 
-        settings = settings_from_options(
-            model=model, clip_skip=clip_skip, device=device, dtype=dtype,
-            representation=representation, context=context, cache_dir=cache_dir,
-            no_cache=no_cache,
-        )
         return open_model(settings, explicit=model is not None)
 
     from tagsmith.tui.app import ExploreApp

@@ -208,8 +208,8 @@ class RankingScreen(Screen[None]):
     def _show_message(self, message: str, *, error: bool) -> None:
         box = self.query_one("#message", Static)
         text = Text(message, style="bold red" if error else "bold")
-        back = " b goes back," if len(self.trail) > 1 else ""
-        text.append(f"\n\nPress{back} q quits, ? shows the keys.", style="dim")
+        back = "b goes back \u00b7 " if len(self.trail) > 1 else ""
+        text.append(f"\n\n{back}q quits \u00b7 ? shows the keys", style="dim")
         box.update(text)
         box.display = True
         self.query_one(RankingView).display = False

@@ -154,7 +154,7 @@ def load_score_table(path: Path, progress: Progress = _nothing,
 
     ``first_rows`` gets a table of the first rows of a big file while the rest is read.
     """
-    from tagsmith.tui.scorefile import read_score_columns
+    from tagsmith.tui.scorefile import gc_paused, read_score_columns
 
     progress(f"reading {path.name}")
 
@@ -163,8 +163,9 @@ def load_score_table(path: Path, progress: Progress = _nothing,
             first_rows(score_table(cols, path.name))
             progress(f"reading {path.name} (showing the first {len(cols):,} rows)")
 
-    cols = read_score_columns(path, early if first_rows is not None else None)
-    table = score_table(cols, path.name)
+    with gc_paused():
+        cols = read_score_columns(path, early if first_rows is not None else None)
+        table = score_table(cols, path.name)
     if not len(table):
         table.notices.append(f"{path.name} holds no rows; score a vocabulary with tagsmith score.")
     elif not any(c.key == "leak_similarity" for c in table.columns):
@@ -239,7 +240,7 @@ SUGGEST_COLUMNS = [
     Column("n_tokens", "n_tok", INT, 5, aliases=("tokens", "tok", "n"),
            help="CLIP tokens the form takes"),
     Column("known", "known", BOOL, 5, help="every word is one known whole-word token"),
-    Column("kind", "kind", TEXT, 12, help="spaced, hyphen, underscore, joined, substitute ..."),
+    Column("kind", "kind", TEXT, 15, help="spaced, hyphen, underscore, joined, substitute ..."),
     Column("split", "split", TEXT, 24, aliases=("pieces",),
            help="words, split words joined by +"),
     Column("reason", "reason", TEXT, 60, help="why it ranks where it does"),
