@@ -26,6 +26,12 @@ from tagsmith.errors import UsageError
 DIFF_FILES_BEFORE_WRITE = 20  # a real run shows this many files' diffs; --dry-run shows all
 
 
+def _print_json(data: object) -> None:
+    # Plain json, not rich's print_json: a big dataset's report is megabytes, which rich
+    # takes a minute to re-parse and highlight.
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.0f}%" if x >= 0.1 or x == 0 else f"{100 * x:.1f}%"
 
@@ -102,7 +108,7 @@ def dataset_command(
     no_cache: NoCacheOption = False,
 ) -> None:
     """Tag statistics, token budgets, and tags entangled in the captions and in the model."""
-    from tagsmith.cli._console import console, err_console
+    from tagsmith.cli._console import err_console
     from tagsmith.dataset import load_dataset, report_from_dataset
 
     embed = None
@@ -128,7 +134,7 @@ def dataset_command(
     if embed is not None and embed.embedder is not None:
         print_model_notes(embed.embedder)
     if as_json:
-        console.print_json(json.dumps(report.to_dict(), ensure_ascii=False))
+        _print_json(report.to_dict())
     else:
         _print_report(report, top=top)
     if notice:
@@ -345,10 +351,10 @@ def retag_command(
             raise UsageError("--undo cannot be combined with --dry-run.")
         result = undo_last_retag(directory)
         if as_json:
-            console.print_json(json.dumps({
+            _print_json({
                 "backup": str(result.backup), "restored": result.restored,
                 "already_original": result.already_old, "maps": result.maps,
-            }, ensure_ascii=False))
+            })
             return
         maps_text = ", ".join(f"{m['old']}={m['new']}" for m in result.maps)
         console.print(
@@ -369,7 +375,7 @@ def retag_command(
     mappings = parse_maps(maps or [])
     plan = plan_retag(directory, mappings)
     if as_json and (dry_run or not plan.changes):
-        console.print_json(json.dumps(plan.to_dict(), ensure_ascii=False))
+        _print_json(plan.to_dict())
         return
     if not as_json:
         _print_plan(plan, all_files=dry_run)
@@ -403,7 +409,7 @@ def retag_command(
         out["backup"] = None if result.backup is None else str(result.backup)
         out["written"] = result.written
         out["changed_since_plan"] = result.changed_since_plan
-        console.print_json(json.dumps(out, ensure_ascii=False))
+        _print_json(out)
         return
     console.print(
         Text(
