@@ -416,7 +416,7 @@ def test_app_filter_box(score_csv: Path, scored) -> None:  # noqa: ANN001
                                     "wine bottle"]
             await pilot.press("escape")
             assert isinstance(app.focused, RankingView)
-            assert "4 of 23" in text_of(app.screen.query_one("#title"))
+            assert "4 of 23" in text_of(app.screen.query_one("#status"))
             # Keys act on the table again, and the filter is kept.
             await pilot.press("2")
             assert shown(app)[0] == "holding bottle"
@@ -560,8 +560,8 @@ def test_app_suggest_with_a_tiny_text_encoder(tiny_model: Path) -> None:
     expected = suggest("cross tattoo", embedder=emb)
 
     async def go() -> None:
-        app = ExploreApp(SuggestSource("cross tattoo"),
-                         model_loader=lambda: open_model(settings, explicit=True))
+        # The loader hands over the embedder open_model gave (as the CLI's loader does).
+        app = ExploreApp(SuggestSource("cross tattoo"), model_loader=lambda: (emb, None))
         async with app.run_test(size=SIZE) as pilot:
             await loaded(pilot)
             assert app.screen.error is None

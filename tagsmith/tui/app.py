@@ -20,7 +20,7 @@ from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Container
+from textual.containers import Container, Horizontal
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Static
@@ -101,7 +101,9 @@ class RankingScreen(Screen[None]):
         return app
 
     def compose(self) -> ComposeResult:
-        yield Static(id="title")
+        with Horizontal(id="titlebar"):
+            yield Static(id="title")
+            yield Static(id="status")
         yield FilterBar(placeholder=FILTER_PLACEHOLDER, id="filter", compact=True)
         yield Static(id="notices")
         with Container(id="body"):
@@ -173,7 +175,8 @@ class RankingScreen(Screen[None]):
         self.table = table
         self.view = TableView(table, marked=self._marked_mask)
         ranking = self.query_one(RankingView)
-        keep = ranking.current_row if previous is not None else None
+        # The cursor follows its row into the complete table, unless it is still at the top.
+        keep = ranking.current_row if previous is not None and ranking.cursor > 0 else None
         if previous is not None:
             if previous.sort_key is None or table.column(previous.sort_key) is not None:
                 self.view.sort_key = previous.sort_key
@@ -222,12 +225,7 @@ class RankingScreen(Screen[None]):
 
     # -- title and detail ------------------------------------------------------------------
     def _update_title(self) -> None:
-        title = Text()
-        title.append("tagsmith explore", style="bold")
-        for part in self.trail:
-            title.append(" \u203a ", style="dim")
-            title.append(part)
-        status = Text()
+        status = Text(no_wrap=True)
         if self._progress:
             status.append(f"{self._progress}\u2026", style="italic")
         elif self.error:
@@ -244,11 +242,26 @@ class RankingScreen(Screen[None]):
         n = len(self.explore.marked)
         if n:
             status.append(f" \u00b7 {n} marked", style="bold yellow")
-        title.append("  ")
-        title.append_text(status)
-        title.no_wrap = True
-        title.overflow = "ellipsis"
+        self.query_one("#status", Static).update(status)
+        # The trail loses its oldest parts first: where you are matters more than the way.
+        room = max(10, self.app.size.width - status.cell_len - 4)
+        parts = ["tagsmith explore", *self.trail]
+        while len(" \u203a ".join(parts)) > room and len(parts) > 1:
+            if parts[0] != "\u2026":
+                parts[0] = "\u2026"
+            elif len(parts) > 2:
+                del parts[1]
+            else:
+                break
+        title = Text(no_wrap=True, overflow="ellipsis")
+        for i, part in enumerate(parts):
+            if i:
+                title.append(" \u203a ", style="dim")
+            title.append(part, style="bold" if part == "tagsmith explore" else "")
         self.query_one("#title", Static).update(title)
+
+    def on_resize(self) -> None:
+        self._update_title()
 
     def _update_detail(self, row: int | None) -> None:
         pane = self.query_one(DetailPane)

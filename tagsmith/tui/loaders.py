@@ -156,12 +156,12 @@ def load_score_table(path: Path, progress: Progress = _nothing,
     """
     from tagsmith.tui.scorefile import gc_paused, read_score_columns
 
-    progress(f"reading {path.name}")
+    progress("reading the file")
 
     def early(cols: Any) -> None:
         if first_rows is not None:
             first_rows(score_table(cols, path.name))
-            progress(f"reading {path.name} (showing the first {len(cols):,} rows)")
+            progress(f"first {len(cols):,} rows shown, reading the rest")
 
     with gc_paused():
         cols = read_score_columns(path, early if first_rows is not None else None)
