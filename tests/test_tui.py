@@ -548,6 +548,29 @@ def test_app_suggest_with_a_model(tmp_path: Path) -> None:
     run(go())
 
 
+def test_app_detail_pane_scrolls_with_shift_j_k() -> None:
+    from tagsmith.suggest import SuggestOptions
+    from tagsmith.tui.app import ExploreApp, SuggestSource
+    from tagsmith.tui.widgets import DetailPane
+
+    emb = BagOfTokensEmbedder(random_table(32, 7))
+    options = SuggestOptions(neighbors=["wine bottle", "water bottle", "jar", "ketchup", "can"])
+
+    async def go() -> None:
+        app = ExploreApp(SuggestSource("mayonnaise bottle", options),
+                         model_loader=lambda: (emb, None))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await loaded(pilot)
+            pane = app.screen.query_one(DetailPane)
+            assert pane.max_scroll_y > 0  # more neighbours than lines at 80x24
+            await pilot.press("J")
+            assert pane.scroll_y > 0
+            await pilot.press("K")
+            assert pane.scroll_y == 0
+
+    run(go())
+
+
 @pytest.mark.slow
 def test_app_suggest_with_a_tiny_text_encoder(tiny_model: Path) -> None:
     """The real encoder path: open_model on a tiny random SD1.5-style checkpoint."""

@@ -31,18 +31,20 @@ from tagsmith.errors import InputError
 
 ExploreTopOption = Annotated[
     int | None,
-    typer.Option("--top", help="Show this many candidates (default: all).", min=1,
+    typer.Option("--top", metavar="N", help="Show this many candidates (default: all).", min=1,
                  show_default=False),
 ]
 ExportOption = Annotated[
     str,
-    typer.Option("--export-to", help="File name the export dialog (e) offers first."),
+    typer.Option("--export-to", metavar="PATH",
+                 help="File name the export dialog (e) offers first."),
 ]
 
 
 @app.command("explore")
 def explore_command(
     target: Annotated[str, typer.Argument(
+        metavar="TAG_OR_SCORE_FILE",
         help="A tag (\"mayonnaise bottle\") to rank its forms, or a score file from "
         "tagsmith score (OUT.csv, OUT.jsonl, OUT.parquet).", show_default=False)],
     neighbor: NeighborOption = None,

@@ -24,7 +24,7 @@ from textual.containers import Container, Horizontal
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Static
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker, WorkerCancelled, WorkerState, get_current_worker
 
 from tagsmith.errors import TagsmithError
 from tagsmith.tui.loaders import describe_load_error, load_score_table, suggest_table
@@ -81,6 +81,8 @@ class RankingScreen(Screen[None]):
         Binding("S", "sort_next(-1)", "sort back", show=False),
         Binding("r", "reverse", "reverse", show=False),
         Binding("o", "original_order", "original order", show=False),
+        Binding("J", "scroll_detail(1)", "detail down", show=False),
+        Binding("K", "scroll_detail(-1)", "detail up", show=False),
         *(Binding(str(i), f"sort_column({i})", show=False) for i in range(1, 10)),
     ]
 
@@ -135,7 +137,10 @@ class RankingScreen(Screen[None]):
         return suggest_table(result)
 
     def _report(self, message: str) -> None:
-        """Progress from the worker thread, shown in the title bar."""
+        """Progress from the worker thread, shown in the title bar. Also where the worker
+        stops early once its screen is gone (back or quit while loading)."""
+        if get_current_worker().is_cancelled:
+            raise WorkerCancelled("the screen was closed")
         try:
             self.app.call_from_thread(self._set_progress, message)
         except RuntimeError:  # the app is closing
@@ -358,6 +363,10 @@ class RankingScreen(Screen[None]):
     def action_original_order(self) -> None:
         if self.view is not None:
             self._reorder(TableView.original_order)
+
+    def action_scroll_detail(self, step: int) -> None:
+        pane = self.query_one(DetailPane)
+        pane.scroll_to(y=pane.scroll_y + step * 3, animate=False)
 
     # -- marks, export, drill-down ----------------------------------------------------------
     def action_mark(self) -> None:

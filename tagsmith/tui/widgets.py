@@ -459,6 +459,7 @@ HELP_KEYS = [
     ("\u2191 \u2193  j k", "move"),
     ("PgUp PgDn g G", "page up, page down, first row, last row"),
     ("\u2190 \u2192  h l", "scroll the columns sideways"),
+    ("J  K", "scroll the detail pane down / up"),
     ("/", "filter; Enter or Escape goes back to the table"),
     ("s  S", "sort by the next / previous column"),
     ("1 \u2026 9", "sort by that column; again reverses"),
