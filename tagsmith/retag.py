@@ -344,8 +344,15 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def replace_file_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
-    """Replace ``path`` with ``data`` in one step, keeping its permission bits."""
+def replace_file_bytes(
+    path: Path, data: bytes, *, mode: int | None = None, sync_dir: bool = True
+) -> None:
+    """Replace ``path`` with ``data`` in one step, keeping its permission bits.
+
+    The data is on disk before the rename, so even a power cut leaves the old or the new file;
+    ``sync_dir=False`` leaves making the rename itself durable to the caller (one folder sync
+    per folder at the end of a run instead of one per file).
+    """
     if mode is None:
         mode = path.stat().st_mode & 0o7777
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", suffix=".tmp", dir=path.parent)
@@ -360,15 +367,25 @@ def replace_file_bytes(path: Path, data: bytes, *, mode: int | None = None) -> N
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
 
 
 def _write_new(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "xb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+
+
+def _flush_to_disk(paths: Sequence[Path]) -> None:
+    """Make freshly written files durable: one sync(2) where there is one (a few ms), else an
+    fsync per file."""
+    if hasattr(os, "sync"):
+        os.sync()
+        return
+    for p in paths:
+        with open(p, "rb+") as fh:
+            os.fsync(fh.fileno())
 
 
 def _sha(data: bytes) -> str:
@@ -419,9 +436,11 @@ def apply_retag(
         ) from exc
     entries = []
     try:
+        copies = []
         for ch in changes:
             st = ch.file.path.stat()
-            _write_new(backup / "files" / ch.rel, ch.old_bytes)
+            copies.append(backup / "files" / ch.rel)
+            _write_new(copies[-1], ch.old_bytes)
             entries.append({
                 "path": ch.rel,
                 "old_sha256": _sha(ch.old_bytes),
@@ -437,6 +456,8 @@ def apply_retag(
             "maps": [{"old": m.old, "new": m.new} for m in plan.mappings],
             "files": entries,
         }
+        # Every copy is on disk before the manifest says the backup is complete.
+        _flush_to_disk(copies)
         replace_file_bytes(
             backup / MANIFEST_NAME,
             json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"), mode=0o644,
@@ -447,21 +468,30 @@ def apply_retag(
         ) from exc
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     written: list[str] = []
-    for k, ch in enumerate(changes, start=1):
-        try:
-            replace_file_bytes(ch.file.path, ch.new_bytes)
-        except OSError as exc:
-            raise DatasetError(
-                f"Cannot write {ch.file.path}: {exc.strerror or exc}; {len(written)} of "
-                f"{len(changes)} files were rewritten, `tagsmith retag --undo {plan.root}` "
-                "restores them."
-            ) from exc
-        written.append(ch.rel)
-        if on_file is not None:
-            on_file(k, len(changes), ch.rel)
-        if delay:
-            time.sleep(delay)
+    folders: set[Path] = set()
+    try:
+        for k, ch in enumerate(changes, start=1):
+            _rewrite_one(ch, plan, written, len(changes))
+            folders.add(ch.file.path.parent)
+            if on_file is not None:
+                on_file(k, len(changes), ch.rel)
+            if delay:
+                time.sleep(delay)
+    finally:
+        for folder in folders:
+            _fsync_dir(folder)
     return RetagResult(backup=backup, written=written, changed_since_plan=stale)
+
+
+def _rewrite_one(ch: FileChange, plan: RetagPlan, written: list[str], total: int) -> None:
+    try:
+        replace_file_bytes(ch.file.path, ch.new_bytes, sync_dir=False)
+    except OSError as exc:
+        raise DatasetError(
+            f"Cannot write {ch.file.path}: {exc.strerror or exc}; {len(written)} of {total} "
+            f"files were rewritten, `tagsmith retag --undo {plan.root}` restores them."
+        ) from exc
+    written.append(ch.rel)
 
 
 def _read(path: Path) -> bytes | None:
@@ -533,12 +563,18 @@ def undo_last_retag(root: str | Path) -> UndoResult:
             f"edits; nothing was restored (the originals are in {backup / 'files'})."
         )
     restored: list[str] = []
-    for e, original in to_restore:
-        target = root / e["path"]
-        replace_file_bytes(target, original, mode=int(e.get("mode", 0o644)))
-        with contextlib.suppress(OSError, KeyError):
-            os.utime(target, ns=(time.time_ns(), int(e["mtime_ns"])))
-        restored.append(e["path"])
+    folders: set[Path] = set()
+    try:
+        for e, original in to_restore:
+            target = root / e["path"]
+            replace_file_bytes(target, original, mode=int(e.get("mode", 0o644)), sync_dir=False)
+            with contextlib.suppress(OSError, KeyError):
+                os.utime(target, ns=(time.time_ns(), int(e["mtime_ns"])))
+            restored.append(e["path"])
+            folders.add(target.parent)
+    finally:
+        for folder in folders:
+            _fsync_dir(folder)
     _clean_temp_files(root, [e["path"] for e in entries])
     replace_file_bytes(
         backup / UNDONE_NAME,
@@ -553,14 +589,17 @@ def undo_last_retag(root: str | Path) -> UndoResult:
 
 def _clean_temp_files(root: Path, rels: Sequence[str]) -> None:
     """Remove temporary files a killed run left beside the captions it was rewriting."""
+    names_by_folder: dict[Path, set[str]] = {}
     for rel in rels:
         target = root / rel
+        names_by_folder.setdefault(target.parent, set()).add(target.name)
+    for folder, names in names_by_folder.items():
         with contextlib.suppress(OSError):
-            for p in target.parent.glob(f".{glob_escape(target.name)}{TMP_MARK}*.tmp"):
-                p.unlink()
-
-
-def glob_escape(name: str) -> str:
-    import glob
-
-    return glob.escape(name)
+            for entry in os.scandir(folder):
+                # Our temporary files are named ".<caption name>.tagsmith-<random>.tmp".
+                name = entry.name
+                if not (name.startswith(".") and name.endswith(".tmp") and TMP_MARK in name):
+                    continue
+                if name[1:name.rindex(TMP_MARK)] in names:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
