@@ -73,27 +73,27 @@ class _LazyEmbed:
 def dataset_command(
     directory: Path = typer.Argument(
         ..., help="Dataset folder: images with .txt/.caption captions, kohya N_name folders.",
-        show_default=False,
+        show_default=False, metavar="DIR",
     ),
     keep_tokens: int = typer.Option(
-        0, "--keep-tokens", "-k", min=0,
+        0, "--keep-tokens", "-k", min=0, metavar="N",
         help="kohya's keep_tokens: the first N comma-separated tags stay in place when "
         "shuffle_caption shuffles the rest.",
     ),
     min_support: int = typer.Option(
-        None, "--min-support", min=1, show_default=False,
+        None, "--min-support", min=1, show_default=False, metavar="N",
         help="Captions a pair must share to be ranked (default: 3, or 1% of captions if more).",
     ),
     min_score: float = typer.Option(
-        0.3, "--min-score", min=-1.0, max=1.0,
+        0.3, "--min-score", min=-1.0, max=1.0, metavar="SCORE",
         help="Lowest pair score (NPMI, discounted for small counts) reported as entangled.",
     ),
     max_q: float = typer.Option(
-        0.05, "--max-q", min=0.0, max=1.0,
+        0.05, "--max-q", min=0.0, max=1.0, metavar="Q",
         help="False discovery rate for pairs (Benjamini-Hochberg); 1 keeps pairs that could be "
         "chance.",
     ),
-    top: int = typer.Option(25, "--top", "-n", min=1, help="Rows per table."),
+    top: int = typer.Option(25, "--top", "-n", min=1, metavar="N", help="Rows per table."),
     no_model: bool = typer.Option(
         False, "--no-model", help="Skip the text encoder (no embedding column in clusters).",
     ),
@@ -324,17 +324,18 @@ def _print_report(report, *, top: int) -> None:  # noqa: ANN001 - DatasetReport
 @app.command("retag")
 def retag_command(
     directory: Path = typer.Argument(
-        ..., help="Dataset folder whose caption files to rewrite.", show_default=False
+        ..., help="Dataset folder whose caption files to rewrite.", show_default=False,
+        metavar="DIR",
     ),
     maps: list[str] = typer.Option(
-        None, "--map", "-m", show_default=False,
+        None, "--map", "-m", show_default=False, metavar="OLD=NEW",
         help='OLD=NEW, repeatable: --map "mayonnaise bottle=mayonnaise-container". Tags match '
         "with or without underscores and escapes; NEW is written as typed.",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the diff and write nothing."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Rewrite without asking."),
     undo: bool = typer.Option(
-        False, "--undo", help="Restore the files of the last retag run in DIRECTORY exactly.",
+        False, "--undo", help="Restore the files of the last retag run in DIR exactly.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the plan (and result) as JSON."),
 ) -> None:
