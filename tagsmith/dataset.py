@@ -857,7 +857,8 @@ def attach_embeddings(
 ) -> None:
     """Fill ``cluster.embedding``: cosine of every pair inside each cluster, and its percentile
     among all pairs of the dataset's most frequent tags (the baseline that says what "close"
-    means for this encoder, whose states are all fairly similar to each other)."""
+    means for this encoder, whose states are all fairly similar to each other). Tags are
+    embedded in their analysed form (``red hair``, not ``red_hair``), as a prompt writes them."""
     import numpy as np
 
     texts: list[str] = []
