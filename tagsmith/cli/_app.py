@@ -21,13 +21,12 @@ app = typer.Typer(
 # their commands appear in --help. Importing them must stay cheap (no torch at module level).
 COMMAND_MODULES: list[str] = [
     "tokenize_cmd",
+    "embed_cmd",
     "suggest_cmd",
     "trigger_cmd",
     "score_cmd",
     "explore_cmd",
-    "embed_cmd",
     "dataset_cmd",
-    "embed_cmd",
 ]
 
 
