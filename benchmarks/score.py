@@ -64,6 +64,11 @@ def full_size_model(folder: Path) -> Path:
     return target
 
 
+def _load() -> str:
+    """The machine is shared: other people's work slows every number printed here."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -223,7 +228,8 @@ def bench_subset(args: argparse.Namespace) -> None:
     n = len(rows)
     same = sum(len(set(a) & set(b)) for a, b in zip(base["neighbors"], ours["neighbors"]))
     print(f"\nSubset: {n:,} Danbooru tags (random sample, seed 0), k={args.k}, "
-          f"full-size ViT-L/14 text encoder (random weights), empty cache, CPU x{os.cpu_count()}")
+          f"full-size ViT-L/14 text encoder (random weights), empty cache, CPU x{os.cpu_count()}, "
+          f"load average now {_load()}")
     print(f"{'phase':<28}{'naive baseline':>16}{'tagsmith':>12}{'ratio':>9}")
     pb, po = base["phases"], ours["phases"]
     lines = [
@@ -250,8 +256,8 @@ def bench_subset(args: argparse.Namespace) -> None:
 def bench_neighbors(args: argparse.Namespace) -> None:
     n = args.neighbors_only
     print(f"\nNeighbours only: {n:,} x 768 float32 unit vectors, k={args.k}, "
-          f"CPU x{os.cpu_count()}")
-    for which in ("numpy", "torch", "sklearn"):
+          f"CPU x{os.cpu_count()}, load average {_load()}")
+    for which in args.backends.split(","):
         r = run_worker("neighbors", n=n, k=args.k, which=which)
         print(f"  {which:<8} {r['seconds']:>8.1f}s  peak RSS {r['rss_mb']:>6.0f} MB "
               f"(inputs alone {r['input_rss_mb']:.0f} MB)")
@@ -275,7 +281,8 @@ def bench_full(args: argparse.Namespace) -> None:
             raise SystemExit(f"tagsmith score failed with exit code {proc.returncode}")
         meta = read_score_metadata(out)
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"\nFull run: {meta['n_tags']:,} tags, k={args.k}, CPU x{os.cpu_count()}")
+    print(f"\nFull run: {meta['n_tags']:,} tags, k={args.k}, CPU x{os.cpu_count()}, "
+          f"load average now {_load()}")
     for phase, secs in meta["timings"].items():
         print(f"  {phase:<10} {secs:>8.1f}s")
     print(f"  wall       {wall:>8.1f}s   peak RSS {rss:,.0f} MB")
@@ -289,6 +296,8 @@ def main() -> None:
     p.add_argument("--full", action="store_true")
     p.add_argument("--limit", type=int, default=None, help="with --full: only the first N tags")
     p.add_argument("--neighbors-only", type=int, default=0)
+    p.add_argument("--backends", default="numpy,torch,sklearn",
+                   help="with --neighbors-only: which to time (comma-separated)")
     p.add_argument("--reuse-baseline", action="store_true",
                    help="reuse the last baseline measured for this subset (it is slow)")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)

@@ -145,6 +145,7 @@ def test_block_rows_bounded_by_budget() -> None:
     assert block_rows_for(140_782) == 476  # 256 MiB / (140,782 x 4 bytes)
     assert block_rows_for(140_782, 64 * 2**20) == 119
     assert block_rows_for(10) == 8192 and block_rows_for(10**9) == 16
+    assert block_rows_for(140_782, bytes_per_cell=12) == 158
 
 
 def test_normalize_rows() -> None:
