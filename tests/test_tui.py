@@ -314,7 +314,7 @@ def test_big_file_sends_its_first_rows_early(scored, tmp_path: Path,  # noqa: AN
     from tagsmith.tui import scorefile
 
     monkeypatch.setattr(scorefile, "FIRST_CHUNK_ROWS", 5)
-    for fmt in ("csv", "jsonl"):
+    for fmt in ("csv", "jsonl", "parquet"):
         path = write_scores(scored, tmp_path / f"s.{fmt}")
         early: list[Table] = []
         table = load_score_table(path, first_rows=early.append)

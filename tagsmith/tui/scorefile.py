@@ -122,7 +122,7 @@ def read_score_columns(
         with path.open("rb") as fh:
             head = fh.read(4)
         if head == b"PAR1":
-            return _read_parquet(path)
+            return _read_parquet(path, first_chunk)
         with path.open("r", encoding="utf-8-sig", newline="") as fh, gc_paused():
             first = fh.read(1)
             while first and first.isspace():
@@ -206,49 +206,72 @@ def _read_csv(fh: io.TextIOBase, first_chunk: Callable[[ScoreColumns], None] | N
     return _csv_columns(header, rows, complete=True)
 
 
-def _jsonl_columns(objs: list[dict[str, Any]], complete: bool) -> ScoreColumns:
-    if any(not isinstance(o, dict) or "tag" not in o for o in objs):
-        raise _Unreadable
-
-    def cell(o: dict[str, Any], name: str) -> str:
-        v = o.get(name)
-        if v is None:
-            return ""
-        return " ".join(v) if isinstance(v, list) else str(v)
-
-    text = {name: [cell(o, name) for o in objs] for name in _TEXT}
-    numbers = _rounded({name: _numbers([o.get(name) for o in objs]) for name in _NUMERIC})
+def _jsonl_columns(text: dict[str, list[str]], raw: dict[str, list[Any]], lines: list[str],
+                   complete: bool) -> ScoreColumns:
+    if not complete:  # a snapshot: the reader goes on appending to these lists
+        text = {k: v[:] for k, v in text.items()}
+        lines = lines[:]
+    numbers = _rounded({name: _numbers(raw[name]) for name in _NUMERIC})
 
     def neighbors(i: int) -> list[tuple[str, float]]:
+        # Kept as the line's text: 140k parsed neighbour lists would cost ~10x the memory
+        # and slow the garbage collector down for as long as the app runs.
         return [(str(n["tag"]), round(float(n["similarity"]), 4))
                 if isinstance(n, dict) else (str(n[0]), round(float(n[1]), 4))
-                for n in objs[i].get("neighbors") or ()]
+                for n in json.loads(lines[i]).get("neighbors") or ()]
 
     return ScoreColumns(text, numbers, neighbors, complete=complete)
 
 
 def _read_jsonl(fh: io.TextIOBase, first_chunk: Callable[[ScoreColumns], None] | None
                 ) -> ScoreColumns:
-    objs: list[dict[str, Any]] = []
+    text: dict[str, list[str]] = {name: [] for name in _TEXT}
+    raw: dict[str, list[Any]] = {name: [] for name in _NUMERIC}
+    lines: list[str] = []
     loads = json.loads
     for line in fh:
-        if line.strip():
-            objs.append(loads(line))
-            if first_chunk is not None and len(objs) == FIRST_CHUNK_ROWS:
-                first_chunk(_jsonl_columns(objs[:], complete=False))
-                first_chunk = None
-    return _jsonl_columns(objs, complete=True)
+        if not line.strip():
+            continue
+        o = loads(line)
+        if not isinstance(o, dict) or "tag" not in o:
+            raise _Unreadable
+        for name, values in text.items():
+            v = o.get(name)
+            values.append("" if v is None else " ".join(v) if isinstance(v, list) else str(v))
+        for name, values in raw.items():
+            values.append(o.get(name))
+        lines.append(line)
+        if first_chunk is not None and len(lines) == FIRST_CHUNK_ROWS:
+            first_chunk(_jsonl_columns(text, raw, lines, complete=False))
+            first_chunk = None
+    return _jsonl_columns(text, raw, lines, complete=True)
 
 
-def _read_parquet(path: Path) -> ScoreColumns:
+def _read_parquet(path: Path, first_chunk: Callable[[ScoreColumns], None] | None = None
+                  ) -> ScoreColumns:
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise _Unreadable from None
     try:
+        if first_chunk is not None:
+            source = pq.ParquetFile(path)
+            if source.metadata.num_rows > FIRST_CHUNK_ROWS:
+                batch = next(source.iter_batches(batch_size=FIRST_CHUNK_ROWS))
+                first_chunk(_parquet_columns(pa.Table.from_batches([batch]), complete=False))
         table = pq.read_table(path)
+    except _Unreadable:
+        raise
     except Exception:  # noqa: BLE001 - pyarrow raises many kinds; the reference explains
         raise _Unreadable from None
+    return _parquet_columns(table, complete=True)
+
+
+def _parquet_columns(table: Any, complete: bool) -> ScoreColumns:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     names = set(table.column_names)
     if not {"tag", "n_tokens"} <= names:
         raise _Unreadable
@@ -257,10 +280,11 @@ def _read_parquet(path: Path) -> ScoreColumns:
     def text_column(name: str) -> list[str]:
         if name not in names:
             return [""] * n
-        values = table.column(name).to_pylist()
-        if values and isinstance(next((v for v in values if v is not None), ""), list):
-            return [" ".join(v) if v else "" for v in values]
-        return [v if v is not None else "" for v in values]
+        column = table.column(name)
+        if pa.types.is_list(column.type):
+            # Joined inside Arrow: no Python list per row.
+            column = pc.binary_join(column, " ")
+        return column.fill_null("").to_pylist()
 
     def number_column(name: str) -> np.ndarray:
         if name not in names:
@@ -269,11 +293,12 @@ def _read_parquet(path: Path) -> ScoreColumns:
 
     text = {name: text_column(name) for name in _TEXT}
     numbers = _rounded({name: number_column(name) for name in _NUMERIC})
-    nb = table.column("neighbors") if "neighbors" in names else None
+    # Only the neighbour lists stay in Arrow, read one row at a time.
+    nb = table.column("neighbors").combine_chunks() if "neighbors" in names else None
 
     def neighbors(i: int) -> list[tuple[str, float]]:
         if nb is None:
             return []
         return [(str(x["tag"]), round(float(x["similarity"]), 4)) for x in nb[i].as_py() or ()]
 
-    return ScoreColumns(text, numbers, neighbors)
+    return ScoreColumns(text, numbers, neighbors, complete=complete)
