@@ -41,10 +41,7 @@ def _nothing(_: str) -> None:
 
 def looks_like_score_file(target: str) -> bool:
     """True when the explore argument names a score file rather than a tag."""
-    name = target.lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
-    return name.endswith(SCORE_SUFFIXES)
+    return target.lower().endswith(SCORE_SUFFIXES)
 
 
 def check_score_path(path: Path) -> None:
