@@ -158,7 +158,7 @@ HARD_CASES: list[str] = [
     # digits
     "1234567890", "2024 year", "１２３", "٣٤٥", "½ ² ①", "v1.5", "3.14159",
     # letters and digits newer than the Rust regex engine's Unicode tables
-    "\u0558", "x\u0560y", "\ua7ce", "\U0002b73a", "a\U0001e030b",
+    "\u0558", "x\u0558y", "a\ua7ceb", "\u4e00\U0002b73a", "x\U0002b73ay", "a\U0001e030b",
     # literal special tokens
     "<|endoftext|>", "<|startoftext|>", "!<|endoftext|>", "a<|endoftext|>b", "<|ENDOFTEXT|>",
     "<|endoftext|><|endoftext|>", "'s<|endoftext|>", "&lt;|endoftext|&gt;", "<|endoftext",
