@@ -40,7 +40,8 @@ Definitions
   (``wine bottle``, ``long hair``); a trailing parenthesised qualifier is a disambiguator, not
   the head (``hijikata toushirou (gintama)`` -> ``toushirou``). The head token is the last
   token of the last word that contains a letter, outside such a qualifier; for a tag without
-  letters (``:)``), its last token. It is the token whose existing meaning the tag leans on.
+  letters, the last token of its last non-digit word (``:)``); a bare number (``2021``) has
+  none. It is the token whose existing meaning the tag leans on.
 - **shares_token_with**: among all other tags of the vocabulary (before ``--min-count``,
   ``--category`` and ``--limit``) that contain the head token anywhere, the one with the
   highest post count; ties, and lists without counts, prefer the tag with fewer tokens (the
@@ -234,7 +235,12 @@ def head_token_index(words: Sequence[Any], n_tokens: int) -> int | None:
     for text, _start, stop in reversed(spans):
         if any(ch.isalpha() for ch in text):
             return stop - 1
-    return n_tokens - 1
+    # No letters: an emoticon's last piece carries it (":)"); a bare number ("2021") has no
+    # head worth comparing (its last digit is shared with "1girl").
+    for text, _start, stop in reversed(spans):
+        if not text.isdigit():
+            return stop - 1
+    return None
 
 
 def _shares_token(
@@ -444,7 +450,9 @@ def riskiest(rows: Sequence[ScoreRow], n: int = RISKIEST) -> list[ScoreRow]:
         picked.sort(key=lambda r: r.leak_similarity, reverse=True)
     else:
         picked = [r for r in rows if r.dominance]
-        picked.sort(key=lambda r: r.dominance, reverse=True)
+        # dominance saturates at 1000x: the raw ratio orders the rest.
+        picked.sort(key=lambda r: (r.dominance, (r.shares_token_count or 0) / max(r.count or 1, 1)),
+                    reverse=True)
     return picked[:n]
 
 

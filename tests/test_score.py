@@ -85,6 +85,7 @@ def unit(x: np.ndarray) -> np.ndarray:
         ("long hair", "hair</w>"),
         (":)", ":)</w>"),
         ("year 2020", "year</w>"),
+        ("^_^", "^_^</w>"),
         ("(cosplay)", "cosplay</w>"),
         ("cross-arm", "arm</w>"),
     ],
@@ -95,8 +96,10 @@ def test_head_token(tag: str, head: str) -> None:
     assert pos is not None and tt.tokens[pos] == head
 
 
-def test_head_token_of_empty() -> None:
+def test_head_token_of_empty_and_numbers() -> None:
     assert head_token_index((), 0) is None
+    tt = load_tokenizer().analyze("2021")
+    assert head_token_index(tt.words, tt.n_tokens) is None
 
 
 def test_shares_token_against_brute_force() -> None:
