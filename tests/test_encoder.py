@@ -324,3 +324,41 @@ def test_opening_a_model_does_not_import_torch(tiny_models) -> None:  # noqa: AN
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split()[-1] == "False", out.stdout
+
+
+# -- batching ---------------------------------------------------------------------------------
+
+
+def test_length_buckets_cover_everything_with_little_padding() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from tagsmith.encoder import length_buckets
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(1, 76), max_size=300), st.integers(1, 4096))
+    def check(lengths: list[int], budget: int) -> None:
+        batches = length_buckets(lengths, budget)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        for b in batches:
+            longest = max(lengths[i] for i in b)
+            assert len(b) == 1 or len(b) * longest <= budget
+            assert sum(lengths[i] for i in b) >= 0.9 * len(b) * longest
+
+    check()
+
+
+@pytest.mark.shared_data
+def test_danbooru_sample_matches_padded_to_77(tiny_models, reference, danbooru_csv) -> None:  # noqa: ANN001
+    import csv
+    import random
+
+    from tagsmith.tokenizer import normalize_tag
+
+    with danbooru_csv.open(encoding="utf-8", newline="") as fh:
+        rows = [r[0] for r in csv.reader(fh) if r]
+    tags = [normalize_tag(t) for t in random.Random(3).sample(rows, 300)]
+    tags += [normalize_tag(r) for r in rows if not r.isascii()][:10]  # ftfy-cleaned ones too
+    states, spans, _ = _reference_states(reference, tags)
+    expected = np.stack([states[i, a:b].mean(0).numpy() for i, (a, b) in enumerate(spans)])
+    assert np.abs(_embed(tiny_models.single_file(), tags) - expected).max() <= 1e-4
