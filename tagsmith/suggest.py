@@ -53,7 +53,7 @@ NO_MODEL_NOTICE = "Token analysis only; similarity needs the SD1.5 text encoder.
 # Vocabulary tags looked at for embedding neighbours: the most frequent ones carry the
 # meanings a new tag leaks into, and a bounded pool keeps suggest interactive.
 NEAREST_POOL_TAGS = 20_000
-NEAREST_SHORTLIST = 32
+NEAREST_SHORTLIST = 16
 
 
 @dataclass(frozen=True)
