@@ -241,19 +241,22 @@ def _print_summary(console: Any, result: Any, output: Path, top: int) -> None:
         "Tags most dominated by a frequent tag sharing their head token (no model: no similarity)"
     )
     table = Table(title=title, title_justify="left", show_lines=False)
+    # Token splits are long: in a narrow terminal they would squeeze every other column.
+    show_tokens = console.width >= 110
     table.add_column("tag", overflow="fold")
     table.add_column("posts", justify="right")
-    table.add_column("tokens", overflow="fold")
+    if show_tokens:
+        table.add_column("tokens", overflow="fold")
     table.add_column("shares head token with", overflow="fold")
     table.add_column("its posts", justify="right")
     if with_model:
         table.add_column("leak sim", justify="right")
         table.add_column("risk", justify="right")
     for r in rows:
-        cells = [
-            r.text, _fmt(r.count, ","), " | ".join(r.tokens), normalize_tag(r.shares_token_with),
-            _fmt(r.shares_token_count, ","),
-        ]
+        cells = [r.text, _fmt(r.count, ",")]
+        if show_tokens:
+            cells.append(" | ".join(r.tokens))
+        cells += [normalize_tag(r.shares_token_with), _fmt(r.shares_token_count, ",")]
         if with_model:
             cells += [_fmt(r.leak_similarity), _fmt(r.leak_risk)]
         table.add_row(*cells)
