@@ -22,7 +22,6 @@ after ``{}`` changes the ``eos`` vector but never the tag's own states.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -143,8 +142,6 @@ class TagEmbedder:
         self._config: EncoderConfig = source.config
         self._preloaded = preloaded  # tensors torch.load gave while inspecting a .ckpt
         self._encoder: ClipTextEncoder | None = None
-        self._load_lock = threading.Lock()
-        self._loader: threading.Thread | None = None
         self._cache_dir = cache_dir
         self._cache: EmbeddingCache | None = None
         self._notes: list[str] = list(source.notes)
@@ -203,36 +200,15 @@ class TagEmbedder:
     # -- encoding ---------------------------------------------------------------------------
     def encoder(self) -> ClipTextEncoder:
         """The loaded text encoder (imports torch and reads the weights on first use)."""
-        with self._load_lock:  # prefetch() may be loading it on another thread
-            if self._encoder is None:
-                from tagsmith.encoder import load_text_encoder
+        if self._encoder is None:
+            from tagsmith.encoder import load_text_encoder
 
-                self._encoder = load_text_encoder(
-                    self.source, device=self.settings.device, dtype=self.settings.dtype,
-                    tensors=self._preloaded,
-                )
-                self._preloaded = None
+            self._encoder = load_text_encoder(
+                self.source, device=self.settings.device, dtype=self.settings.dtype,
+                tensors=self._preloaded,
+            )
+            self._preloaded = None
         return self._encoder
-
-    def prefetch(self, texts: Sequence[str]) -> None:
-        """Start loading the encoder on a background thread when any of ``texts`` is not
-        cached, so that importing torch and reading the weights (~2 s on a CPU) overlap
-        with the caller's other work. Errors surface on the caller's own ``encoder()`` call."""
-        if self._encoder is not None or self._loader is not None:
-            return
-        unique = list(dict.fromkeys(texts))
-        cache = self._open_cache() if self.settings.use_cache else None
-        if cache is not None and len(cache.get_many(self._variant(), unique)) == len(unique):
-            return
-
-        def load() -> None:
-            try:
-                self.encoder()
-            except BaseException:  # noqa: BLE001 - the caller's encoder() call reports it
-                pass
-
-        self._loader = threading.Thread(target=load, name="tagsmith-load-encoder", daemon=True)
-        self._loader.start()
 
     def _variant(self) -> CacheVariant:
         s = self.settings

@@ -192,8 +192,6 @@ def suggest(
         raise InputError("The tag is empty; give a tag such as \"mayonnaise bottle\".")
     tok = load_tokenizer()
     words = tag_words(tag)
-    if embedder is not None and hasattr(embedder, "prefetch"):
-        embedder.prefetch([text])  # overlap loading the encoder with the vocabulary work
 
     index = None
     if options.vocab_path is not None:
