@@ -29,35 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # standard library's tokenize module (which torch imports): drop it.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT / "tests"))
-
-
-def full_size_model(folder: Path) -> Path:
-    """A diffusers-style CLIPTextModel folder with random ViT-L/14 text weights (~490 MB)."""
-    target = folder / "vit-l-14-random"
-    if (target / "model.safetensors").is_file():
-        return target
-    import json
-
-    import torch
-    from safetensors.torch import save_file
-    from tiny_models import position_ids, tiny_weights
-
-    from tagsmith.sources import EncoderConfig
-
-    cfg = EncoderConfig()
-    w = tiny_weights(seed=0, config=cfg)
-    tensors = {f"text_model.{k}": v.contiguous() for k, v in w.items()}
-    tensors["text_model.embeddings.position_ids"] = position_ids(cfg)
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "config.json").write_text(json.dumps({
-        "architectures": ["CLIPTextModel"], "model_type": "clip_text_model",
-        "hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
-        "num_hidden_layers": 12, "max_position_embeddings": 77, "vocab_size": 49408,
-        "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "torch_dtype": "float32",
-    }))
-    save_file(tensors, str(target / "model.safetensors"), metadata={"format": "pt"})
-    del torch
-    return target
+# After the standard library, so benchmarks/tokenize.py cannot shadow it.
+sys.path.append(str(Path(__file__).resolve().parent))
+from score import full_size_model  # noqa: E402  (same random ViT-L/14 folder, built once)
 
 
 def run_cli(args: list[str], cache: Path) -> float:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
+from tagsmith.tokenizer import _byte_decoder
+
 DATA = Path(__file__).resolve().parent.parent / "tagsmith" / "_data"
 MERGES = DATA / "bpe_simple_vocab_16e6.txt.gz"
 OUT = DATA / "clip_tokenizer.json"
@@ -36,26 +38,10 @@ OUT = DATA / "clip_tokenizer.json"
 PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    n = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + n)
-            n += 1
-    return dict(zip(printable, (chr(c) for c in codes)))
-
-
 def build() -> Tokenizer:
     lines = gzip.open(MERGES, "rt", encoding="utf-8").read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
-    symbols = list(bytes_to_unicode().values())
+    symbols = list(_byte_decoder())  # byte order: the same table the decoder uses
     vocab_list = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     vocab_list += ["<|startoftext|>", "<|endoftext|>"]
     assert len(vocab_list) == 49408, len(vocab_list)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,22 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from tagsmith import __version__
+from tagsmith.cache import resolve_cache_dir
 from tagsmith.fileio import atomic_write_bytes
 from tagsmith.vocab import Vocabulary, read_vocabulary
 
 _FORMAT_VERSION = 1
-
-
-def cache_root(cache_dir: Path | None = None) -> Path:
-    """tagsmith's cache folder: ``cache_dir``, ``$TAGSMITH_CACHE_DIR`` or the platform's."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("TAGSMITH_CACHE_DIR", "").strip()
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("tagsmith"))
 
 
 @dataclass
@@ -162,7 +150,7 @@ def load_vocab_index(
     key = hashlib.sha256(
         f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{__version__}".encode()
     ).hexdigest()[:24]
-    cached = cache_root(cache_dir) / "vocab" / f"{key}.npz"
+    cached = resolve_cache_dir(cache_dir) / "vocab" / f"{key}.npz"
     if cached.is_file():
         try:
             return VocabIndex.from_file(cached)

@@ -11,7 +11,9 @@ DANBOORU_CSV = SHARED_DATA / "danbooru.csv"
 
 
 @pytest.fixture(autouse=True)
-def _isolate_user_machine(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolate_user_machine(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Keep tests off the user's caches, models and network."""
     cache = tmp_path_factory.mktemp("tagsmith-cache")
     monkeypatch.setenv("TAGSMITH_CACHE_DIR", str(cache))

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from fake_embedder import BagOfTokensEmbedder
+
 from tagsmith.ranking import ScoreWeights, cosine_matrix
 from tagsmith.suggest import SuggestOptions, suggest
 from tagsmith.tokenizer import load_tokenizer

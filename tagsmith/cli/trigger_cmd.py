@@ -31,6 +31,7 @@ from tagsmith.cli.suggest_cmd import (
     TopOption,
     VocabOption,
     WeightsOption,
+    _num,
     _status,
     heat_style,
 )
@@ -303,6 +304,3 @@ def write_trigger_csv(path: Path, result: Any) -> None:
             )
     atomic_write_text(path, buf.getvalue())
 
-
-def _num(v: float | None) -> str:
-    return "" if v is None else f"{v:.6f}"
