@@ -13,12 +13,13 @@ What SD computes, and what this computes:
   the final layer norm. N=1 is ``last_hidden_state``.
 
 Speed comes from what causal attention allows without changing any number: a position only
-sees positions before it, so (1) a batch padded to its longest member gives the states SD
-gets when padding to 77; (2) the states of BOS and of a context prefix ("1girl, solo, ") are
-the same for every tag, so their keys/values are computed once and shared by the whole run;
-(3) nothing after a tag (EOS, padding, the rest of the prompt) changes the tag's own states,
-so the tag representation does not run them at all. Sequences are bucketed by length so
-batches carry almost no padding.
+sees positions before it, so (1) padding is never needed: SD's padding to 77 comes after the
+tag and cannot change its states; (2) the states of BOS and of a context prefix ("1girl, solo, ")
+are the same for every tag, so their keys/values are computed once and shared by the whole
+run; (3) nothing after a tag (EOS, the rest of the prompt) changes the tag's own states, so the
+tag representation does not run them at all; (4) tags that start alike ("hatsune miku",
+"hatsune miku (cosplay)") share the states of their common start, so a batch is a prefix
+tree and each distinct prefix runs once (a third fewer positions on the Danbooru tags).
 """
 
 from __future__ import annotations
@@ -379,6 +380,7 @@ class ClipTextEncoder:
         self.final_ln_w = take("final_layer_norm.weight")
         self.final_ln_b = take("final_layer_norm.bias")
         self._prefixes: dict[tuple[tuple[int, ...], int], PrefixState] = {}
+        self.positions_run = 0  # positions encode() has run (benchmarks read it)
 
     @property
     def dim(self) -> int:
@@ -414,7 +416,6 @@ class ClipTextEncoder:
         x: torch.Tensor,
         n_layers: int,
         *,
-        prefix: PrefixState | None = None,
         collect_kv: list | None = None,
         collect_hidden: list | None = None,
     ) -> torch.Tensor:
@@ -423,11 +424,6 @@ class ClipTextEncoder:
         heads = c.num_heads
         head_dim = width // heads
         eps = c.layer_norm_eps
-        mask = None
-        if prefix is not None and prefix.kv:
-            p = prefix.kv[0][0].shape[2]
-            # row i (absolute position p+i) sees the whole prefix and new positions <= i
-            mask = torch.ones(length, p + length, dtype=torch.bool, device=x.device).tril(p)
         for i in range(n_layers):
             lw = self.layers[i]
             h = F.layer_norm(x, (width,), lw.ln1_w, lw.ln1_b, eps)
@@ -435,13 +431,7 @@ class ClipTextEncoder:
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (b, heads, L, head_dim)
             if collect_kv is not None:
                 collect_kv.append((k, v))
-            if mask is not None:
-                pk, pv = prefix.kv[i]  # type: ignore[union-attr]
-                k = torch.cat([pk.expand(b, -1, -1, -1), k], dim=2)
-                v = torch.cat([pv.expand(b, -1, -1, -1), v], dim=2)
-                a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            else:
-                a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             a = a.transpose(1, 2).reshape(b * length, width)
             # residual adds ride on the GEMMs (BLAS beta=1): x += a @ W^T, in place
             x2 = x.view(b * length, width)
@@ -490,13 +480,6 @@ class ClipTextEncoder:
             self._prefixes[key] = state
         return state
 
-    @torch.inference_mode()
-    def forward_after_prefix(self, ids: torch.Tensor, prefix: PrefixState) -> torch.Tensor:
-        """(B, L, H) final states of ``ids`` placed right after ``prefix`` in every row."""
-        ids = ids.to(self.device)
-        x = self._embed(ids, offset=len(prefix.ids))
-        return self.final_norm(self._run(x, prefix.n_layers, prefix=prefix))
-
     # -- batched encoding ------------------------------------------------------------------------
     def default_token_budget(self) -> int:
         """Positions per batch. On CPU about 2,048 per thread: enough rows for every thread's
@@ -506,6 +489,63 @@ class ClipTextEncoder:
         if self.device.type == "cpu":
             return min(16384, 2048 * max(1, torch.get_num_threads()))
         return 32768
+
+    def _run_tree(self, tree: PrefixTree, prefix: PrefixState) -> torch.Tensor:
+        """Final-normed states (N, H) of every node of ``tree``, placed after ``prefix``.
+
+        Layer by layer over all nodes at once (big GEMMs); attention per depth, where every
+        node sees the prefix, its ancestors and itself: exactly its causal context in SD.
+        """
+        c = self.config
+        width, heads = c.hidden_size, c.num_heads
+        head_dim = width // heads
+        eps = c.layer_norm_eps
+        p = len(prefix.ids)
+        if p + tree.max_depth > c.max_positions:
+            raise UsageError(
+                f"A sequence of {p + tree.max_depth} positions does not fit the text encoder's "
+                f"{c.max_positions}."
+            )
+        dev = self.device
+        tokens = torch.from_numpy(tree.tokens).to(dev)
+        positions = torch.from_numpy(tree.depths + (p - 1)).to(dev)
+        x = F.embedding(tokens, self.token_embedding) + self.position_embedding[positions]
+        n = x.shape[0]
+        # Each depth's (rows, p + depth) context: the prefix, then the node's path. A layer's
+        # keys and values sit in (p + N, heads, head_dim) tables, prefix first, so a context
+        # is one index_select of whole rows (node-major copies measured fastest here).
+        groups = []
+        for start, stop, anc in zip(tree.starts[:-1], tree.starts[1:], tree.ancestors):
+            ctx = np.concatenate(
+                [np.broadcast_to(np.arange(p), (len(anc), p)), anc + p], axis=1
+            )
+            groups.append((start, stop, ctx.shape[1], torch.from_numpy(ctx.reshape(-1)).to(dev)))
+        a = torch.empty(n, heads, head_dim, dtype=x.dtype, device=dev)
+        keys = torch.empty(p + n, heads, head_dim, dtype=x.dtype, device=dev)
+        values = torch.empty_like(keys)
+        for i in range(prefix.n_layers):
+            lw = self.layers[i]
+            h = F.layer_norm(x, (width,), lw.ln1_w, lw.ln1_b, eps)
+            q, k, v = F.linear(h, lw.qkv_w, lw.qkv_b).view(n, 3, heads, head_dim).unbind(1)
+            if p:
+                keys[:p] = prefix.kv[i][0][0].transpose(0, 1)
+                values[:p] = prefix.kv[i][1][0].transpose(0, 1)
+            keys[p:] = k
+            values[p:] = v
+            for start, stop, span, ctx in groups:
+                rows = stop - start
+                kk = keys.index_select(0, ctx).view(rows, span, heads, head_dim)
+                vv = values.index_select(0, ctx).view(rows, span, heads, head_dim)
+                a[start:stop] = F.scaled_dot_product_attention(
+                    q[start:stop].unsqueeze(2), kk.transpose(1, 2), vv.transpose(1, 2)
+                ).squeeze(2)
+            # residual adds ride on the GEMMs (BLAS beta=1): x += a @ W^T, in place
+            x.add_(lw.out_b).addmm_(a.view(n, width), lw.out_w.t())
+            h = F.layer_norm(x, (width,), lw.ln2_w, lw.ln2_b, eps)
+            h = self._act(F.linear(h, lw.fc1_w, lw.fc1_b))
+            x.add_(lw.fc2_b).addmm_(h, lw.fc2_w.t())
+        self.positions_run += n
+        return self.final_norm(x)
 
     @torch.inference_mode()
     def encode(
@@ -520,59 +560,134 @@ class ClipTextEncoder:
         """Encode ``sequences`` placed after ``prefix``; yield (indices, results) per batch.
 
         pool: "mean" (mean over each sequence's positions), "last" (its last position, e.g.
-        EOS) or "none" (each sequence's (len, H) states). Results are float32, computed in
-        length buckets; callers reassemble by index.
+        EOS) or "none" (each sequence's (len, H) states). Results are float32; callers
+        reassemble by index.
+
+        Sequences that start alike share the start's states (causal attention: a position
+        depends only on what precedes it), so each batch is a prefix tree and every distinct
+        prefix runs once: on the Danbooru tags that is 511k positions instead of 775k.
         """
         if pool not in ("mean", "last", "none"):
             raise ValueError(f"unknown pool {pool!r}")
         state = self.prefix_state(prefix, clip_skip)
         budget = token_budget or self.default_token_budget()
-        for idx in length_buckets([len(s) for s in sequences], budget):
-            longest = max(len(sequences[i]) for i in idx)
-            if longest == 0:
-                raise ValueError("cannot encode an empty sequence")
-            ids_np = np.full((len(idx), longest), EOS_ID, dtype=np.int64)
-            for row, i in enumerate(idx):
-                ids_np[row, : len(sequences[i])] = sequences[i]
-            ids = torch.from_numpy(ids_np)
-            lengths = torch.tensor([len(sequences[i]) for i in idx])
-            out = self.forward_after_prefix(ids, state).float()
+        for tree in prefix_trees(sequences, budget):
+            out = self._run_tree(tree, state).float()
+            leaves = torch.from_numpy(tree.leaves).to(out.device)
             if pool == "mean":
-                valid = (torch.arange(longest)[None, :] < lengths[:, None]).to(out.device)
-                summed = (out * valid[..., None]).sum(dim=1)
+                # running sums down the tree: a node's sum is its parent's plus its own state
+                sums = out.clone()
+                for start, stop, anc in zip(tree.starts[1:-1], tree.starts[2:], tree.ancestors[1:]):
+                    parents = torch.from_numpy(anc[:, -2]).to(out.device)
+                    sums[start:stop] += sums[parents]
+                lengths = torch.from_numpy(tree.lengths).to(out.device)
                 res: np.ndarray | list[np.ndarray] = (
-                    (summed / lengths[:, None].to(out.device)).cpu().numpy()
+                    (sums[leaves] / lengths[:, None].to(sums.dtype)).cpu().numpy()
                 )
             elif pool == "last":
-                rows = torch.arange(len(idx), device=out.device)
-                res = out[rows, (lengths - 1).to(out.device)].cpu().numpy()
+                res = out[leaves].cpu().numpy()
             else:
                 cpu = out.cpu().numpy()
-                res = [cpu[r, : int(lengths[r])].copy() for r in range(len(idx))]
-            yield idx, res
+                res = [cpu[tree.path(r)] for r in range(len(tree.order))]
+            yield tree.order, res
 
 
-def length_buckets(
-    lengths: Sequence[int], budget: int, *, max_padding: float = 0.1
-) -> list[list[int]]:
-    """Indices grouped into batches of similar length: at most ``budget`` padded positions
-    per batch (one row at least) and at most ``max_padding`` of them padding."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    start = 0
-    while start < len(order):
-        end = start + 1
-        real = lengths[order[start]]
-        while end < len(order):
-            n = lengths[order[end]]  # the longest so far, since the order is sorted
-            rows = end - start + 1
-            if rows * n > budget or real + n < (1 - max_padding) * rows * n:
-                break
-            real += n
-            end += 1
-        batches.append(order[start:end])
-        start = end
-    return batches
+@dataclass
+class PrefixTree:
+    """A batch of sequences as a prefix tree: one node per distinct prefix.
+
+    Nodes are ordered by depth (1 = first token); nodes of depth d are
+    ``starts[d-1]:starts[d]`` and ``ancestors[d-1]`` is their (n_d, d) paths, root first,
+    the node itself last. ``order`` lists the batch's sequence indices; ``leaves`` and
+    ``lengths`` give, per sequence in that order, its last node and its length.
+    """
+
+    order: list[int]
+    tokens: np.ndarray
+    depths: np.ndarray
+    starts: list[int]
+    ancestors: list[np.ndarray]
+    leaves: np.ndarray
+    lengths: np.ndarray
+
+    @property
+    def max_depth(self) -> int:
+        return len(self.ancestors)
+
+    def path(self, row: int) -> np.ndarray:
+        """Node indices of sequence ``order[row]``, first token first."""
+        depth = int(self.lengths[row])
+        return self.ancestors[depth - 1][int(self.leaves[row]) - self.starts[depth - 1]]
+
+
+def prefix_trees(sequences: Sequence[Sequence[int]], budget: int) -> Iterator[PrefixTree]:
+    """Sequences in sorted order, cut into prefix trees of at most ``budget`` nodes (one
+    sequence at least). Sorted neighbours share the longest prefixes, so a batch of
+    consecutive sequences shares almost everything the whole set would."""
+    keys = [tuple(s) for s in sequences]
+    if any(not k for k in keys):
+        raise ValueError("cannot encode an empty sequence")
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    batch: list[int] = []
+    tokens: list[int] = []
+    depths: list[int] = []
+    parents: list[int] = []
+    leaves: list[int] = []
+    path: list[int] = []
+    prev: tuple[int, ...] = ()
+    for i in order:
+        seq = keys[i]
+        common = 0
+        limit = min(len(seq), len(prev))
+        while common < limit and seq[common] == prev[common]:
+            common += 1
+        if batch and len(tokens) + len(seq) - common > budget:
+            yield _tree(batch, tokens, depths, parents, leaves)
+            batch, tokens, depths, parents, leaves = [], [], [], [], []
+            common = 0
+        del path[common:]
+        for j in range(common, len(seq)):
+            parents.append(path[-1] if path else -1)
+            path.append(len(tokens))
+            tokens.append(seq[j])
+            depths.append(j + 1)
+        del path[len(seq):]
+        batch.append(i)
+        leaves.append(path[-1])
+        prev = seq
+    if batch:
+        yield _tree(batch, tokens, depths, parents, leaves)
+
+
+def _tree(
+    order: list[int], tokens: list[int], depths: list[int], parents: list[int], leaves: list[int]
+) -> PrefixTree:
+    depth = np.asarray(depths, dtype=np.int64)
+    by_depth = np.argsort(depth, kind="stable")
+    new_index = np.empty_like(by_depth)
+    new_index[by_depth] = np.arange(len(by_depth))
+    parent = np.asarray(parents, dtype=np.int64)[by_depth]
+    depth = depth[by_depth]
+    max_depth = int(depth[-1])
+    starts = np.searchsorted(depth, np.arange(1, max_depth + 2)).tolist()
+    ancestors: list[np.ndarray] = []
+    for d in range(1, max_depth + 1):
+        own = np.arange(starts[d - 1], starts[d], dtype=np.int64)[:, None]
+        if d == 1:
+            ancestors.append(own)
+        else:
+            up = new_index[parent[starts[d - 1]:starts[d]]] - starts[d - 2]
+            ancestors.append(np.concatenate([ancestors[-1][up], own], axis=1))
+    leaf = new_index[np.asarray(leaves, dtype=np.int64)]
+    return PrefixTree(
+        order=order,
+        tokens=np.asarray(tokens, dtype=np.int64)[by_depth],
+        depths=depth,
+        starts=starts,
+        ancestors=ancestors,
+        leaves=leaf,
+        lengths=depth[leaf],
+    )
 
 
 def load_text_encoder(

@@ -329,23 +329,46 @@ def test_opening_a_model_does_not_import_torch(tiny_models) -> None:  # noqa: AN
 # -- batching ---------------------------------------------------------------------------------
 
 
-def test_length_buckets_cover_everything_with_little_padding() -> None:
+def test_prefix_trees_hold_each_distinct_prefix_once() -> None:
+    """Every sequence is exactly the tokens on its path; a batch has one node per distinct
+    prefix of its sequences and at most ``budget`` nodes unless one sequence alone is longer."""
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from tagsmith.encoder import length_buckets
+    from tagsmith.encoder import prefix_trees
 
-    @settings(max_examples=200, deadline=None)
-    @given(st.lists(st.integers(1, 76), max_size=300), st.integers(1, 4096))
-    def check(lengths: list[int], budget: int) -> None:
-        batches = length_buckets(lengths, budget)
-        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-        for b in batches:
-            longest = max(lengths[i] for i in b)
-            assert len(b) == 1 or len(b) * longest <= budget
-            assert sum(lengths[i] for i in b) >= 0.9 * len(b) * longest
+    seq = st.lists(st.integers(0, 5), min_size=1, max_size=8)  # few ids: many shared prefixes
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(seq, min_size=1, max_size=60), st.integers(1, 40))
+    def check(sequences: list[list[int]], budget: int) -> None:
+        seen: list[int] = []
+        for tree in prefix_trees(sequences, budget):
+            seen += tree.order
+            members = [tuple(sequences[i]) for i in tree.order]
+            distinct = {s[:n] for s in members for n in range(1, len(s) + 1)}
+            assert len(tree.tokens) == len(distinct)
+            assert len(tree.tokens) <= budget or len(tree.order) == 1
+            for row, i in enumerate(tree.order):
+                path = tree.path(row)
+                assert tree.tokens[path].tolist() == sequences[i]
+                assert tree.depths[path].tolist() == list(range(1, len(sequences[i]) + 1))
+                assert tree.lengths[row] == len(sequences[i])
+        assert sorted(seen) == list(range(len(sequences)))
 
     check()
+
+
+def test_prefix_tree_shares_what_sorted_neighbours_share() -> None:
+    from tagsmith.encoder import prefix_trees
+
+    # hand count: a; a b; a b c; a d; e  -> a, ab, abc, ad, e = 5 nodes for 11 tokens
+    seqs = [[1, 2, 3], [5], [1, 2], [1, 4], [1], [1, 2, 3]]
+    (tree,) = prefix_trees(seqs, 100)
+    assert len(tree.tokens) == 5
+    assert tree.starts == [0, 2, 4, 5]  # depth 1: a, e; depth 2: ab, ad; depth 3: abc
+    with pytest.raises(ValueError, match="empty"):
+        list(prefix_trees([[1], []], 10))
 
 
 @pytest.mark.shared_data
