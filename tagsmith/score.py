@@ -360,7 +360,7 @@ def score_vocabulary(
         embed_rows = [selected[j] for j in embedded] + extra
         vectors = embed_in_chunks(
             embedder, [texts_all[i] for i in embed_rows], chunk_size=chunk_size or EMBED_CHUNK,
-            n_tokens=[int(n_tok[i]) for i in embed_rows],
+            token_ids=[all_ids[i] for i in embed_rows],
             progress=lambda d, t: progress("encode", d, t),
         )
         timings["encode"] = time.perf_counter() - t0
@@ -461,28 +461,28 @@ def embed_in_chunks(
     texts: Sequence[str],
     *,
     chunk_size: int = EMBED_CHUNK,
-    n_tokens: Sequence[int] | None = None,
+    token_ids: Sequence[Sequence[int]] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """``embedder.embed`` over ``texts`` in chunks, returned in the order of ``texts``.
 
-    Texts are grouped by token count so each batch pads to almost nothing, and each chunk is
-    its own ``embed`` call, so the cache keeps what was done when a long run is interrupted.
+    Texts go in the order of their token ids, so each chunk holds tags that start alike and
+    the encoder runs their common starts once (``encoder.prefix_trees``); each chunk is its
+    own ``embed`` call, so the cache keeps what was done when a long run is interrupted.
     """
     n = len(texts)
-    if n_tokens is None:
+    if token_ids is None:
         from tagsmith.tokenizer import load_tokenizer
 
-        n_tokens = [len(i) for i in load_tokenizer().encode_batch(list(texts))]
-    order = np.argsort(np.asarray(n_tokens, dtype=np.int64), kind="stable")
+        token_ids = load_tokenizer().encode_batch(list(texts))
+    keys = [tuple(ids) for ids in token_ids]
+    order = sorted(range(n), key=keys.__getitem__)
     chunks = [order[s : s + chunk_size] for s in range(0, n, chunk_size)]
-    # Alternate short and long chunks so the rate, and so the ETA, is steady from the start.
-    mixed = [chunks[i // 2] if i % 2 == 0 else chunks[-1 - i // 2] for i in range(len(chunks))]
     out: np.ndarray | None = None
     done = 0
     if progress is not None:
         progress(0, n)
-    for idx in mixed:
+    for idx in chunks:
         base = done
 
         def inner(d: int, t: int, base: int = base) -> None:
