@@ -221,17 +221,25 @@ def suggest(
             result.candidates = result.candidates[: options.top]
         return result
 
+    # One encoder pass for everything: the forms, the neighbours so far and the shortlist the
+    # nearest vocabulary tags are picked from (a second pass would pay the batch set-up twice).
+    shortlist: list[int] = []
     if index is not None and options.nearest > 0:
         progress("finding nearest vocabulary tags")
         present = {text, *(nb.tag for nb in result.neighbors), *(c.text for c in candidates)}
-        result.neighbors.extend(
-            nearest_vocab_tags(text, index, embedder, table, k=options.nearest, exclude=present)
-        )
-
+        shortlist = nearest_shortlist(text, index, table, exclude=present)
     progress("encoding candidates and neighbours")
-    texts = list(dict.fromkeys([c.text for c in candidates] + [n.tag for n in result.neighbors]))
+    texts = list(dict.fromkeys(
+        [text] + [c.text for c in candidates] + [n.tag for n in result.neighbors]
+        + [index.texts[r] for r in shortlist]
+    ))
     vectors = embedder.embed(texts)
     row = {t: i for i, t in enumerate(texts)}
+    if shortlist:
+        result.neighbors.extend(rank_shortlist(
+            vectors[row[text]], vectors[[row[index.texts[r]] for r in shortlist]], shortlist,
+            index, k=options.nearest,
+        ))
     cand_vecs = vectors[[row[c.text] for c in candidates]]
     neigh_vecs = vectors[[row[n.tag] for n in result.neighbors]]
     sim = cosine_matrix(cand_vecs, neigh_vecs)
@@ -375,31 +383,41 @@ def nearest_vocab_tags(
     k: int,
     exclude: set[str],
 ) -> list[Neighbor]:
-    """The ``k`` vocabulary tags nearest to ``text`` in the encoder.
+    """The ``k`` vocabulary tags nearest to ``text`` in the encoder: the encoder ranks the
+    static shortlist of ``nearest_shortlist``."""
+    shortlist = nearest_shortlist(text, index, table, exclude=exclude)
+    if not shortlist or k <= 0:
+        return []
+    vecs = embedder.embed([text] + [index.texts[r] for r in shortlist])
+    return rank_shortlist(vecs[0], vecs[1:], shortlist, index, k=k)
 
-    A shortlist comes from the most frequent tags by the mean of their input token
-    embeddings (no encoder pass, ~50 ms), then the encoder ranks the shortlist.
-    """
-    if len(index) == 0 or k <= 0:
+
+def nearest_shortlist(text: str, index: Any, table: np.ndarray, *, exclude: set[str]) -> list[int]:
+    """Rows of the ``NEAREST_SHORTLIST`` most frequent vocabulary tags nearest to ``text`` by
+    the mean of their input token embeddings (no encoder pass, ~50 ms)."""
+    if len(index) == 0:
         return []
     tok = load_tokenizer()
-    order = np.argsort(-index.counts, kind="stable")[:NEAREST_POOL_TAGS]
-    pool_vecs = _static_vectors(index, order, table)
     ids = np.asarray(tok.encode(text), dtype=np.int64)
     if ids.size == 0:
         return []
+    order = np.argsort(-index.counts, kind="stable")[:NEAREST_POOL_TAGS]
+    pool_vecs = _static_vectors(index, order, table)
     query = table[ids].mean(axis=0)
     sims = cosine_matrix(query[None, :], pool_vecs)[0]
-    shortlist = [int(order[j]) for j in np.argsort(-sims)
-                 if index.texts[int(order[j])] not in exclude][:NEAREST_SHORTLIST]
-    if not shortlist:
-        return []
-    vecs = embedder.embed([text] + [index.texts[r] for r in shortlist])
-    ctx = cosine_matrix(vecs[:1], vecs[1:])[0]
+    return [int(order[j]) for j in np.argsort(-sims)
+            if index.texts[int(order[j])] not in exclude][:NEAREST_SHORTLIST]
+
+
+def rank_shortlist(
+    query: np.ndarray, vectors: np.ndarray, shortlist: Sequence[int], index: Any, *, k: int
+) -> list[Neighbor]:
+    """The ``k`` shortlisted rows whose encoder vectors are nearest to ``query``."""
+    sims = cosine_matrix(np.asarray(query)[None, :], vectors)[0]
     return [
         Neighbor(tag=index.texts[shortlist[int(j)]], source="nearest", role="leak",
                  count=index.count(shortlist[int(j)]))
-        for j in np.argsort(-ctx)[:k]
+        for j in np.argsort(-sims, kind="stable")[:k]
     ]
 
 
