@@ -150,6 +150,16 @@ class _NumpyOps:
     def take(self, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
         return np.take_along_axis(x, idx, axis=1)
 
+    def beaten(self, strip: np.ndarray, floor: np.ndarray) -> np.ndarray:
+        """Columns of ``strip`` whose largest value reaches ``floor`` (one per column)."""
+        return np.flatnonzero(strip.max(axis=0) >= floor)
+
+    def row_min(self, x: np.ndarray) -> np.ndarray:
+        return x.min(axis=1)
+
+    def columns(self, x: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return x[:, cols]
+
 
 class _TorchOps:
     inf = float("inf")
@@ -185,6 +195,15 @@ class _TorchOps:
     def take(self, x, idx):  # noqa: ANN001, ANN201
         return self.torch.gather(x, 1, idx)
 
+    def beaten(self, strip, floor):  # noqa: ANN001, ANN201
+        return self.torch.nonzero(strip.amax(dim=0) >= floor).squeeze(1)
+
+    def row_min(self, x):  # noqa: ANN001, ANN201
+        return x.amin(dim=1)
+
+    def columns(self, x, cols):  # noqa: ANN001, ANN201
+        return x.index_select(1, cols)
+
 
 def _blocked_topk(
     ops: _NumpyOps | _TorchOps,
@@ -210,12 +229,12 @@ def _blocked_topk(
     best_sim = ops.full((n_q, k), -ops.inf)
     best_idx = ops.full((n_q, k), -1, integer=True)
 
-    def merge(a: int, b: int, sim, idx) -> None:  # noqa: ANN001
-        s_all = ops.cat([best_sim[a:b], sim])
-        i_all = ops.cat([best_idx[a:b], idx])
+    def merge(rows, sim, idx) -> None:  # noqa: ANN001 - rows: a slice or an index array
+        s_all = ops.cat([best_sim[rows], sim])
+        i_all = ops.cat([best_idx[rows], idx])
         top_sim, pos = ops.topk(s_all, k, axis=1)
-        best_sim[a:b] = top_sim
-        best_idx[a:b] = ops.take(i_all, pos)
+        best_sim[rows] = top_sim
+        best_idx[rows] = ops.take(i_all, pos)
 
     total_work = n_q * (n_db + 1) // 2 if symmetric else n_q * n_db
     done_work = 0
@@ -227,12 +246,18 @@ def _blocked_topk(
             r = ops.arange(stop - start)
             strip[r, r] = -ops.inf
         sim, idx = ops.topk(strip, k, axis=1)
-        merge(start, stop, sim, idx + col0)
+        merge(slice(start, stop), sim, idx + col0)
         if symmetric and stop < n_q:
             # Column j of the rest of the strip holds row (stop + j)'s similarities to this
-            # strip's rows, which that row's own strip never computes.
-            sim, idx = ops.topk(strip[:, stop - start :], k, axis=0)
-            merge(stop, n_q, sim.T, idx.T + start)
+            # strip's rows, which that row's own strip never computes. Only columns whose
+            # best value reaches their row's current k-th best can change it: after the
+            # first strips that is a few percent of them, so most of the strip is read once
+            # (a max) instead of sorted.
+            rest = strip[:, stop - start :]
+            cols = ops.beaten(rest, ops.row_min(best_sim[stop:]))
+            if len(cols):
+                sim, idx = ops.topk(ops.columns(rest, cols), k, axis=0)
+                merge(cols + stop, sim.T, idx.T + start)
         del strip
         done_work += (stop - start) * (n_db - col0)
         if progress is not None:
