@@ -122,8 +122,12 @@ async def type_into(pilot, text: str) -> None:  # noqa: ANN001
 
 
 async def loaded(pilot) -> None:  # noqa: ANN001
-    await pilot.pause()
-    await pilot.app.workers.wait_for_complete()
+    """Wait until the top table's rows, or the reason there are none, are on screen."""
+    from tagsmith.tui.app import RankingScreen
+
+    screen = pilot.app.screen
+    assert isinstance(screen, RankingScreen)
+    await asyncio.wait_for(screen.shown.wait(), timeout=60)
     await pilot.pause()
 
 
@@ -416,7 +420,7 @@ def test_app_filter_box(score_csv: Path, scored) -> None:  # noqa: ANN001
                                     "wine bottle"]
             await pilot.press("escape")
             assert isinstance(app.focused, RankingView)
-            assert "4 of 23" in text_of(app.screen.query_one("#status"))
+            assert "4 of 23" in text_of(app.screen.query_one("#titlebar"))
             # Keys act on the table again, and the filter is kept.
             await pilot.press("2")
             assert shown(app)[0] == "holding bottle"
@@ -487,7 +491,7 @@ def test_app_drills_into_suggest_and_back(score_csv: Path) -> None:
             assert shown(app) == expected
             # Marks are shared across tables.
             assert screen.query_one("RankingView").is_marked("mayonnaise bottle")
-            title = text_of(screen.query_one("#title"))
+            title = text_of(screen.query_one("#titlebar"))
             assert "scores.csv \u203a suggest \u201cmayonnaise bottle\u201d" in title
             await pilot.press("down", "enter")  # drill again, into the hyphenated form
             await loaded(pilot)

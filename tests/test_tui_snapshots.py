@@ -1,14 +1,14 @@
 """Snapshots of the explore app's main screens (pytest-textual-snapshot).
 
-Every screen is taken after its data has loaded, from data fixed here (a vocabulary scored
-with a seeded bag-of-tokens encoder), so the pictures change only when the UI does. Review a
-change with ``pytest tests/test_tui_snapshots.py --snapshot-report``; accept it with
-``--snapshot-update``.
+Every screen is taken after its data is on screen (the screen says so: ``shown``, not a
+pause of some length), from data fixed here (a vocabulary scored with a seeded bag-of-tokens
+encoder), so the pictures change only when the UI does. Review a change with
+``pytest tests/test_tui_snapshots.py --snapshot-report``; accept it with ``--snapshot-update``.
 """
 
 from __future__ import annotations
 
-import os
+import asyncio
 import sys
 from pathlib import Path
 
@@ -19,15 +19,6 @@ from fake_embedder import BagOfTokensEmbedder, random_table  # noqa: E402
 from test_tui import VOCAB  # noqa: E402
 
 SCORE_NAME = "danbooru-scores.csv"
-
-# The captured frames still vary between runs on these shared machines (two or three of the
-# eight differ on some runs, different ones each time), so a red CI would say nothing about the
-# UI. They run on request until that is fixed; the Pilot tests in test_tui.py assert the same
-# screens' data on every run.
-pytestmark = pytest.mark.skipif(
-    not os.environ.get("TAGSMITH_SNAPSHOTS"),
-    reason="snapshot frames are not yet stable run to run; set TAGSMITH_SNAPSHOTS=1 to run them",
-)
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +54,20 @@ def suggest_app(model: bool):  # noqa: ANN201
 
 
 async def loaded(pilot) -> None:  # noqa: ANN001
+    """Wait until the top table's rows, or the reason there are none, are on screen."""
+    from tagsmith.tui.app import RankingScreen
+
+    screen = pilot.app.screen
+    assert isinstance(screen, RankingScreen)
+    await asyncio.wait_for(screen.shown.wait(), timeout=60)
     await pilot.pause()
-    await pilot.app.workers.wait_for_complete()
-    # Let timers that repaint after loading (status line, debounced refresh) fire first, or
-    # the picture depends on how fast the machine is.
-    await pilot.pause(0.5)
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
+
+
+async def press(pilot, *keys: str) -> None:  # noqa: ANN001
+    """One key at a time, each handled in full (focus moves included) before the next:
+    several keys in one ``pilot.press`` are only spaced by a guess at CPU idleness."""
+    for key in keys:
+        await pilot.press(key)
 
 
 def test_score_file_80x24(snap_compare, score_file: Path) -> None:  # noqa: ANN001
@@ -78,11 +76,13 @@ def test_score_file_80x24(snap_compare, score_file: Path) -> None:  # noqa: ANN0
 
 def test_filtered_sorted_marked_100x30(snap_compare, score_file: Path) -> None:  # noqa: ANN001
     async def run_before(pilot) -> None:  # noqa: ANN001
+        from tagsmith.tui.widgets import FilterBar
+
         await loaded(pilot)
-        await pilot.press("slash")
+        await press(pilot, "slash")
+        assert isinstance(pilot.app.focused, FilterBar)
         pilot.app.focused.insert_text_at_cursor("bottle")
-        await pilot.press("enter", "2", "space", "down", "space")
-        await pilot.pause()
+        await press(pilot, "enter", "2", "space", "down", "space")
 
     assert snap_compare(score_app(score_file), terminal_size=(100, 30), run_before=run_before)
 
@@ -97,18 +97,27 @@ def test_suggest_without_a_model_80x24(snap_compare) -> None:  # noqa: ANN001
 
 def test_help_80x24(snap_compare, score_file: Path) -> None:  # noqa: ANN001
     async def run_before(pilot) -> None:  # noqa: ANN001
+        from tagsmith.tui.widgets import HelpScreen
+
         await loaded(pilot)
-        await pilot.press("question_mark")
-        await pilot.pause(0.3)
+        await press(pilot, "question_mark")
+        assert isinstance(pilot.app.screen, HelpScreen)
 
     assert snap_compare(score_app(score_file), terminal_size=(80, 24), run_before=run_before)
 
 
 def test_export_dialog_80x24(snap_compare, score_file: Path) -> None:  # noqa: ANN001
     async def run_before(pilot) -> None:  # noqa: ANN001
+        from textual.widgets import Input
+
+        from tagsmith.tui.widgets import ExportScreen
+
         await loaded(pilot)
-        await pilot.press("space", "space", "e")
-        pilot.app.focused.cursor_blink = False
+        await press(pilot, "space", "space", "e")
+        await pilot.pause()
+        assert isinstance(pilot.app.screen, ExportScreen)
+        # A blinking cursor is drawn or not depending on when the picture is taken.
+        pilot.app.screen.query_one("#export-path", Input).cursor_blink = False
 
     assert snap_compare(score_app(score_file), terminal_size=(80, 24), run_before=run_before)
 
@@ -124,6 +133,6 @@ def test_bad_file_80x24(snap_compare, tmp_path: Path,  # noqa: ANN001
 def test_wide_layout_160x40(snap_compare, score_file: Path) -> None:  # noqa: ANN001
     async def run_before(pilot) -> None:  # noqa: ANN001
         await loaded(pilot)
-        await pilot.press("down", "down")
+        await press(pilot, "down", "down")
 
     assert snap_compare(score_app(score_file), terminal_size=(160, 40), run_before=run_before)

@@ -9,6 +9,7 @@ encoder, running suggest) runs in thread workers while the screen shows a loadin
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Container, Horizontal
+from textual.containers import Container
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Static
@@ -95,6 +96,9 @@ class RankingScreen(Screen[None]):
         self.error: str | None = None
         self._progress = ""
         self._filter_timer: Timer | None = None
+        # Set once the complete table, or the reason there is none, is on screen: what a test
+        # or a script driving the app waits for, rather than for some length of time.
+        self.shown = asyncio.Event()
 
     @property
     def explore(self) -> ExploreApp:
@@ -103,9 +107,7 @@ class RankingScreen(Screen[None]):
         return app
 
     def compose(self) -> ComposeResult:
-        with Horizontal(id="titlebar"):
-            yield Static(id="title")
-            yield Static(id="status")
+        yield Static(id="titlebar")
         yield FilterBar(placeholder=FILTER_PLACEHOLDER, id="filter", compact=True)
         yield Static(id="notices")
         with Container(id="body"):
@@ -203,6 +205,8 @@ class RankingScreen(Screen[None]):
             ranking.focus()
         self._update_title()
         self._update_detail(ranking.current_row)
+        if final:
+            self.shown.set()
 
     def _show_error(self, message: str) -> None:
         self._progress = ""
@@ -212,6 +216,7 @@ class RankingScreen(Screen[None]):
         self._show_message(message, error=True)
         self._update_title()
         self.query_one(DetailPane).display = False
+        self.shown.set()
 
     def _show_message(self, message: str, *, error: bool) -> None:
         box = self.query_one("#message", Static)
@@ -247,9 +252,14 @@ class RankingScreen(Screen[None]):
         n = len(self.explore.marked)
         if n:
             status.append(f" \u00b7 {n} marked", style="bold yellow")
-        self.query_one("#status", Static).update(status)
+        # Title and status share one line of one widget, laid out here. A status widget of
+        # width auto kept the width of its previous text whenever the text changed twice
+        # between two layouts (Textual caches the box model until the next layout), so the
+        # end of the status was cut off or padded, depending on timing.
+        width = max(0, self.app.size.width - 2)  # the title bar's padding
+        status.truncate(max(0, width - 12), overflow="ellipsis")
         # The trail loses its oldest parts first: where you are matters more than the way.
-        room = max(10, self.app.size.width - status.cell_len - 4)
+        room = max(10, width - status.cell_len - 2)
         parts = ["tagsmith explore", *self.trail]
         while len(" \u203a ".join(parts)) > room and len(parts) > 1:
             if parts[0] != "\u2026":
@@ -258,12 +268,15 @@ class RankingScreen(Screen[None]):
                 del parts[1]
             else:
                 break
-        title = Text(no_wrap=True, overflow="ellipsis")
+        line = Text(no_wrap=True, overflow="ellipsis")
         for i, part in enumerate(parts):
             if i:
-                title.append(" \u203a ", style="dim")
-            title.append(part, style="bold" if part == "tagsmith explore" else "")
-        self.query_one("#title", Static).update(title)
+                line.append(" \u203a ", style="dim")
+            line.append(part, style="bold" if part == "tagsmith explore" else "")
+        line.truncate(min(room, width), overflow="ellipsis")
+        line.pad_right(width - line.cell_len - status.cell_len)
+        line.append_text(status)
+        self.query_one("#titlebar", Static).update(line)
 
     def on_resize(self) -> None:
         self._update_title()
