@@ -6,7 +6,7 @@ runs in its own process (so peak RSS is its own) with an empty embedding cache.
 1. Subset (default): a seeded random sample of ``--subset`` Danbooru tags (2,000), scored by
    - a naive baseline: transformers' ``CLIPTextModel``, every tag padded to 77 tokens, batches
      of 64, then a per-tag Python loop for neighbours (``X @ x`` and ``argsort`` per tag);
-   - tagsmith: ``score_vocabulary`` (length-bucketed batches padded to the longest tag, exact
+   - tagsmith: ``score_vocabulary`` (prefix-tree batches that run shared starts once, exact
      blocked top-k), and scikit-learn's brute-force ``NearestNeighbors`` on the same vectors;
    printed side by side per phase with the ratio, agreement of the neighbour lists, peak RSS.
 2. ``--neighbors-only N``: tagsmith's numpy and torch backends and scikit-learn on N x 768

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -42,9 +42,6 @@ from tagsmith.sources import (
     safetensors_fingerprint,
 )
 from tagsmith.tokenizer import BOS_ID, CHUNK_LENGTH, EOS_ID
-
-if TYPE_CHECKING:
-    from tagsmith.encoder import ClipTextEncoder
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -141,7 +138,8 @@ class TagEmbedder:
         self._fingerprint = fingerprint
         self._config: EncoderConfig = source.config
         self._preloaded = preloaded  # tensors torch.load gave while inspecting a .ckpt
-        self._encoder: ClipTextEncoder | None = None
+        self._encoder: Any = None  # encoder.ClipTextEncoder or encoder_np.NumpyTextEncoder
+        self._expected_positions = 0
         self._cache_dir = cache_dir
         self._cache: EmbeddingCache | None = None
         self._notes: list[str] = list(source.notes)
@@ -178,7 +176,9 @@ class TagEmbedder:
 
     def model_info(self) -> dict:
         enc = self._encoder
-        if enc is not None:
+        if enc is not None and hasattr(enc, "dtype_label"):  # the numpy encoder: no torch
+            device, dtype = enc.device, enc.dtype_label
+        elif enc is not None:
             from tagsmith.encoder import dtype_name
 
             device, dtype = str(enc.device), dtype_name(enc.dtype)
@@ -198,9 +198,34 @@ class TagEmbedder:
         }
 
     # -- encoding ---------------------------------------------------------------------------
-    def encoder(self) -> ClipTextEncoder:
-        """The loaded text encoder (imports torch and reads the weights on first use)."""
-        if self._encoder is None:
+    def encoder(self, positions: int | None = None, *, backend: str | None = None) -> Any:
+        """The loaded text encoder, for a job of about ``positions`` token positions.
+
+        Small jobs on the CPU in fp32 from safetensors weights, while torch is not imported
+        yet, get the numpy forward pass (``encoder_np``: saves the ~1.5 s torch import);
+        everything else gets the torch one, which also replaces a numpy encoder when a large
+        job follows. ``backend`` ("numpy" or "torch") forces one.
+        """
+        from tagsmith import encoder_np
+
+        current = self._encoder
+        is_numpy = isinstance(current, encoder_np.NumpyTextEncoder)
+        if backend is None:
+            if current is not None:
+                if not (is_numpy and positions is not None
+                        and positions > encoder_np.SMALL_JOB_POSITIONS):
+                    return current
+                backend = "torch"  # a large job after small ones: torch's kernels
+            else:
+                backend = "numpy" if self._numpy_fits(positions) else "torch"
+        elif current is not None and (backend == "numpy") == is_numpy:
+            return current
+        want = backend
+        if want == "numpy" and not self._numpy_possible():
+            raise UsageError("The numpy encoder needs fp32 safetensors weights on the CPU.")
+        if want == "numpy":
+            self._encoder = encoder_np.load_numpy_encoder(self.source)
+        else:
             from tagsmith.encoder import load_text_encoder
 
             self._encoder = load_text_encoder(
@@ -209,6 +234,35 @@ class TagEmbedder:
             )
             self._preloaded = None
         return self._encoder
+
+    def expect_positions(self, positions: int) -> None:
+        """Say a job of about ``positions`` token positions is coming in several ``embed``
+        calls (``tagsmith score`` embeds in chunks), so the encoder chosen on the first cache
+        miss suits the whole job, not one chunk. Loads nothing."""
+        self._expected_positions = max(0, int(positions))
+
+    def _job_positions(self, seqs: Sequence[Sequence[int]]) -> int:
+        return max(sum(len(q) for q in seqs), self._expected_positions)
+
+    def _numpy_possible(self) -> bool:
+        from tagsmith import encoder_np
+
+        s = self.settings
+        on_cpu = s.device == "cpu" or (s.device == "auto" and not gpu_possible())
+        return (
+            on_cpu and s.dtype in ("auto", "fp32") and self.source.tensors is not None
+            and self._preloaded is None and encoder_np.supports(self._config)
+        )
+
+    def _numpy_fits(self, positions: int | None) -> bool:
+        import sys
+
+        from tagsmith.encoder_np import SMALL_JOB_POSITIONS
+
+        return (
+            positions is not None and positions <= SMALL_JOB_POSITIONS
+            and "torch" not in sys.modules and self._numpy_possible()
+        )
 
     def _variant(self) -> CacheVariant:
         s = self.settings
@@ -278,7 +332,7 @@ class TagEmbedder:
         missing = [t for t in unique if t not in found]
         if missing:
             seqs = self._sequences(missing)
-            enc = self.encoder()
+            enc = self.encoder(positions=self._job_positions(seqs))
             pool = "last" if self.settings.representation == "eos" else "mean"
             prefix_ids, _ = self._context_ids()
             for idx, vectors in enc.encode(
@@ -306,7 +360,7 @@ class TagEmbedder:
         seqs = self._sequences(texts, tokens_only=True)
         prefix_ids, _ = self._context_ids()
         out: list[np.ndarray | None] = [None] * len(texts)
-        for idx, states in self.encoder().encode(
+        for idx, states in self.encoder(positions=self._job_positions(seqs)).encode(
             seqs, prefix=[BOS_ID, *prefix_ids], clip_skip=self.settings.clip_skip, pool="none"
         ):
             for row, i in enumerate(idx):
@@ -316,7 +370,10 @@ class TagEmbedder:
     def token_embedding_table(self) -> np.ndarray:
         """(49408, dim) float32 input token embeddings (read without torch from safetensors)."""
         if self._encoder is not None:
-            return self._encoder.token_embedding.float().cpu().numpy()
+            table = self._encoder.token_embedding
+            if isinstance(table, np.ndarray):
+                return table
+            return table.float().cpu().numpy()
         if self.source.tensors is not None:
             return read_tensor_array(self.source.tensors[TOKEN_EMBEDDING]).astype(
                 np.float32, copy=False
@@ -419,3 +476,19 @@ __all__ = [
     "DEVICES",
     "DTYPES",
 ]
+
+
+def gpu_possible() -> bool:
+    """Whether torch could find a GPU here, judged without importing torch: an NVIDIA or AMD
+    (ROCm) driver, WSL's GPU bridge, or Apple's MPS. False means the CPU for certain."""
+    import os
+    import shutil
+    import sys
+
+    if sys.platform == "darwin":
+        return True
+    if sys.platform.startswith("linux"):
+        return any(os.path.exists(p) for p in (
+            "/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg",
+        ))
+    return shutil.which("nvidia-smi") is not None

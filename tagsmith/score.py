@@ -475,6 +475,8 @@ def embed_in_chunks(
         from tagsmith.tokenizer import load_tokenizer
 
         token_ids = load_tokenizer().encode_batch(list(texts))
+    if hasattr(embedder, "expect_positions"):
+        embedder.expect_positions(sum(len(ids) for ids in token_ids))
     keys = [tuple(ids) for ids in token_ids]
     order = sorted(range(n), key=keys.__getitem__)
     chunks = [order[s : s + chunk_size] for s in range(0, n, chunk_size)]

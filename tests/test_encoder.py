@@ -335,7 +335,7 @@ def test_prefix_trees_hold_each_distinct_prefix_once() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from tagsmith.encoder import prefix_trees
+    from tagsmith.prefix_tree import prefix_trees
 
     seq = st.lists(st.integers(0, 5), min_size=1, max_size=8)  # few ids: many shared prefixes
 
@@ -360,7 +360,7 @@ def test_prefix_trees_hold_each_distinct_prefix_once() -> None:
 
 
 def test_prefix_tree_shares_what_sorted_neighbours_share() -> None:
-    from tagsmith.encoder import prefix_trees
+    from tagsmith.prefix_tree import prefix_trees
 
     # hand count: a; a b; a b c; a d; e  -> a, ab, abc, ad, e = 5 nodes for 11 tokens
     seqs = [[1, 2, 3], [5], [1, 2], [1, 4], [1], [1, 2, 3]]
@@ -385,3 +385,94 @@ def test_danbooru_sample_matches_padded_to_77(tiny_models, reference, danbooru_c
     states, spans, _ = _reference_states(reference, tags)
     expected = np.stack([states[i, a:b].mean(0).numpy() for i, (a, b) in enumerate(spans)])
     assert np.abs(_embed(tiny_models.single_file(), tags) - expected).max() <= 1e-4
+
+
+# -- the numpy forward pass (small CPU jobs, no torch import) ----------------------------------
+
+
+@pytest.mark.parametrize("clip_skip", [1, 2])
+@pytest.mark.parametrize("context", ["", "1girl, solo, "])
+def test_numpy_encoder_matches_transformers(tiny_models, reference, clip_skip, context) -> None:  # noqa: ANN001
+    from tagsmith.encoder_np import NumpyTextEncoder
+
+    states, spans, _ = _reference_states(reference, TAGS, clip_skip, context)
+    expected = np.stack([states[i, a:b].mean(0).numpy() for i, (a, b) in enumerate(spans)])
+    settings = EncoderSettings(
+        model=str(tiny_models.single_file()), clip_skip=clip_skip, use_cache=False,
+        context=(context + "{}") if context else None,
+    )
+    with open_embedder(settings) as emb:
+        enc = emb.encoder(backend="numpy")
+        assert isinstance(enc, NumpyTextEncoder)
+        got = emb.embed(TAGS)
+        per_token = emb.token_states(TAGS[:6])
+        assert emb.encoder() is enc  # small jobs stay on it
+        assert emb.model_info()["device"] == "cpu" and emb.model_info()["dtype"] == "fp32"
+    assert np.abs(got - expected).max() <= 1e-5
+    for i, (a, b) in enumerate(spans[:6]):
+        assert np.abs(per_token[i] - states[i, a:b].numpy()).max() <= 1e-5
+
+
+def test_numpy_encoder_eos_and_fp16_weights(tiny_models, reference) -> None:  # noqa: ANN001
+    _, _, out = _reference_states(reference, TAGS)
+    with open_embedder(EncoderSettings(model=str(tiny_models.single_file()), use_cache=False,
+                                       representation="eos")) as emb:
+        emb.encoder(backend="numpy")
+        got = emb.embed(TAGS)
+    assert np.abs(got - out.pooler_output.numpy()).max() <= 1e-5
+    # fp16 weights are widened to fp32: the same numbers the torch encoder computes from them
+    half = str(tiny_models.hf_folder(dtype="fp16"))
+    with open_embedder(EncoderSettings(model=half, use_cache=False)) as a:
+        a.encoder(backend="numpy")
+        np_vecs = a.embed(TAGS)
+    with open_embedder(EncoderSettings(model=half, use_cache=False, device="cpu")) as b:
+        b.encoder(backend="torch")
+        torch_vecs = b.embed(TAGS)
+    assert np.abs(np_vecs - torch_vecs).max() <= 1e-5
+
+
+def test_large_job_moves_from_numpy_to_torch(tiny_models, monkeypatch) -> None:  # noqa: ANN001
+    import tagsmith.encoder_np as enp
+
+    with open_embedder(EncoderSettings(model=str(tiny_models.single_file()),
+                                       use_cache=False)) as emb:
+        emb.encoder(backend="numpy")
+        small = emb.embed(TAGS[:3])
+        monkeypatch.setattr(enp, "SMALL_JOB_POSITIONS", 4)
+        big = emb.embed(TAGS)
+        assert isinstance(emb.encoder(), ClipTextEncoder)
+    np.testing.assert_allclose(big[:3], small, atol=1e-5)
+
+
+def test_numpy_encoder_refuses_what_it_cannot_run(tiny_models) -> None:  # noqa: ANN001
+    settings = EncoderSettings(model=str(tiny_models.ckpt()), use_cache=False)
+    with open_embedder(settings) as emb, pytest.raises(UsageError, match="numpy encoder"):
+        emb.encoder(backend="numpy")  # a pickle's tensors come from torch.load
+    with open_embedder(EncoderSettings(model=str(tiny_models.single_file()), use_cache=False,
+                                       dtype="fp16")) as emb:
+        assert not emb._numpy_possible()
+
+
+def test_small_cpu_job_never_imports_torch(tiny_models, tmp_path) -> None:  # noqa: ANN001
+    """A one-off embed on the CPU runs the numpy forward pass: torch is never imported."""
+    model = tiny_models.single_file()
+    code = (
+        "import sys\n"
+        "from tagsmith.embedding import EncoderSettings, open_embedder\n"
+        f"s = EncoderSettings(model={str(model)!r}, device='cpu', cache_dir={str(tmp_path)!r})\n"
+        "with open_embedder(s) as e:\n"
+        "    v = e.embed(['mayonnaise bottle', 'wine bottle'])\n"
+        "print(v.shape, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "False", out.stdout + out.stderr
+
+
+def test_a_job_announced_as_large_starts_on_torch(tiny_models) -> None:  # noqa: ANN001
+    import tagsmith.encoder_np as enp
+
+    with open_embedder(EncoderSettings(model=str(tiny_models.single_file()),
+                                       use_cache=False, device="cpu")) as emb:
+        assert emb._numpy_possible()
+        emb.expect_positions(enp.SMALL_JOB_POSITIONS + 1)  # what score does before its chunks
+        assert not emb._numpy_fits(emb._job_positions([[1, 2]]))
