@@ -184,6 +184,10 @@ class _TorchOps:
         return self.torch.arange(n, device=self.dev)
 
     def mm(self, a, b):  # noqa: ANN001, ANN201
+        if self.dev.type == "cpu":
+            # numpy's BLAS (OpenBLAS) ran these strip products 1.2-1.9x faster than torch's
+            # MKL on the 2-core AMD EPYC here; the result is shared, not copied
+            return self.torch.from_numpy(a.numpy() @ b.numpy().T)
         return a @ b.T
 
     def topk(self, x, k: int, axis: int):  # noqa: ANN001, ANN201
