@@ -35,6 +35,7 @@ class VocabIndex:
     token_ids: np.ndarray  # int32, concatenated ids (no BOS/EOS)
     format: str = "plain"
     summary: str = ""
+    cache_file: Path | None = field(default=None, repr=False)  # where it is cached, if it is
     _row_of: dict[str, int] | None = field(default=None, repr=False)
     _by_token: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
@@ -153,13 +154,16 @@ def load_vocab_index(
     cached = resolve_cache_dir(cache_dir) / "vocab" / f"{key}.npz"
     if cached.is_file():
         try:
-            return VocabIndex.from_file(cached)
+            index = VocabIndex.from_file(cached)
+            index.cache_file = cached
+            return index
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError):
             pass  # damaged or stale: rebuild below
     index = VocabIndex.from_vocabulary(read_vocabulary(p))
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(cached, index.to_bytes())
+        index.cache_file = cached
     except Exception:  # noqa: BLE001 - a cache that cannot be written only costs speed
         pass
     return index

@@ -204,3 +204,24 @@ def test_trigger_penalises_avoid_collision(geometry_table):
     scores = {f.stem: f for f in result.families}
     assert scores["bottle"].members[0].detail.avoid > 0.9
     assert result.families[0].stem != "bottle"
+
+
+def test_nearest_shortlist_pool_is_cached_per_model(geometry_table, vocab_file, tmp_path):
+    from tagsmith.suggest import _static_vectors, nearest_shortlist
+    from tagsmith.vocab_index import load_vocab_index
+
+    index = load_vocab_index(vocab_file, cache_dir=tmp_path)
+    assert index.cache_file is not None
+    first = nearest_shortlist("mayonnaise bottle", index, geometry_table, exclude=set(),
+                              fingerprint="abc123")
+    (pool,) = index.cache_file.parent.glob("*.pool-abc123-*.npy")
+    order = np.argsort(-index.counts, kind="stable")[: len(index)]
+    np.testing.assert_allclose(np.load(pool), _static_vectors(index, order, geometry_table),
+                               rtol=1e-3, atol=1e-4)
+    # a repeat reads the file: the same shortlist, and a damaged file is recomputed
+    assert nearest_shortlist("mayonnaise bottle", index, geometry_table, exclude=set(),
+                             fingerprint="abc123") == first
+    pool.write_bytes(b"not numpy")
+    assert nearest_shortlist("mayonnaise bottle", index, geometry_table, exclude=set(),
+                             fingerprint="abc123") == first
+    assert np.load(pool).shape[0] == len(order)
