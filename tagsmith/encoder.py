@@ -388,13 +388,7 @@ class ClipTextEncoder:
         return self.config.hidden_size
 
     def layers_for(self, clip_skip: int) -> int:
-        """How many layers clip skip N runs: hidden_states[-N] is the output of layer L-N+1."""
-        n = self.config.num_layers
-        if not 1 <= clip_skip <= n:
-            raise UsageError(
-                f"Clip skip must be between 1 and {n} for this model, not {clip_skip}."
-            )
-        return n - clip_skip + 1
+        return self.config.layers_for(clip_skip)
 
     # -- core ---------------------------------------------------------------------------------
     def _embed(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
@@ -515,12 +509,10 @@ class ClipTextEncoder:
         # Each depth's (rows, p + depth) context: the prefix, then the node's path. A layer's
         # keys and values sit in (p + N, heads, head_dim) tables, prefix first, so a context
         # is one index_select of whole rows (node-major copies measured fastest here).
-        groups = []
-        for start, stop, anc in zip(tree.starts[:-1], tree.starts[1:], tree.ancestors):
-            ctx = np.concatenate(
-                [np.broadcast_to(np.arange(p), (len(anc), p)), anc + p], axis=1
-            )
-            groups.append((start, stop, ctx.shape[1], torch.from_numpy(ctx.reshape(-1)).to(dev)))
+        groups = [
+            (start, stop, ctx.shape[1], torch.from_numpy(ctx.reshape(-1)).to(dev))
+            for start, stop, ctx in tree.contexts(p)
+        ]
         a = torch.empty(n, heads, head_dim, dtype=x.dtype, device=dev)
         keys = torch.empty(p + n, heads, head_dim, dtype=x.dtype, device=dev)
         values = torch.empty_like(keys)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tagsmith.errors import UsageError
-from tagsmith.prefix_tree import PrefixTree, pool_tree, prefix_trees
+from tagsmith.prefix_tree import pool_tree, prefix_trees
 from tagsmith.sources import (
     POSITION_EMBEDDING,
     POSITION_IDS,
@@ -104,12 +104,7 @@ class NumpyTextEncoder:
         return self.config.hidden_size
 
     def layers_for(self, clip_skip: int) -> int:
-        n = self.config.num_layers
-        if not 1 <= clip_skip <= n:
-            raise UsageError(
-                f"Clip skip must be between 1 and {n} for this model, not {clip_skip}."
-            )
-        return n - clip_skip + 1
+        return self.config.layers_for(clip_skip)
 
     # -- forward ----------------------------------------------------------------------------
     def _layer_norm(self, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -172,13 +167,6 @@ class NumpyTextEncoder:
         self.positions_run += n
         return self._layer_norm(x, self.final_ln_w, self.final_ln_b)
 
-    def _tree_groups(self, tree: PrefixTree, p: int) -> list[tuple[int, int, np.ndarray]]:
-        groups = []
-        for start, stop, anc in zip(tree.starts[:-1], tree.starts[1:], tree.ancestors):
-            ctx = np.concatenate([np.broadcast_to(np.arange(p), (len(anc), p)), anc + p], axis=1)
-            groups.append((start, stop, ctx))
-        return groups
-
     def prefix_state(self, prefix_ids: Sequence[int], clip_skip: int) -> _Prefix:
         n_layers = self.layers_for(clip_skip)
         key = (tuple(prefix_ids), n_layers)
@@ -214,7 +202,7 @@ class NumpyTextEncoder:
                     f"encoder's {self.config.max_positions}."
                 )
             states = self._run(
-                tree.tokens, tree.depths + (p - 1), self._tree_groups(tree, p), state,
+                tree.tokens, tree.depths + (p - 1), tree.contexts(p), state,
                 state.n_layers,
             )
             yield tree.order, pool_tree(states, tree, pool)

@@ -37,6 +37,16 @@ class PrefixTree:
     def max_depth(self) -> int:
         return len(self.ancestors)
 
+    def contexts(self, p: int) -> list[tuple[int, int, np.ndarray]]:
+        """Per depth d: (start, stop, (rows, p + d) indices) of what each node attends to,
+        in a table of the ``p`` prefix positions followed by the tree's nodes: the prefix,
+        then the node's path (itself last). That is its whole causal context in SD."""
+        out = []
+        for start, stop, anc in zip(self.starts[:-1], self.starts[1:], self.ancestors):
+            prefix = np.broadcast_to(np.arange(p, dtype=np.int64), (len(anc), p))
+            out.append((start, stop, np.concatenate([prefix, anc + p], axis=1)))
+        return out
+
     def path(self, row: int) -> np.ndarray:
         """Node indices of sequence ``order[row]``, first token first."""
         depth = int(self.lengths[row])

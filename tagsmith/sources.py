@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tagsmith.errors import ModelNotFoundError, UnsupportedModelError
+from tagsmith.errors import ModelNotFoundError, UnsupportedModelError, UsageError
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 MODEL_ENV = "TAGSMITH_MODEL"
@@ -82,6 +82,15 @@ class EncoderConfig:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def layers_for(self, clip_skip: int) -> int:
+        """How many layers clip skip N runs: hidden_states[-N] is the output of layer L-N+1."""
+        n = self.num_layers
+        if not 1 <= clip_skip <= n:
+            raise UsageError(
+                f"Clip skip must be between 1 and {n} for this model, not {clip_skip}."
+            )
+        return n - clip_skip + 1
 
     @classmethod
     def from_dict(cls, data: Mapping) -> EncoderConfig:
