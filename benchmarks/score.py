@@ -250,7 +250,7 @@ def bench_subset(args: argparse.Namespace) -> None:
     print(f"neighbours on the same vectors: scikit-learn brute {t_sklearn:.2f}s, "
           f"tagsmith {po['neighbors']:.2f}s")
     print(f"neighbour lists shared with the baseline: {same / (n * args.k):.1%} "
-          "(differences come from padding-to-77 vs padding-to-longest float rounding only)")
+          "(any difference is float rounding: padded to 77 vs prefix trees)")
 
 
 def bench_neighbors(args: argparse.Namespace) -> None:
