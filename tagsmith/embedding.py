@@ -210,17 +210,9 @@ class TagEmbedder:
 
         current = self._encoder
         is_numpy = isinstance(current, encoder_np.NumpyTextEncoder)
-        if backend is None:
-            if current is not None:
-                if not (is_numpy and positions is not None
-                        and positions > encoder_np.SMALL_JOB_POSITIONS):
-                    return current
-                backend = "torch"  # a large job after small ones: torch's kernels
-            else:
-                backend = "numpy" if self._numpy_fits(positions) else "torch"
-        elif current is not None and (backend == "numpy") == is_numpy:
+        want = backend or self._backend_for(positions, current, is_numpy)
+        if current is not None and (want == "numpy") == is_numpy:
             return current
-        want = backend
         if want == "numpy" and not self._numpy_possible():
             raise UsageError("The numpy encoder needs fp32 safetensors weights on the CPU.")
         if want == "numpy":
@@ -254,15 +246,18 @@ class TagEmbedder:
             and self._preloaded is None and encoder_np.supports(self._config)
         )
 
-    def _numpy_fits(self, positions: int | None) -> bool:
+    def _backend_for(self, positions: int | None, current: Any, is_numpy: bool) -> str:
+        """numpy for a small job while torch is not imported yet (or the numpy encoder is
+        already loaded); torch for everything else, including a large job after small ones."""
         import sys
 
         from tagsmith.encoder_np import SMALL_JOB_POSITIONS
 
-        return (
-            positions is not None and positions <= SMALL_JOB_POSITIONS
-            and "torch" not in sys.modules and self._numpy_possible()
-        )
+        small = positions is None or positions <= SMALL_JOB_POSITIONS
+        if current is not None:
+            return "numpy" if is_numpy and small else "torch"
+        fits = positions is not None and small and "torch" not in sys.modules
+        return "numpy" if fits and self._numpy_possible() else "torch"
 
     def _variant(self) -> CacheVariant:
         s = self.settings
