@@ -37,7 +37,7 @@ import torch  # noqa: TID253 - this module is where torch lives
 import torch.nn.functional as F  # noqa: TID253
 
 from tagsmith.errors import ModelError, UnsafeCheckpointError, UnsupportedModelError, UsageError
-from tagsmith.prefix_tree import PrefixTree, pool_tree, prefix_trees
+from tagsmith.prefix_tree import PrefixTree, encode_trees
 from tagsmith.sources import (
     POSITION_EMBEDDING,
     POSITION_IDS,
@@ -496,11 +496,6 @@ class ClipTextEncoder:
         head_dim = width // heads
         eps = c.layer_norm_eps
         p = len(prefix.ids)
-        if p + tree.max_depth > c.max_positions:
-            raise UsageError(
-                f"A sequence of {p + tree.max_depth} positions does not fit the text encoder's "
-                f"{c.max_positions}."
-            )
         dev = self.device
         tokens = torch.from_numpy(tree.tokens).to(dev)
         positions = torch.from_numpy(tree.depths + (p - 1)).to(dev)
@@ -560,13 +555,12 @@ class ClipTextEncoder:
         depends only on what precedes it), so each batch is a prefix tree and every distinct
         prefix runs once: on the Danbooru tags that is 511k positions instead of 775k.
         """
-        if pool not in ("mean", "last", "none"):
-            raise ValueError(f"unknown pool {pool!r}")
         state = self.prefix_state(prefix, clip_skip)
-        budget = token_budget or self.default_token_budget()
-        for tree in prefix_trees(sequences, budget):
-            states = self._run_tree(tree, state).float().cpu().numpy()
-            yield tree.order, pool_tree(states, tree, pool)
+        yield from encode_trees(
+            sequences, lambda tree: self._run_tree(tree, state).float().cpu().numpy(),
+            budget=token_budget or self.default_token_budget(), pool=pool,
+            prefix_length=len(state.ids), max_positions=self.config.max_positions,
+        )
 
 
 def load_text_encoder(

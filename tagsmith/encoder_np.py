@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tagsmith.errors import UsageError
-from tagsmith.prefix_tree import pool_tree, prefix_trees
+from tagsmith.prefix_tree import encode_trees
 from tagsmith.sources import (
     POSITION_EMBEDDING,
     POSITION_IDS,
@@ -191,21 +190,16 @@ class NumpyTextEncoder:
         token_budget: int | None = None,
     ) -> Iterator[tuple[list[int], np.ndarray | list[np.ndarray]]]:
         """Same contract as ``ClipTextEncoder.encode``."""
-        if pool not in ("mean", "last", "none"):
-            raise ValueError(f"unknown pool {pool!r}")
         state = self.prefix_state(prefix, clip_skip)
         p = len(state.ids)
-        for tree in prefix_trees(sequences, token_budget or SMALL_JOB_POSITIONS):
-            if p + tree.max_depth > self.config.max_positions:
-                raise UsageError(
-                    f"A sequence of {p + tree.max_depth} positions does not fit the text "
-                    f"encoder's {self.config.max_positions}."
-                )
-            states = self._run(
-                tree.tokens, tree.depths + (p - 1), tree.contexts(p), state,
-                state.n_layers,
-            )
-            yield tree.order, pool_tree(states, tree, pool)
+        yield from encode_trees(
+            sequences,
+            lambda tree: self._run(
+                tree.tokens, tree.depths + (p - 1), tree.contexts(p), state, state.n_layers
+            ),
+            budget=token_budget or SMALL_JOB_POSITIONS, pool=pool, prefix_length=p,
+            max_positions=self.config.max_positions,
+        )
 
 
 def load_numpy_encoder(source: TextEncoderSource) -> NumpyTextEncoder:

@@ -9,10 +9,14 @@ sequence's path. On the Danbooru tags that is 511k positions instead of 775k.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from tagsmith.errors import UsageError
+
+POOLS = ("mean", "last", "none")
 
 
 @dataclass
@@ -135,6 +139,27 @@ def pool_tree(states: np.ndarray, tree: PrefixTree, pool: str) -> np.ndarray | l
         return sums[tree.leaves] / tree.lengths[:, None].astype(np.float32)
     if pool == "last":
         return states[tree.leaves]
-    if pool == "none":
-        return [states[tree.path(r)] for r in range(len(tree.order))]
-    raise ValueError(f"unknown pool {pool!r}")
+    return [states[tree.path(r)] for r in range(len(tree.order))]
+
+
+def encode_trees(
+    sequences: Sequence[Sequence[int]],
+    run: Callable[[PrefixTree], np.ndarray],
+    *,
+    budget: int,
+    pool: str,
+    prefix_length: int,
+    max_positions: int,
+) -> Iterator[tuple[list[int], np.ndarray | list[np.ndarray]]]:
+    """The batching both encoders share: ``sequences`` as prefix trees of at most ``budget``
+    nodes, each run by ``run`` (tree -> (N, H) float32 node states after a prefix of
+    ``prefix_length`` positions) and pooled; yields (indices, results) per tree."""
+    if pool not in POOLS:
+        raise ValueError(f"unknown pool {pool!r}")
+    for tree in prefix_trees(sequences, budget):
+        if prefix_length + tree.max_depth > max_positions:
+            raise UsageError(
+                f"A sequence of {prefix_length + tree.max_depth} positions does not fit the "
+                f"text encoder's {max_positions}."
+            )
+        yield tree.order, pool_tree(run(tree), tree, pool)
