@@ -470,3 +470,17 @@ def test_a_job_announced_as_large_starts_on_torch(tiny_models, monkeypatch) -> N
         assert emb._backend_for(emb._job_positions([[1, 2]]), None, False) == "numpy"
         emb.expect_positions(enp.SMALL_JOB_POSITIONS + 1)  # what score does before its chunks
         assert emb._backend_for(emb._job_positions([[1, 2]]), None, False) == "torch"
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_encode_refuses_what_does_not_fit(tiny_models, backend) -> None:  # noqa: ANN001
+    with open_embedder(EncoderSettings(model=str(tiny_models.single_file()),
+                                       use_cache=False)) as emb:
+        enc = emb.encoder(backend=backend)
+        red = load_tokenizer().encode("red")[0]
+        prefix = [BOS_ID] + [red] * 70
+        assert len(list(enc.encode([[red] * 6], prefix=prefix))) == 1  # 77 positions: fits
+        with pytest.raises(UsageError, match="78 positions does not fit"):
+            list(enc.encode([[red] * 7], prefix=prefix))
+        with pytest.raises(ValueError, match="unknown pool"):
+            list(enc.encode([[red]], prefix=[BOS_ID], pool="max"))
