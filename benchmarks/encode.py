@@ -51,24 +51,16 @@ def full_size_weights(seed: int = 0) -> dict[str, torch.Tensor]:
     def rnd(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g) * 0.02
 
-    w = {
-        "embeddings.token_embedding.weight": rnd(49408, D),
-        "embeddings.position_embedding.weight": rnd(77, D),
-        "final_layer_norm.weight": torch.ones(D),
-        "final_layer_norm.bias": torch.zeros(D),
-    }
-    for i in range(LAYERS):
-        p = f"encoder.layers.{i}."
-        for n in ("q", "k", "v", "out"):
-            w[f"{p}self_attn.{n}_proj.weight"] = rnd(D, D)
-            w[f"{p}self_attn.{n}_proj.bias"] = rnd(D)
-        for ln in ("layer_norm1", "layer_norm2"):
-            w[f"{p}{ln}.weight"] = 1 + rnd(D)
-            w[f"{p}{ln}.bias"] = rnd(D)
-        w[f"{p}mlp.fc1.weight"] = rnd(MLP, D)
-        w[f"{p}mlp.fc1.bias"] = rnd(MLP)
-        w[f"{p}mlp.fc2.weight"] = rnd(D, MLP)
-        w[f"{p}mlp.fc2.bias"] = rnd(D)
+    from tagsmith.sources import EncoderConfig, expected_shapes
+
+    w = {}
+    for name, shape in expected_shapes(EncoderConfig()).items():  # SD1.5's ViT-L/14 text model
+        if name.startswith("final_layer_norm."):
+            w[name] = torch.ones(shape) if name.endswith("weight") else torch.zeros(shape)
+        elif ".layer_norm" in name and name.endswith("weight"):
+            w[name] = 1 + rnd(*shape)
+        else:
+            w[name] = rnd(*shape)
     return w
 
 

@@ -34,38 +34,17 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from tagsmith.sources import EncoderConfig, expected_shapes  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-D, LAYERS, MLP = 768, 12, 3072
 PREFIX = "cond_stage_model.transformer.text_model."
-
-
-def encoder_shapes() -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {
-        "embeddings.token_embedding.weight": (49408, D),
-        "embeddings.position_embedding.weight": (77, D),
-        "final_layer_norm.weight": (D,),
-        "final_layer_norm.bias": (D,),
-    }
-    for i in range(LAYERS):
-        p = f"encoder.layers.{i}."
-        for n in ("q", "k", "v", "out"):
-            shapes[f"{p}self_attn.{n}_proj.weight"] = (D, D)
-            shapes[f"{p}self_attn.{n}_proj.bias"] = (D,)
-        for ln in ("layer_norm1", "layer_norm2"):
-            shapes[f"{p}{ln}.weight"] = (D,)
-            shapes[f"{p}{ln}.bias"] = (D,)
-        shapes[f"{p}mlp.fc1.weight"] = (MLP, D)
-        shapes[f"{p}mlp.fc1.bias"] = (MLP,)
-        shapes[f"{p}mlp.fc2.weight"] = (D, MLP)
-        shapes[f"{p}mlp.fc2.bias"] = (D,)
-    return shapes
 
 
 def write_checkpoint(path: Path, size_gb: float, encoder_dtype: str) -> int:
     """Stream a safetensors file to disk without holding it in memory; returns its size."""
     code, item = {"fp16": ("F16", 2), "fp32": ("F32", 4), "bf16": ("BF16", 2)}[encoder_dtype]
     tensors: list[tuple[str, str, tuple[int, ...], int]] = []
-    for name, shape in encoder_shapes().items():
+    for name, shape in expected_shapes(EncoderConfig()).items():
         tensors.append((PREFIX + name, code, shape, item))
     tensors.append((PREFIX + "embeddings.position_ids", "I64", (1, 77), 8))
     enc_bytes = sum(int(np.prod(s)) * n for _, _, s, n in tensors)

@@ -675,7 +675,7 @@ def encoder_config_from_shapes(
         raise UnsupportedModelError(
             f"'{name}' uses the activation '{config.hidden_act}'; SD1.5's encoder uses quick_gelu."
         )
-    expected = _expected_shapes(config)
+    expected = expected_shapes(config)
     for key, shape in expected.items():
         if tuple(shapes[key]) != shape:
             raise UnsupportedModelError(
@@ -685,7 +685,8 @@ def encoder_config_from_shapes(
     return config
 
 
-def _expected_shapes(c: EncoderConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(c: EncoderConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a CLIP text encoder with config ``c``, canonical name -> shape."""
     h, i = c.hidden_size, c.intermediate_size
     shapes: dict[str, tuple[int, ...]] = {
         TOKEN_EMBEDDING: (c.vocab_size, h),

@@ -175,9 +175,9 @@ def test_widths_of_other_models_are_named() -> None:
     def shapes(width: int, vocab: int = 49408) -> dict:
         cfg = EncoderConfig(vocab_size=vocab, hidden_size=width, num_layers=1, num_heads=1,
                             intermediate_size=4)
-        from tagsmith.sources import _expected_shapes
+        from tagsmith.sources import expected_shapes
 
-        return _expected_shapes(cfg)
+        return expected_shapes(cfg)
 
     with pytest.raises(UnsupportedModelError, match="SD 2.x text encoder"):
         encoder_config_from_shapes(shapes(1024), None, "te")
