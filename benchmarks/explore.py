@@ -92,6 +92,17 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+async def _time_scrolling(pilot) -> dict[str, float]:  # noqa: ANN001
+    """Milliseconds per page down and per row down, and for a jump to the last row."""
+    out = {"pagedown ms": await _time_keys(pilot, "pagedown"),
+           "down ms": await _time_keys(pilot, "down")}
+    t = time.perf_counter()
+    await pilot.press("end")
+    await pilot.pause()
+    out["end ms"] = (time.perf_counter() - t) * 1000
+    return out
+
+
 async def _time_keys(pilot, key: str, n: int = KEYS) -> float:  # noqa: ANN001
     t = time.perf_counter()
     for _ in range(n):
@@ -142,12 +153,7 @@ def child_tagsmith(path: Path) -> dict:
             await pilot.pause()
             view = app.screen.view
             out = {"rows": len(view)}
-            out["pagedown ms"] = await _time_keys(pilot, "pagedown")
-            out["down ms"] = await _time_keys(pilot, "down")
-            t = time.perf_counter()
-            await pilot.press("end")
-            await pilot.pause()
-            out["end ms"] = (time.perf_counter() - t) * 1000
+            out.update(await _time_scrolling(pilot))
             steps = ["b", "bo", "bot", "bott", "bottl", "bottle", "bottle n_tokens>1"]
             t = time.perf_counter()
             for q in steps:
@@ -205,12 +211,7 @@ def child_baseline(path: Path) -> dict:
         async with app.run_test(size=SIZE) as pilot:
             await pilot.pause()
             out = {"rows": app.query_one(DataTable).row_count}
-            out["pagedown ms"] = await _time_keys(pilot, "pagedown")
-            out["down ms"] = await _time_keys(pilot, "down")
-            t = time.perf_counter()
-            await pilot.press("end")
-            await pilot.pause()
-            out["end ms"] = (time.perf_counter() - t) * 1000
+            out.update(await _time_scrolling(pilot))
             t = time.perf_counter()
             app.query_one(DataTable).sort("count", key=lambda v: -1 if v is None else v)
             await pilot.pause()
