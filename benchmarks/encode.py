@@ -51,7 +51,7 @@ def full_size_weights(seed: int = 0) -> dict[str, torch.Tensor]:
     def rnd(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g) * 0.02
 
-    from tagsmith.sources import EncoderConfig, expected_shapes
+    from tagsmith.model.sources import EncoderConfig, expected_shapes
 
     w = {}
     for name, shape in expected_shapes(EncoderConfig()).items():  # SD1.5's ViT-L/14 text model
@@ -76,7 +76,7 @@ def save_checkpoint(weights: dict[str, torch.Tensor], path: Path) -> Path:
 
 
 def danbooru_tags(n: int, seed: int) -> list[str]:
-    from tagsmith.tokenizer import normalize_tag
+    from tagsmith.text.tokenizer import normalize_tag
 
     with DANBOORU.open(encoding="utf-8", newline="") as fh:
         rows = [r[0] for r in csv.reader(fh) if r]
@@ -107,8 +107,8 @@ def padded77(tok, tags: list[str]) -> torch.Tensor:  # noqa: ANN001
 
 
 def bench_throughput(args, model_path: Path, weights, tags: list[str]) -> dict:  # noqa: ANN001
-    from tagsmith.embedding import EncoderSettings, open_embedder
-    from tagsmith.tokenizer import load_tokenizer
+    from tagsmith.model.embedding import EncoderSettings, open_embedder
+    from tagsmith.text.tokenizer import load_tokenizer
 
     tok = load_tokenizer()
     emb = open_embedder(EncoderSettings(model=str(model_path), use_cache=False,
@@ -168,7 +168,7 @@ def bench_throughput(args, model_path: Path, weights, tags: list[str]) -> dict: 
 
 
 def bench_cache(args, model_path: Path, tags: list[str], cache_dir: Path) -> dict:  # noqa: ANN001
-    from tagsmith.embedding import EncoderSettings, open_embedder
+    from tagsmith.model.embedding import EncoderSettings, open_embedder
 
     settings = EncoderSettings(model=str(model_path), cache_dir=cache_dir, device=args.device,
                                dtype=args.dtype)
@@ -196,7 +196,7 @@ def bench_startup(args, model_path: Path, cache_dir: Path) -> dict:  # noqa: ANN
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel
 from safetensors.torch import load_file
-from tagsmith.tokenizer import load_tokenizer
+from tagsmith.text.tokenizer import load_tokenizer
 sd = load_file({str(model_path)!r})
 prefix = "cond_stage_model.transformer.text_model."
 sd = {{k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}}

@@ -34,7 +34,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from tagsmith.sources import EncoderConfig, expected_shapes  # noqa: E402
+from tagsmith.model.sources import EncoderConfig, expected_shapes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "cond_stage_model.transformer.text_model."
@@ -98,7 +98,7 @@ print("RESULT", int(hwm) * 1024, time.perf_counter() - t)
 
 FLOOR = """
 import torch
-import tagsmith.embedding, tagsmith.encoder
+import tagsmith.model.embedding, tagsmith.model.encoder
 """
 BASELINE_READ = """
 import torch
@@ -118,7 +118,7 @@ total = sum(float(v.sum()) for v in enc.values())  # use the weights, as a forwa
 """
 TAGSMITH = """
 import torch
-from tagsmith.embedding import EncoderSettings, open_embedder
+from tagsmith.model.embedding import EncoderSettings, open_embedder
 e = open_embedder(EncoderSettings(model=sys.argv[1], device="cpu", dtype="fp32", use_cache=False))
 v = e.embed(["mayonnaise bottle"])
 assert e.encoder().dtype == torch.float32

@@ -47,7 +47,7 @@ def full_size_model(folder: Path) -> Path:
     from safetensors.torch import save_file
     from tiny_models import position_ids, tiny_weights
 
-    from tagsmith.sources import EncoderConfig
+    from tagsmith.model.sources import EncoderConfig
 
     cfg = EncoderConfig()
     w = tiny_weights(seed=0, config=cfg)
@@ -76,7 +76,7 @@ def peak_rss_mb() -> float:
 def subset_texts(vocab: Path, n: int, seed: int = 0) -> list[int]:
     import numpy as np
 
-    from tagsmith.vocab import read_vocabulary
+    from tagsmith.text.vocab import read_vocabulary
 
     total = len(read_vocabulary(vocab))
     return sorted(np.random.default_rng(seed).choice(total, size=min(n, total),
@@ -89,9 +89,9 @@ def subset_texts(vocab: Path, n: int, seed: int = 0) -> list[int]:
 def worker_tagsmith(args: argparse.Namespace) -> dict:
     import numpy as np
 
-    from tagsmith.embedding import EncoderSettings, open_embedder
-    from tagsmith.score import score_vocabulary
-    from tagsmith.vocab import Vocabulary, read_vocabulary
+    from tagsmith.analysis.score import score_vocabulary
+    from tagsmith.model.embedding import EncoderSettings, open_embedder
+    from tagsmith.text.vocab import Vocabulary, read_vocabulary
 
     t0 = time.perf_counter()
     full = read_vocabulary(args.vocab)
@@ -117,8 +117,8 @@ def worker_baseline(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     from transformers import CLIPTextModel
 
-    from tagsmith.tokenizer import BOS_ID, EOS_ID, load_tokenizer
-    from tagsmith.vocab import read_vocabulary
+    from tagsmith.text.tokenizer import BOS_ID, EOS_ID, load_tokenizer
+    from tagsmith.text.vocab import read_vocabulary
 
     full = read_vocabulary(args.vocab)
     rows = json.loads(Path(args.rows).read_text())
@@ -157,7 +157,7 @@ def worker_baseline(args: argparse.Namespace) -> dict:
 def worker_neighbors(args: argparse.Namespace) -> dict:
     import numpy as np
 
-    from tagsmith.neighbors import nearest_neighbors, normalize_rows
+    from tagsmith.analysis.neighbors import nearest_neighbors, normalize_rows
 
     rng = np.random.default_rng(0)
     n = args.n
@@ -264,7 +264,7 @@ def bench_neighbors(args: argparse.Namespace) -> None:
 
 
 def bench_full(args: argparse.Namespace) -> None:
-    from tagsmith.score import read_score_metadata
+    from tagsmith.analysis.score import read_score_metadata
 
     model = full_size_model(BENCH)
     with tempfile.TemporaryDirectory() as tmp:

@@ -53,7 +53,7 @@ t = time.perf_counter()
 from transformers import CLIPTextModel, CLIPTokenizerFast
 rows = [r for r in csv.reader(open({str(vocab)!r}, encoding='utf-8'))]
 model = CLIPTextModel.from_pretrained({str(model)!r}).eval()
-from tagsmith.tokenizer import load_tokenizer
+from tagsmith.text.tokenizer import load_tokenizer
 tok = load_tokenizer()
 texts = {forms + neighbours!r}
 ids = [[49406] + tok.encode(x)[:75] + [49407] for x in texts]

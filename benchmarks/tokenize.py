@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from reference_clip_bpe import ReferenceClipBpe  # noqa: E402
 
-from tagsmith.tokenizer import (  # noqa: E402
+from tagsmith.text.tokenizer import (  # noqa: E402
     _clean_text_reference,
     clean_text,
     load_tokenizer,
@@ -134,7 +134,7 @@ def main() -> None:
     print(f"  tagsmith --help                              {help_s:8.3f} s")
     code = (
         "import time; t = time.perf_counter(); import tagsmith.cli; "
-        "from tagsmith.tokenizer import load_tokenizer; load_tokenizer(); "
+        "from tagsmith.text.tokenizer import load_tokenizer; load_tokenizer(); "
         "print(time.perf_counter() - t)"
     )
     inproc = []

@@ -11,13 +11,13 @@ same 256 with `</w>`, the first 48,894 merges, then `<|startoftext|>` (49406) an
 `<|endoftext|>` (49407): 49,408 ids.
 
 Text cleaning (ftfy, HTML unescaping, whitespace, lowercase) is not part of this file: the
-reference does it in Python and so does tagsmith (tagsmith.tokenizer.clean_text), because
+reference does it in Python and so does tagsmith (tagsmith.text.tokenizer.clean_text), because
 the Rust normalizers cannot reproduce ftfy.
 
 The pre-tokenizer stored here (the reference pattern, run by the Rust regex engine) is exact on
 ASCII text only. For other text tagsmith splits words in Python with the `regex` module, as the
 reference does, and feeds them to this same BPE with the Split step removed (see
-tagsmith.tokenizer). tests/test_tokenizer_parity.py checks that this script still rebuilds
+tagsmith.text.tokenizer). tests/test_tokenizer_parity.py checks that this script still rebuilds
 the shipped file (same JSON).
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
-from tagsmith.tokenizer import _byte_decoder
+from tagsmith.text.tokenizer import _byte_decoder
 
 DATA = Path(__file__).resolve().parent.parent / "tagsmith" / "_data"
 MERGES = DATA / "bpe_simple_vocab_16e6.txt.gz"

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tagsmith.tokenizer import load_tokenizer
+from tagsmith.text.tokenizer import load_tokenizer
 
 
 class BagOfTokensEmbedder:

@@ -13,14 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tagsmith.cache import (
-    CacheVariant,
-    EmbeddingCache,
-    SourceMemo,
-    default_cache_dir,
-    resolve_cache_dir,
-)
 from tagsmith.errors import CacheError
+from tagsmith.model.cache import CacheVariant, EmbeddingCache, SourceMemo
+from tagsmith.paths import default_cache_dir, resolve_cache_dir
 
 V1 = CacheVariant(1, "tag", "", "fp32")
 DIM = 16
@@ -36,7 +31,7 @@ CHILD_PRELUDE = textwrap.dedent(
     import sys, zlib
     from pathlib import Path
     import numpy as np
-    from tagsmith.cache import CacheVariant, EmbeddingCache
+    from tagsmith.model.cache import CacheVariant, EmbeddingCache
 
     def vec(text, dim=16):
         rng = np.random.default_rng(zlib.crc32(text.encode()))
@@ -204,7 +199,7 @@ TAGS = ["mayonnaise bottle", "wine bottle", "bottle", "1girl", "long hair", "cro
 
 
 def test_hits_skip_the_model_and_damage_is_recomputed(tiny_models, tmp_path: Path) -> None:  # noqa: ANN001
-    from tagsmith.embedding import EncoderSettings, open_embedder
+    from tagsmith.model.embedding import EncoderSettings, open_embedder
 
     settings = EncoderSettings(model=str(tiny_models.single_file()), cache_dir=tmp_path)
     with open_embedder(EncoderSettings(model=settings.model, use_cache=False)) as e:
@@ -229,7 +224,7 @@ def test_hits_skip_the_model_and_damage_is_recomputed(tiny_models, tmp_path: Pat
 
 
 def test_embedder_killed_mid_run_then_recomputes(tiny_models, tmp_path: Path) -> None:  # noqa: ANN001
-    from tagsmith.embedding import EncoderSettings, open_embedder
+    from tagsmith.model.embedding import EncoderSettings, open_embedder
 
     tags = [f"tag number {i}" for i in range(300)]
     model = str(tiny_models.single_file())
@@ -239,8 +234,8 @@ def test_embedder_killed_mid_run_then_recomputes(tiny_models, tmp_path: Path) ->
         import torch
         torch.set_num_threads(1)
         from pathlib import Path
-        from tagsmith.encoder import ClipTextEncoder
-        from tagsmith.embedding import EncoderSettings, open_embedder
+        from tagsmith.model.encoder import ClipTextEncoder
+        from tagsmith.model.embedding import EncoderSettings, open_embedder
         ClipTextEncoder.default_token_budget = lambda self: 12  # many small batches
         tags = [f"tag number {{i}}" for i in range(300)]
         e = open_embedder(EncoderSettings(model={model!r}, cache_dir=Path(sys.argv[1])))
@@ -274,8 +269,8 @@ def test_fingerprint_is_memoised_and_follows_the_file(
 ) -> None:
     import shutil
 
-    from tagsmith import embedding
-    from tagsmith.embedding import EncoderSettings, open_embedder
+    from tagsmith.model import embedding
+    from tagsmith.model.embedding import EncoderSettings, open_embedder
 
     model = tmp_path / "m.safetensors"
     shutil.copy(tiny_models.single_file(), model)

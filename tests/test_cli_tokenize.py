@@ -143,24 +143,24 @@ def test_prompt_mode_table(capsys):
 
 
 def test_keyboard_interrupt_exits_130(monkeypatch, capsys):
-    import tagsmith.prompt
+    import tagsmith.text.prompt
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tagsmith.prompt, "analyze_tags", boom)
+    monkeypatch.setattr(tagsmith.text.prompt, "analyze_tags", boom)
     assert run(["tokenize", "bottle"]) == EXIT_INTERRUPTED
     assert "Interrupted" in capsys.readouterr().err
 
 
 def test_unexpected_tagsmith_error_exit_code(monkeypatch, capsys):
-    import tagsmith.prompt
+    import tagsmith.text.prompt
     from tagsmith.errors import InputError
 
     def fail(*a, **k):
         raise InputError("Something specific went wrong.")
 
-    monkeypatch.setattr(tagsmith.prompt, "analyze_tags", fail)
+    monkeypatch.setattr(tagsmith.text.prompt, "analyze_tags", fail)
     assert run(["tokenize", "bottle"]) == EXIT_FAILURE
     assert capsys.readouterr().err.strip() == "Error: Something specific went wrong."
 

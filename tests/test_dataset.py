@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tagsmith import dataset as ds_mod
-from tagsmith.dataset import (
+from tagsmith.captions import dataset as ds_mod
+from tagsmith.captions.dataset import (
     analyze_dataset,
     build_cooccurrence,
     correlated_tags,

@@ -96,7 +96,7 @@ def test_no_model_found_is_a_one_line_notice(tmp_path, capsys, monkeypatch):
 
 
 def test_model_column_with_a_tiny_encoder(tmp_path, capsys, tiny_model):
-    from tagsmith.embedding import EncoderSettings, open_embedder
+    from tagsmith.model.embedding import EncoderSettings, open_embedder
 
     root = make_dataset(tmp_path / "ds")
     assert run(["dataset", str(root), "--json", "-m", str(tiny_model), "--no-cache"]) == EXIT_OK

@@ -25,7 +25,7 @@ def _one_torch_thread():  # noqa: ANN202
 
 
 def library_vectors(model: Path, texts: list[str], **kw) -> np.ndarray:  # noqa: ANN003
-    from tagsmith.embedding import EncoderSettings, open_embedder
+    from tagsmith.model.embedding import EncoderSettings, open_embedder
 
     with open_embedder(EncoderSettings(model=str(model), use_cache=False, **kw)) as e:
         return e.embed(texts)

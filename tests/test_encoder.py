@@ -16,15 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from tagsmith.embedding import EncoderSettings, open_embedder
-from tagsmith.encoder import (
-    ClipTextEncoder,
-    inspect_pickle,
-    load_text_encoder,
-    select_device,
-    select_dtype,
-    torch_load_checkpoint,
-)
 from tagsmith.errors import (
     InputError,
     ModelError,
@@ -32,8 +23,17 @@ from tagsmith.errors import (
     UnsupportedModelError,
     UsageError,
 )
-from tagsmith.sources import resolve_source
-from tagsmith.tokenizer import BOS_ID, EOS_ID, load_tokenizer
+from tagsmith.model.embedding import EncoderSettings, open_embedder
+from tagsmith.model.encoder import (
+    ClipTextEncoder,
+    inspect_pickle,
+    load_text_encoder,
+    select_device,
+    select_dtype,
+    torch_load_checkpoint,
+)
+from tagsmith.model.sources import resolve_source
+from tagsmith.text.tokenizer import BOS_ID, EOS_ID, load_tokenizer
 
 TAGS = [
     "mayonnaise bottle", "mayonnaise container", "mayonnaise-container", "bottle", "wine bottle",
@@ -229,7 +229,7 @@ def test_hub_cache_layout_gives_identical_embeddings(
 
 
 def test_ckpt_inspection_matches_safetensors(tiny_models) -> None:  # noqa: ANN001
-    from tagsmith.sources import safetensors_fingerprint
+    from tagsmith.model.sources import safetensors_fingerprint
 
     ins = inspect_pickle(resolve_source(str(tiny_models.ckpt())))
     assert ins.source.config == reference_config()
@@ -320,7 +320,7 @@ def test_token_embedding_table(tiny_models) -> None:  # noqa: ANN001
 
 def test_opening_a_model_does_not_import_torch(tiny_models) -> None:  # noqa: ANN001
     code = (
-        "import sys; from tagsmith.embedding import EncoderSettings, open_embedder\n"
+        "import sys; from tagsmith.model.embedding import EncoderSettings, open_embedder\n"
         f"e = open_embedder(EncoderSettings(model={str(tiny_models.single_file())!r}))\n"
         "t = e.token_embedding_table()\n"
         "print(e.fingerprint, e.dim, t.shape, 'torch' in sys.modules)\n"
@@ -338,7 +338,7 @@ def test_prefix_trees_hold_each_distinct_prefix_once() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from tagsmith.prefix_tree import prefix_trees
+    from tagsmith.model.prefix_tree import prefix_trees
 
     seq = st.lists(st.integers(0, 5), min_size=1, max_size=8)  # few ids: many shared prefixes
 
@@ -363,7 +363,7 @@ def test_prefix_trees_hold_each_distinct_prefix_once() -> None:
 
 
 def test_prefix_tree_shares_what_sorted_neighbours_share() -> None:
-    from tagsmith.prefix_tree import prefix_trees
+    from tagsmith.model.prefix_tree import prefix_trees
 
     # hand count: a; a b; a b c; a d; e  -> a, ab, abc, ad, e = 5 nodes for 11 tokens
     seqs = [[1, 2, 3], [5], [1, 2], [1, 4], [1], [1, 2, 3]]
@@ -379,7 +379,7 @@ def test_danbooru_sample_matches_padded_to_77(tiny_models, reference, danbooru_c
     import csv
     import random
 
-    from tagsmith.tokenizer import normalize_tag
+    from tagsmith.text.tokenizer import normalize_tag
 
     with danbooru_csv.open(encoding="utf-8", newline="") as fh:
         rows = [r[0] for r in csv.reader(fh) if r]
@@ -394,7 +394,7 @@ def test_danbooru_sample_matches_padded_to_77(tiny_models, reference, danbooru_c
 
 
 def test_numpy_encoder_token_states_and_info(tiny_models, reference) -> None:  # noqa: ANN001
-    from tagsmith.encoder_np import NumpyTextEncoder
+    from tagsmith.model.encoder_np import NumpyTextEncoder
 
     states, spans, _ = _reference_states(reference, TAGS[:6])
     with open_embedder(EncoderSettings(model=str(tiny_models.single_file()),
@@ -425,7 +425,7 @@ def test_numpy_encoder_eos_and_fp16_weights(tiny_models, reference) -> None:  # 
 
 
 def test_large_job_moves_from_numpy_to_torch(tiny_models, monkeypatch) -> None:  # noqa: ANN001
-    import tagsmith.encoder_np as enp
+    import tagsmith.model.encoder_np as enp
 
     with open_embedder(EncoderSettings(model=str(tiny_models.single_file()),
                                        use_cache=False)) as emb:
@@ -451,7 +451,7 @@ def test_small_cpu_job_never_imports_torch(tiny_models, tmp_path) -> None:  # no
     model = tiny_models.single_file()
     code = (
         "import sys\n"
-        "from tagsmith.embedding import EncoderSettings, open_embedder\n"
+        "from tagsmith.model.embedding import EncoderSettings, open_embedder\n"
         f"s = EncoderSettings(model={str(model)!r}, device='cpu', cache_dir={str(tmp_path)!r})\n"
         "with open_embedder(s) as e:\n"
         "    v = e.embed(['mayonnaise bottle', 'wine bottle'])\n"
@@ -462,7 +462,7 @@ def test_small_cpu_job_never_imports_torch(tiny_models, tmp_path) -> None:  # no
 
 
 def test_a_job_announced_as_large_starts_on_torch(tiny_models, monkeypatch) -> None:  # noqa: ANN001
-    import tagsmith.encoder_np as enp
+    import tagsmith.model.encoder_np as enp
 
     monkeypatch.delitem(sys.modules, "torch")  # as in a fresh CLI process (restored after)
     with open_embedder(EncoderSettings(model=str(tiny_models.single_file()),

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from tagsmith.neighbors import (
+from tagsmith.analysis.neighbors import (
     Neighbors,
     block_rows_for,
     nearest_neighbors,

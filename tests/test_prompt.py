@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tagsmith.prompt import (
+from tagsmith.text.prompt import (
     analysed_tag_text,
     expand_first_step,
     layout_prompt,
@@ -12,7 +12,7 @@ from tagsmith.prompt import (
     split_prompt_tags,
     strip_tag_syntax,
 )
-from tagsmith.tokenizer import COMMA_ID, EOS_ID
+from tagsmith.text.tokenizer import COMMA_ID, EOS_ID
 
 
 def _pairs(prompt: str) -> list[list]:

@@ -15,10 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tagsmith import retag as rt
-from tagsmith.dataset import parse_caption_text, tag_key
-from tagsmith.errors import DatasetError, UsageError
-from tagsmith.retag import (
+from tagsmith.captions import retag as rt
+from tagsmith.captions.dataset import parse_caption_text, tag_key
+from tagsmith.captions.retag import (
     apply_retag,
     list_backups,
     parse_maps,
@@ -26,6 +25,7 @@ from tagsmith.retag import (
     rewrite_caption_text,
     undo_last_retag,
 )
+from tagsmith.errors import DatasetError, UsageError
 
 MAYO = ["mayonnaise bottle=mayonnaise-container"]
 

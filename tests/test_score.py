@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 from fake_embedder import BagOfTokensEmbedder, random_table
 
-from tagsmith.cli import run
-from tagsmith.errors import FileFormatError, InputError, UsageError
-from tagsmith.score import (
+from tagsmith.analysis.score import (
     COLUMNS,
     ScoreNeighbor,
     ScoreRow,
@@ -30,8 +28,10 @@ from tagsmith.score import (
     select_entries,
     write_scores,
 )
-from tagsmith.tokenizer import load_tokenizer
-from tagsmith.vocab import Vocabulary, read_vocabulary
+from tagsmith.cli import run
+from tagsmith.errors import FileFormatError, InputError, UsageError
+from tagsmith.text.tokenizer import load_tokenizer
+from tagsmith.text.vocab import Vocabulary, read_vocabulary
 
 VOCAB = (
     "bottle,0,71684,bottles\n"
@@ -380,7 +380,7 @@ def test_danbooru_token_columns(danbooru_csv: Path) -> None:
 
 
 def tiny_embedder(model: Path):  # noqa: ANN201
-    from tagsmith.embedding import EncoderSettings, open_embedder
+    from tagsmith.model.embedding import EncoderSettings, open_embedder
 
     return open_embedder(EncoderSettings(model=str(model)))
 
@@ -481,7 +481,7 @@ def test_cli_bad_input(vocab_path: Path, tmp_path: Path, capsys, args, code, mes
 def test_cli_parquet_without_pyarrow_fails_before_work(
     vocab_path: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    import tagsmith.score as score_mod
+    import tagsmith.analysis.score as score_mod
 
     def missing() -> None:
         raise InputError("Parquet needs pyarrow: pip install 'tagsmith[parquet]'.")
@@ -495,9 +495,9 @@ def test_cli_parquet_without_pyarrow_fails_before_work(
 def test_cli_interrupt_then_resume(
     vocab_path: Path, tmp_path: Path, tiny_model: Path, monkeypatch, capsys
 ) -> None:
-    import tagsmith.score as score_mod
-    from tagsmith.embedding import TagEmbedder
-    from tagsmith.encoder import ClipTextEncoder
+    import tagsmith.analysis.score as score_mod
+    from tagsmith.model.embedding import TagEmbedder
+    from tagsmith.model.encoder import ClipTextEncoder
 
     monkeypatch.setattr(score_mod, "EMBED_CHUNK", 4)
     encoded: list[int] = []

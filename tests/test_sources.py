@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tagsmith.errors import ModelNotFoundError, TagsmithError, UnsupportedModelError
-from tagsmith.sources import (
+from tagsmith.model.sources import (
     DEFAULT_MODEL,
     EncoderConfig,
     encoder_config_from_shapes,
@@ -106,7 +106,7 @@ def test_pickle_checkpoints_are_recognised_without_opening(tiny_models) -> None:
     for path in (tiny_models.ckpt(), tiny_models.ckpt(legacy=True)):
         src = resolve_source(str(path))
         assert src.format == "pickle"
-        assert src.config is None  # torch.load happens in tagsmith.encoder
+        assert src.config is None  # torch.load happens in tagsmith.model.encoder
 
 
 def test_sniff_format(tiny_models, tmp_path: Path) -> None:  # noqa: ANN001
@@ -175,7 +175,7 @@ def test_widths_of_other_models_are_named() -> None:
     def shapes(width: int, vocab: int = 49408) -> dict:
         cfg = EncoderConfig(vocab_size=vocab, hidden_size=width, num_layers=1, num_heads=1,
                             intermediate_size=4)
-        from tagsmith.sources import expected_shapes
+        from tagsmith.model.sources import expected_shapes
 
         return expected_shapes(cfg)
 
@@ -263,7 +263,7 @@ def test_fingerprint_is_stable_across_processes(tiny_models) -> None:  # noqa: A
     path = tiny_models.single_file()
     here = safetensors_fingerprint(resolve_source(str(path)))
     code = (
-        "import sys; from tagsmith.sources import resolve_source, safetensors_fingerprint; "
+        "import sys; from tagsmith.model.sources import resolve_source, safetensors_fingerprint; "
         f"print(safetensors_fingerprint(resolve_source({str(path)!r}))); "
         "assert 'torch' not in sys.modules"
     )

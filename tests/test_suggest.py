@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from fake_embedder import BagOfTokensEmbedder
 
-from tagsmith.ranking import ScoreWeights, cosine_matrix
-from tagsmith.suggest import SuggestOptions, suggest
-from tagsmith.tokenizer import load_tokenizer
-from tagsmith.trigger import TriggerOptions, rank_triggers
+from tagsmith.analysis.ranking import ScoreWeights, cosine_matrix
+from tagsmith.analysis.suggest import SuggestOptions, suggest
+from tagsmith.analysis.trigger import TriggerOptions, rank_triggers
+from tagsmith.text.tokenizer import load_tokenizer
 
 DIM = 64
 
@@ -207,8 +207,8 @@ def test_trigger_penalises_avoid_collision(geometry_table):
 
 
 def test_nearest_shortlist_pool_is_cached_per_model(geometry_table, vocab_file, tmp_path):
-    from tagsmith.suggest import _static_vectors, nearest_shortlist
-    from tagsmith.vocab_index import load_vocab_index
+    from tagsmith.analysis.suggest import _static_vectors, nearest_shortlist
+    from tagsmith.text.vocab_index import load_vocab_index
 
     index = load_vocab_index(vocab_file, cache_dir=tmp_path)
     assert index.cache_file is not None

@@ -15,7 +15,7 @@ import torch
 from tiny_models import TINY, save_hf_folder, save_single_file, tiny_weights
 
 from tagsmith.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, run
-from tagsmith.tokenizer import load_tokenizer
+from tagsmith.text.tokenizer import load_tokenizer
 
 H = TINY.hidden_size
 DESIGNED = 16  # dims 0..15 hold the designed directions; other tokens live in dims 16+

@@ -1,4 +1,4 @@
-"""Unit tests for tag normalisation and the analysis objects of tagsmith.tokenizer.
+"""Unit tests for tag normalisation and the analysis objects of tagsmith.text.tokenizer.
 
 Id-for-id parity with CLIP's reference tokenizer lives in test_tokenizer_parity.py.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tagsmith.tokenizer import (
+from tagsmith.text.tokenizer import (
     CHUNK_LENGTH,
     EOS_ID,
     TAGCOMPLETE_UNDERSCORE_EXCLUSIONS,
@@ -240,7 +240,7 @@ def test_concurrent_use_from_threads() -> None:
 def test_ascii_tags_never_import_ftfy_regex_or_torch() -> None:
     code = (
         "import sys\n"
-        "from tagsmith.tokenizer import load_tokenizer\n"
+        "from tagsmith.text.tokenizer import load_tokenizer\n"
         "tok = load_tokenizer()\n"
         "assert tok.analyze_batch(['long_hair', 'mayonnaise bottle'])[1].n_tokens == 3\n"
         "print(sorted(m for m in ('ftfy', 'regex', 'torch', 'transformers') if m in sys.modules))\n"

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from reference_clip_bpe import ReferenceClipBpe
 
-from tagsmith.tokenizer import (
+from tagsmith.text.tokenizer import (
     BOS_ID,
     COMMA_ID,
     EOS_ID,

@@ -67,8 +67,8 @@ def run(coro):  # noqa: ANN001, ANN201
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     """ScoreRows of VOCAB from the score library with a fixed bag-of-tokens encoder."""
-    from tagsmith.score import score_vocabulary
-    from tagsmith.vocab import read_vocabulary
+    from tagsmith.analysis.score import score_vocabulary
+    from tagsmith.text.vocab import read_vocabulary
 
     folder = tmp_path_factory.mktemp("vocab")
     path = folder / "tags.csv"
@@ -80,7 +80,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
 @pytest.fixture
 def score_csv(scored, tmp_path: Path) -> Path:  # noqa: ANN001
-    from tagsmith.score import write_scores
+    from tagsmith.analysis.score import write_scores
 
     return write_scores(scored, tmp_path / "scores.csv")
 
@@ -249,7 +249,7 @@ def test_status_explains_a_lookalike_that_matches_nothing() -> None:
 @pytest.mark.parametrize("tag", ["mayonnaise bottle", "cross-arm", "crossarm", "1girl", "^_^",
                                  "hijikata toushirou (gintama)", "caf\u00e9 au lait"])
 def test_words_from_pieces_agree_with_the_tokenizer(tag: str) -> None:
-    from tagsmith.tokenizer import load_tokenizer
+    from tagsmith.text.tokenizer import load_tokenizer
 
     a = load_tokenizer().analyze(tag)
     words = words_from_pieces(a.tokens)
@@ -272,7 +272,7 @@ def test_split_text_by_hand() -> None:
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
 def test_column_reader_agrees_with_read_score_file(scored, tmp_path: Path, fmt: str) -> None:  # noqa: ANN001
-    from tagsmith.score import read_score_file, write_scores
+    from tagsmith.analysis.score import read_score_file, write_scores
 
     path = write_scores(scored, tmp_path / f"scores.{fmt}")
     reference = read_score_file(path)
@@ -314,7 +314,7 @@ def test_table_over_a_score_file(score_csv: Path, scored) -> None:  # noqa: ANN0
 
 def test_big_file_sends_its_first_rows_early(scored, tmp_path: Path,  # noqa: ANN001
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from tagsmith.score import write_scores
+    from tagsmith.analysis.score import write_scores
     from tagsmith.tui import scorefile
 
     monkeypatch.setattr(scorefile, "FIRST_CHUNK_ROWS", 5)
@@ -346,7 +346,7 @@ def test_bad_score_files_raise_one_sentence(tmp_path: Path, content: bytes, mess
 
 
 def test_header_only_file_is_an_empty_table(tmp_path: Path) -> None:
-    from tagsmith.score import COLUMNS
+    from tagsmith.analysis.score import COLUMNS
 
     path = tmp_path / "empty.csv"
     path.write_text(",".join(COLUMNS) + "\n", encoding="utf-8")
@@ -469,7 +469,7 @@ def test_app_marks_exports_and_returns_marks(score_csv: Path, tmp_path: Path) ->
 
 
 def test_app_drills_into_suggest_and_back(score_csv: Path) -> None:
-    from tagsmith.suggest import suggest
+    from tagsmith.analysis.suggest import suggest
     from tagsmith.tui.app import RankingScreen, SuggestSource
 
     expected = [rc.form for rc in suggest("mayonnaise bottle").candidates]
@@ -508,7 +508,7 @@ def test_app_drills_into_suggest_and_back(score_csv: Path) -> None:
 
 def test_app_suggest_with_a_model(tmp_path: Path) -> None:
     """A suggest ranking with an encoder: score columns, rank order and similarity bars."""
-    from tagsmith.suggest import SuggestOptions, suggest
+    from tagsmith.analysis.suggest import SuggestOptions, suggest
     from tagsmith.tui.app import ExploreApp, SuggestSource
     from tagsmith.tui.widgets import DetailPane
 
@@ -553,7 +553,7 @@ def test_app_suggest_with_a_model(tmp_path: Path) -> None:
 
 
 def test_app_detail_pane_scrolls_with_shift_j_k() -> None:
-    from tagsmith.suggest import SuggestOptions
+    from tagsmith.analysis.suggest import SuggestOptions
     from tagsmith.tui.app import ExploreApp, SuggestSource
     from tagsmith.tui.widgets import DetailPane
 
@@ -578,8 +578,8 @@ def test_app_detail_pane_scrolls_with_shift_j_k() -> None:
 @pytest.mark.slow
 def test_app_suggest_with_a_tiny_text_encoder(tiny_model: Path) -> None:
     """The real encoder path: open_model on a tiny random SD1.5-style checkpoint."""
-    from tagsmith.embedding import EncoderSettings
-    from tagsmith.suggest import open_model, suggest
+    from tagsmith.analysis.suggest import open_model, suggest
+    from tagsmith.model.embedding import EncoderSettings
     from tagsmith.tui.app import ExploreApp, SuggestSource
 
     settings = EncoderSettings(model=str(tiny_model))
@@ -681,7 +681,7 @@ def test_app_fits_80x24_and_goes_side_by_side_when_wide(score_csv: Path) -> None
 
 def test_app_scrolls_a_long_table(tmp_path: Path) -> None:
     """3,000 rows: paging to the end draws the last rows; nothing else is drawn."""
-    from tagsmith.score import ScoreRow, write_scores
+    from tagsmith.analysis.score import ScoreRow, write_scores
     from tagsmith.tui.widgets import RankingView
 
     rows = [ScoreRow(tag=f"tag_{i:05d}", text=f"tag {i:05d}", count=3_000 - i, category=0,

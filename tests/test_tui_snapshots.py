@@ -23,8 +23,8 @@ SCORE_NAME = "danbooru-scores.csv"
 
 @pytest.fixture(scope="module")
 def score_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tagsmith.score import score_vocabulary, write_scores
-    from tagsmith.vocab import read_vocabulary
+    from tagsmith.analysis.score import score_vocabulary, write_scores
+    from tagsmith.text.vocab import read_vocabulary
 
     folder = tmp_path_factory.mktemp("snap")
     vocab = folder / "tags.csv"
@@ -41,7 +41,7 @@ def score_app(path: Path):  # noqa: ANN201
 
 
 def suggest_app(model: bool):  # noqa: ANN201
-    from tagsmith.suggest import SuggestOptions
+    from tagsmith.analysis.suggest import SuggestOptions
     from tagsmith.tui.app import ExploreApp, SuggestSource
 
     emb = BagOfTokensEmbedder(random_table(32, 7))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tagsmith.tokenizer import load_tokenizer
-from tagsmith.variants import (
+from tagsmith.text.tokenizer import load_tokenizer
+from tagsmith.text.variants import (
     HYPHEN,
     JOINED,
     SPACED,
@@ -19,7 +19,7 @@ from tagsmith.variants import (
     tag_words,
     trigger_forms,
 )
-from tagsmith.vocab_index import VocabIndex, load_vocab_index
+from tagsmith.text.vocab_index import VocabIndex, load_vocab_index
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tagsmith.errors import FileFormatError, InputError
-from tagsmith.tokenizer import normalize_tag
-from tagsmith.vocab import (
+from tagsmith.text.tokenizer import normalize_tag
+from tagsmith.text.vocab import (
     RowProblem,
     VocabEntry,
     Vocabulary,

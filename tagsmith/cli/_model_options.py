@@ -116,7 +116,7 @@ def settings_from_options(
     no_cache: bool = False,
 ):  # noqa: ANN201 - EncoderSettings, imported lazily
     """EncoderSettings from the shared options, checked (UsageError, exit 2, when invalid)."""
-    from tagsmith.embedding import EncoderSettings
+    from tagsmith.model.embedding import EncoderSettings
 
     return EncoderSettings(
         model=model,

@@ -37,7 +37,7 @@ def _pct(x: float) -> str:
 
 
 def _open_embedder(settings):  # noqa: ANN001, ANN202 - EncoderSettings -> TagEmbedder
-    from tagsmith.embedding import open_embedder
+    from tagsmith.model.embedding import open_embedder
 
     return open_embedder(settings)
 
@@ -108,8 +108,8 @@ def dataset_command(
     no_cache: NoCacheOption = False,
 ) -> None:
     """Tag statistics, token budgets, and tags entangled in the captions and in the model."""
+    from tagsmith.captions.dataset import load_dataset, report_from_dataset
     from tagsmith.cli._console import err_console
-    from tagsmith.dataset import load_dataset, report_from_dataset
 
     embed = None
     if not no_model:
@@ -342,8 +342,8 @@ def retag_command(
     """Rename tags in every caption file, with a diff first, a backup, and --undo."""
     from rich.text import Text
 
+    from tagsmith.captions.retag import apply_retag, parse_maps, plan_retag, undo_last_retag
     from tagsmith.cli._console import console, err_console
-    from tagsmith.retag import apply_retag, parse_maps, plan_retag, undo_last_retag
 
     if undo:
         if maps:

@@ -80,8 +80,8 @@ def embed_command(
     if not given:
         raise UsageError("Give tags to embed as arguments or with --file.")
 
-    from tagsmith.embedding import open_embedder
-    from tagsmith.tokenizer import normalize_tag
+    from tagsmith.model.embedding import open_embedder
+    from tagsmith.text.tokenizer import normalize_tag
 
     texts = [normalize_tag(t) for t in given]
     embedder = open_embedder(settings)
@@ -125,7 +125,7 @@ def _tags_from_file(path: Path) -> list[str]:
 
     if str(path) == "-":
         return [line.strip() for _, line in read_tag_lines(path)]
-    from tagsmith.vocab import read_vocabulary
+    from tagsmith.text.vocab import read_vocabulary
 
     vocab = read_vocabulary(path, underscores=True)
     if vocab.format == "plain":

@@ -70,9 +70,9 @@ def explore_command(
     Marked tags are printed on standard output when you quit, one per line, so
     `tagsmith explore scores.csv > picked.txt` keeps them.
     """
+    from tagsmith.analysis.ranking import ScoreWeights
+    from tagsmith.analysis.suggest import SuggestOptions
     from tagsmith.cli._model_options import settings_from_options
-    from tagsmith.ranking import ScoreWeights
-    from tagsmith.suggest import SuggestOptions
     from tagsmith.tui.loaders import check_score_path, looks_like_score_file
 
     score_weights = ScoreWeights.parse(weights) if weights else ScoreWeights()
@@ -103,7 +103,7 @@ def explore_command(
     _require_terminal()
 
     def load_model():  # noqa: ANN202 - (TagEmbedder | None, notice)
-        from tagsmith.suggest import open_model
+        from tagsmith.analysis.suggest import open_model
 
         return open_model(settings, explicit=model is not None)
 

@@ -79,11 +79,16 @@ def score_command(
 ) -> None:
     """Score every tag of a vocabulary: token split, nearest tags, and leakage risk towards
     more frequent tags that share its head token. Writes one row per tag to OUT."""
+    from tagsmith.analysis.score import (
+        _pyarrow,
+        format_for_path,
+        parse_categories,
+        score_vocabulary,
+    )
+    from tagsmith.analysis.suggest import open_model
     from tagsmith.cli._console import console, err_console
     from tagsmith.errors import UsageError
-    from tagsmith.score import _pyarrow, format_for_path, parse_categories, score_vocabulary
-    from tagsmith.suggest import open_model
-    from tagsmith.vocab import default_vocab_path, read_vocabulary
+    from tagsmith.text.vocab import default_vocab_path, read_vocabulary
 
     path = vocab or default_vocab_path()
     if path is None:
@@ -135,7 +140,7 @@ def score_command(
             embedder.close()
     for note in (embedder.notes if embedder is not None else []):
         err_console.print(f"Note: {note}", highlight=False, markup=False)
-    from tagsmith.score import write_scores
+    from tagsmith.analysis.score import write_scores
 
     write_scores(result.rows, output, out_format, summary=result.summary)
     _print_summary(console, result, output, top)
@@ -215,7 +220,7 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
 def _print_summary(console: Any, result: Any, output: Path, top: int) -> None:
     from rich.table import Table
 
-    from tagsmith.tokenizer import normalize_tag
+    from tagsmith.text.tokenizer import normalize_tag
 
     s = result.summary
     pct = 100 * s.n_split / s.n_tags if s.n_tags else 0

@@ -147,9 +147,9 @@ def suggest_command(
 
     Forms: spaced, hyphenated, underscore, joined, and substitutions by nearby known words.
     """
+    from tagsmith.analysis.ranking import ScoreWeights
+    from tagsmith.analysis.suggest import SuggestOptions, open_model, suggest
     from tagsmith.cli._console import console, err_console
-    from tagsmith.ranking import ScoreWeights
-    from tagsmith.suggest import SuggestOptions, open_model, suggest
 
     avoid_tags = list(avoid or [])
     if dataset is not None:
@@ -184,7 +184,7 @@ def suggest_command(
     if csv_path is not None:
         write_suggest_csv(csv_path, result)
     if plot is not None and result.has_similarity:
-        from tagsmith.plot import plot_similarity
+        from tagsmith.analysis.plot import plot_similarity
 
         rows, cols, m = result.similarity_matrix()
         roles = [n.role for n in result.neighbors]
@@ -212,7 +212,7 @@ def suggest_command(
 
 
 def _dataset_avoid(dataset: Path, tag: str) -> list[str]:
-    from tagsmith.dataset import correlated_tags
+    from tagsmith.captions.dataset import correlated_tags
 
     return correlated_tags(dataset, tag)
 

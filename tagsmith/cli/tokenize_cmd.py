@@ -37,7 +37,7 @@ def render_pieces(tokens, *, start_style: int = 0):  # noqa: ANN001, ANN201 - ri
     """Colour-coded pieces; a dim `</w>` marks a piece that ends a word."""
     from rich.text import Text
 
-    from tagsmith.tokenizer import WORD_END, piece_text
+    from tagsmith.text.tokenizer import WORD_END, piece_text
 
     text = Text()
     for i, piece in enumerate(tokens):
@@ -52,7 +52,7 @@ def render_pieces(tokens, *, start_style: int = 0):  # noqa: ANN001, ANN201 - ri
 def render_words(analysis):  # noqa: ANN001, ANN201 - rich Text
     from rich.text import Text
 
-    from tagsmith.tokenizer import piece_text
+    from tagsmith.text.tokenizer import piece_text
 
     text = Text()
     shown = [w for w in analysis.words if not w.is_punctuation]
@@ -105,7 +105,7 @@ def tokenize_command(
         _tokenize_prompt(", ".join(t for _, t in pairs), underscores=underscores, as_json=as_json)
         return
 
-    from tagsmith.prompt import analyze_tags, tag_warnings
+    from tagsmith.text.prompt import analyze_tags, tag_warnings
 
     analyses = analyze_tags([t for _, t in pairs], underscores=underscores)
     warnings = []
@@ -146,7 +146,7 @@ def _tokenize_prompt(prompt: str, *, underscores: bool, as_json: bool) -> None:
     from rich.table import Table
 
     from tagsmith.cli._console import console
-    from tagsmith.prompt import layout_prompt
+    from tagsmith.text.prompt import layout_prompt
 
     layout = layout_prompt(prompt, underscores=underscores)
     if as_json:

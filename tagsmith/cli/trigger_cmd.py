@@ -88,13 +88,13 @@ def trigger_command(
     Good triggers reuse known tokens without colliding with strong or correlated tags; with
     --part, family members (cross-arm, cross-chest) must also stay distinct.
     """
+    from tagsmith.analysis.suggest import open_model
+    from tagsmith.analysis.trigger import TriggerOptions, rank_triggers
     from tagsmith.cli._console import console, err_console
-    from tagsmith.suggest import open_model
-    from tagsmith.trigger import TriggerOptions, rank_triggers
 
     avoid_tags = list(avoid or [])
     if dataset is not None:
-        from tagsmith.dataset import correlated_tags
+        from tagsmith.captions.dataset import correlated_tags
 
         avoid_tags += correlated_tags(dataset, concept)
     base = TriggerOptions()
@@ -129,7 +129,7 @@ def trigger_command(
     if csv_path is not None:
         write_trigger_csv(csv_path, result)
     if plot is not None and result.has_similarity:
-        from tagsmith.plot import plot_similarity
+        from tagsmith.analysis.plot import plot_similarity
 
         rows, cols, m = trigger_matrix(result)
         plot_similarity(
@@ -152,7 +152,7 @@ def trigger_command(
 def _weights(spec: str | None, default: Any) -> Any:
     from dataclasses import replace
 
-    from tagsmith.ranking import ScoreWeights
+    from tagsmith.analysis.ranking import ScoreWeights
 
     if not spec:
         return default

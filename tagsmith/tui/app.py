@@ -480,7 +480,7 @@ class ExploreApp(App[list[str]]):
             return self._model
 
     def run_suggest(self, tag: str, options: Any, progress: Callable[[str], None]) -> Any:
-        from tagsmith.suggest import SuggestOptions, suggest
+        from tagsmith.analysis.suggest import SuggestOptions, suggest
 
         embedder, notice = self.embedder(progress)
         opts = options if options is not None else (self.suggest_options or SuggestOptions())

@@ -1,6 +1,6 @@
 """Turn the library's results into explore tables: score files and suggest rankings.
 
-The TUI shows what ``tagsmith score`` wrote and what ``tagsmith.suggest.suggest`` returned;
+The TUI shows what ``tagsmith score`` wrote and what ``tagsmith.analysis.suggest.suggest`` returned;
 it computes nothing of its own. This module does not import Textual, so the CLI can check a
 path and the tests can build tables without starting an app.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from tagsmith.errors import FileFormatError, InputError
-from tagsmith.tokenizer import WORD_END
+from tagsmith.text.tokenizer import WORD_END
 from tagsmith.tui.table import (
     BOOL,
     FLOAT,
@@ -345,7 +345,7 @@ def _as_text(tag: str | None) -> str:
     ``wine bottle``), as the score file's own ``text`` column does."""
     if not tag:
         return ""
-    from tagsmith.tokenizer import normalize_tag
+    from tagsmith.text.tokenizer import normalize_tag
 
     return normalize_tag(tag)
 
@@ -355,7 +355,7 @@ def _plain(piece: str) -> str:
     if piece.isascii():
         # Byte-level pieces of printable ASCII are the characters themselves.
         return piece.removesuffix(WORD_END)
-    from tagsmith.tokenizer import piece_text
+    from tagsmith.text.tokenizer import piece_text
 
     return piece_text(piece)
 

@@ -1,12 +1,12 @@
 """Score files read column by column, so the explorer opens 140k rows in a blink.
 
-``tagsmith.score.read_score_file`` builds one ``ScoreRow`` per tag, parsing every row's
+``tagsmith.analysis.score.read_score_file`` builds one ``ScoreRow`` per tag, parsing every row's
 neighbour list; for the full Danbooru list that is most of the time to first paint. The table
 needs whole columns, and the neighbours of one row at a time, so this reader keeps the
 columns as they come out of the file (CSV cells, JSON values, Arrow arrays), turns the numeric
 ones into numpy arrays, and builds a ``ScoreRow`` only for the row on screen.
 
-It follows the schema in ``tagsmith.score``'s docstring. Any file it cannot read is handed
+It follows the schema in ``tagsmith.analysis.score``'s docstring. Any file it cannot read is handed
 to ``read_score_file``, whose sentence (with the bad line) is what the user sees; tests check
 that both readers agree cell for cell on every format.
 """
@@ -55,10 +55,10 @@ class ScoreColumns:
         return len(self.text["tag"])
 
     def row(self, i: int) -> Any:
-        """The ``tagsmith.score.ScoreRow`` of row ``i``."""
+        """The ``tagsmith.analysis.score.ScoreRow`` of row ``i``."""
         if self._rows is not None:
             return self._rows[i]
-        from tagsmith.score import ScoreNeighbor, ScoreRow
+        from tagsmith.analysis.score import ScoreNeighbor, ScoreRow
 
         def opt_int(name: str) -> int | None:
             v = self.numbers[name][i]
@@ -134,7 +134,7 @@ def read_score_columns(
     except (_Unreadable, ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError,
             csv.Error):
         pass
-    from tagsmith.score import read_score_file
+    from tagsmith.analysis.score import read_score_file
 
     # The reference reader either explains what is wrong with the file or reads it after all.
     return ScoreColumns.from_rows(read_score_file(path))

@@ -361,7 +361,7 @@ def similarity_bar(value: float | None, width: int = BAR_WIDTH) -> Text:
 
 def render_pieces(tokens: tuple[str, ...]) -> Text:
     """Pieces in alternating colours; a dim ``</w>`` marks each word-final piece."""
-    from tagsmith.tokenizer import WORD_END, piece_text
+    from tagsmith.text.tokenizer import WORD_END, piece_text
 
     text = Text()
     for i, piece in enumerate(tokens):
@@ -374,7 +374,7 @@ def render_pieces(tokens: tuple[str, ...]) -> Text:
 
 
 def render_detail(d: RowDetail) -> Group:
-    from tagsmith.tokenizer import piece_text
+    from tagsmith.text.tokenizer import piece_text
 
     head = Text(d.title, style="bold")
     for label, value in d.facts:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tagsmith.errors import FileFormatError, InputError
-from tagsmith.tokenizer import normalize_tag
+from tagsmith.text.tokenizer import normalize_tag
 
 VOCAB_ENV = "TAGSMITH_VOCAB"
 FORMATS = ("tagcomplete", "wd14", "plain")

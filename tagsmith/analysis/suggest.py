@@ -2,7 +2,7 @@
 
 The flow, for ``mayonnaise bottle``:
 
-1. Candidate forms (tagsmith.variants): spaced, hyphenated, underscore, joined, head and
+1. Candidate forms (tagsmith.text.variants): spaced, hyphenated, underscore, joined, head and
    modifier substitutions by nearby known words (``container``, ``jar``), user forms.
 2. Neighbour concepts, each with a role:
    - ``keep``: what the tag must still mean: ``--keep``, else its distinctive words (the
@@ -14,7 +14,7 @@ The flow, for ``mayonnaise bottle``:
      input token embeddings, then measured with the encoder);
    - ``avoid``: ``--avoid`` tags (correlated concepts it must not collide with).
 3. Every candidate x every neighbour cosine similarity of tag vectors, then the score in
-   tagsmith.ranking, and a one-line reason built from the numbers.
+   tagsmith.analysis.ranking, and a one-line reason built from the numbers.
 
 Without a reachable encoder the candidates and their token splits are still returned, with a
 notice saying how to give a model.
@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from tagsmith.analysis.ranking import CandidateScore, ScoreWeights, cosine_matrix, score_candidates
 from tagsmith.errors import InputError, ModelNotFoundError
-from tagsmith.prompt import analysed_tag_text
-from tagsmith.ranking import CandidateScore, ScoreWeights, cosine_matrix, score_candidates
-from tagsmith.tokenizer import load_tokenizer, piece_text
-from tagsmith.variants import (
+from tagsmith.text.prompt import analysed_tag_text
+from tagsmith.text.tokenizer import load_tokenizer, piece_text
+from tagsmith.text.variants import (
     HYPHEN,
     JOINED,
     SPACED,
@@ -167,7 +167,7 @@ def _nothing(_: str) -> None:
 
 def open_model(settings: Any, *, explicit: bool) -> tuple[Any | None, str | None]:
     """(embedder, None) or, when no model is reachable and none was asked for, (None, notice)."""
-    from tagsmith.embedding import open_embedder
+    from tagsmith.model.embedding import open_embedder
 
     try:
         return open_embedder(settings), None
@@ -195,7 +195,7 @@ def suggest(
 
     index = None
     if options.vocab_path is not None:
-        from tagsmith.vocab_index import load_vocab_index
+        from tagsmith.text.vocab_index import load_vocab_index
 
         progress("reading vocabulary")
         index = load_vocab_index(options.vocab_path, cache_dir=options.cache_dir,

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tagsmith.prompt import strip_tag_syntax
-from tagsmith.tokenizer import WORD_END, ClipTokenizer, TagTokens, clean_text, normalize_tag
+from tagsmith.text.prompt import strip_tag_syntax
+from tagsmith.text.tokenizer import WORD_END, ClipTokenizer, TagTokens, clean_text, normalize_tag
 
 _WORD_SPLIT = re.compile(r"[\s_\-]+")
 SUBSTITUTE_MAX_ID = 40_000

@@ -37,8 +37,8 @@ import torch  # noqa: TID253 - this module is where torch lives
 import torch.nn.functional as F  # noqa: TID253
 
 from tagsmith.errors import ModelError, UnsafeCheckpointError, UnsupportedModelError, UsageError
-from tagsmith.prefix_tree import PrefixTree, encode_trees
-from tagsmith.sources import (
+from tagsmith.model.prefix_tree import PrefixTree, encode_trees
+from tagsmith.model.sources import (
     POSITION_EMBEDDING,
     POSITION_IDS,
     TOKEN_EMBEDDING,

@@ -8,7 +8,7 @@ The suggest score of a candidate form ``c`` (higher is better)::
           + w_reuse    * reuse(c)           share of its words that are known whole-word tokens
           - w_tokens   * n_tokens(c)        token cost: every token takes one of 75 slots
 
-Cosines are between tag vectors (see tagsmith.embedding): the encoder's hidden states averaged
+Cosines are between tag vectors (see tagsmith.model.embedding): the encoder's hidden states averaged
 over the tag's own tokens. Fidelity and leakage are on the same scale, so the default weights
 are 1 and 1: a form that is 0.05 less like ``wine bottle`` at the cost of being 0.05 less like
 ``mayonnaise`` gains nothing. Reuse and token cost only break near-ties.

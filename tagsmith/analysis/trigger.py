@@ -6,15 +6,15 @@ LoRA neither fires on them nor absorbs them), and cost few tokens. With ``--part
 a family (``cross-arm``, ``cross-chest``, ``cross-legs``): its members must stay distinct from
 one another, and a part never trained (``cross-back``) should still land near the family.
 
-Candidates (tagsmith.variants.trigger_forms): hyphen compounds of the concept's known words
+Candidates (tagsmith.text.variants.trigger_forms): hyphen compounds of the concept's known words
 (``cross-arm``), short known-token compounds, and rare single tokens (``ohwx``; the BPE merge
 rank proxies how rare a token was in CLIP's training text, the vocabulary's post counts remove
 real tags).
 
-Member score: the suggest formula (tagsmith.ranking; fidelity weight 0.5 by default, since a
-trigger should start near its concept without being it) with ``keep`` = the concept, ``leak`` =
-the vocabulary tags sharing a known word with the member plus its nearest vocabulary tags and
-``--neighbor`` tags, ``avoid`` = ``--avoid``. Family score = mean member score +
+Member score: the suggest formula (tagsmith.analysis.ranking; fidelity weight 0.5 by default,
+since a trigger should start near its concept without being it) with ``keep`` = the concept,
+``leak`` = the vocabulary tags sharing a known word with the member plus its nearest vocabulary
+tags and ``--neighbor`` tags, ``avoid`` = ``--avoid``. Family score = mean member score +
 ``separation`` weight x the smallest distance (1 - cosine) between two members.
 """
 
@@ -27,10 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from tagsmith.errors import InputError
-from tagsmith.prompt import analysed_tag_text
-from tagsmith.ranking import ScoreWeights, cosine_matrix, family_separation, score_candidates
-from tagsmith.suggest import (
+from tagsmith.analysis.ranking import (
+    ScoreWeights,
+    cosine_matrix,
+    family_separation,
+    score_candidates,
+)
+from tagsmith.analysis.suggest import (
     Neighbor,
     Progress,
     RankedCandidate,
@@ -40,8 +43,10 @@ from tagsmith.suggest import (
     nearest_vocab_tags,
     shared_token_neighbors,
 )
-from tagsmith.tokenizer import load_tokenizer
-from tagsmith.variants import (
+from tagsmith.errors import InputError
+from tagsmith.text.prompt import analysed_tag_text
+from tagsmith.text.tokenizer import load_tokenizer
+from tagsmith.text.variants import (
     TRIGGER_RARE,
     Candidate,
     nearest_known_words,
@@ -152,7 +157,7 @@ def rank_triggers(
 
     index = None
     if options.vocab_path is not None:
-        from tagsmith.vocab_index import load_vocab_index
+        from tagsmith.text.vocab_index import load_vocab_index
 
         progress("reading vocabulary")
         index = load_vocab_index(options.vocab_path, cache_dir=options.cache_dir,
@@ -220,7 +225,7 @@ def rank_triggers(
 
     held_out_forms: dict[str, Candidate] = {}
     if held_out:
-        from tagsmith.variants import _analyse_unique, _Form
+        from tagsmith.text.variants import _analyse_unique, _Form
 
         for fam in families:
             if fam.members[0].candidate.part is not None:

@@ -11,8 +11,8 @@
 tensors sit in them, the architecture, and notes for the user. Safetensors headers are parsed
 here in plain Python, so every "this is an SDXL checkpoint / a LoRA / truncated" sentence and the
 model fingerprint come without importing torch. Pickle checkpoints can only be opened through
-``torch.load(weights_only=True)``, which ``tagsmith.encoder`` does; the key rules they go through
-(``locate_text_encoder``) live here so both formats get the same sentences.
+``torch.load(weights_only=True)``, which ``tagsmith.model.encoder`` does; the key rules they go
+through (``locate_text_encoder``) live here so both formats get the same sentences.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class TextEncoderSource:
 
     ``tensors`` maps canonical CLIPTextModel names (``encoder.layers.0.mlp.fc1.weight``, no
     ``text_model.`` prefix) to their place on disk; it is None for pickle checkpoints until
-    ``tagsmith.encoder`` has opened them.
+    ``tagsmith.model.encoder`` has opened them.
     """
 
     spec: str  # what the user gave (--model / TAGSMITH_MODEL / default)
@@ -195,7 +195,7 @@ def resolve_source(model: str | None = None, *, download: bool = True) -> TextEn
     """Locate the text encoder ``model`` names and check that it is an SD1.5 CLIP encoder.
 
     Raises ModelNotFoundError, UnsupportedModelError (one sentence each). Pickle files are
-    located but not opened here (that needs torch); see ``tagsmith.encoder.inspect_pickle``.
+    located but not opened here (that needs torch); see ``tagsmith.model.encoder.inspect_pickle``.
     """
     spec_text = model_spec_from_settings(model)
     spec = parse_model_spec(spec_text)

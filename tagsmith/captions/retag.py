@@ -1,6 +1,6 @@
 """Renaming tags in caption files, safely and reversibly.
 
-``plan_retag`` reads every caption file of a dataset (see ``tagsmith.dataset``: only
+``plan_retag`` reads every caption file of a dataset (see ``tagsmith.captions.dataset``: only
 ``.txt``/``.caption`` files beside an image, both when both exist) and works out the new bytes
 of each file without writing anything. ``apply_retag`` then
 
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tagsmith.dataset import (
+from tagsmith.captions.dataset import (
     BACKUP_DIR_NAME,
     CaptionFile,
     CaptionTag,

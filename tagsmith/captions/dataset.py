@@ -26,7 +26,7 @@ syntax around the tag removed, underscores as spaces, ``\\(`` as ``(``, lowercas
 
 Files are decoded as UTF-8, UTF-8 with BOM, UTF-16/32 with BOM, BOM-less UTF-16 (detected by
 its zero bytes), CP1252, and Latin-1 as the last resort; the encoding and BOM are kept per
-file so that ``tagsmith.retag`` can write each file back the way it was.
+file so that ``tagsmith.captions.retag`` can write each file back the way it was.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from tagsmith.errors import DatasetError
-from tagsmith.tokenizer import CHUNK_LENGTH, clean_text, load_tokenizer, normalize_tag
+from tagsmith.text.tokenizer import CHUNK_LENGTH, clean_text, load_tokenizer, normalize_tag
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".avif", ".jxl"})
 CAPTION_EXTENSIONS = (".txt", ".caption")  # in order of preference for one image

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from tagsmith.cache import CacheVariant, EmbeddingCache, SourceMemo, resolve_cache_dir
 from tagsmith.errors import InputError, UsageError
-from tagsmith.sources import (
+from tagsmith.model.cache import CacheVariant, EmbeddingCache, SourceMemo
+from tagsmith.model.sources import (
     FINGERPRINT_VERSION,
     TOKEN_EMBEDDING,
     EncoderConfig,
@@ -41,7 +41,8 @@ from tagsmith.sources import (
     resolve_source,
     safetensors_fingerprint,
 )
-from tagsmith.tokenizer import BOS_ID, CHUNK_LENGTH, EOS_ID
+from tagsmith.paths import resolve_cache_dir
+from tagsmith.text.tokenizer import BOS_ID, CHUNK_LENGTH, EOS_ID
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -179,7 +180,7 @@ class TagEmbedder:
         if enc is not None and hasattr(enc, "dtype_label"):  # the numpy encoder: no torch
             device, dtype = enc.device, enc.dtype_label
         elif enc is not None:
-            from tagsmith.encoder import dtype_name
+            from tagsmith.model.encoder import dtype_name
 
             device, dtype = str(enc.device), dtype_name(enc.dtype)
         else:
@@ -206,7 +207,7 @@ class TagEmbedder:
         everything else gets the torch one, which also replaces a numpy encoder when a large
         job follows. ``backend`` ("numpy" or "torch") forces one.
         """
-        from tagsmith import encoder_np
+        from tagsmith.model import encoder_np
 
         current = self._encoder
         is_numpy = isinstance(current, encoder_np.NumpyTextEncoder)
@@ -218,7 +219,7 @@ class TagEmbedder:
         if want == "numpy":
             self._encoder = encoder_np.load_numpy_encoder(self.source)
         else:
-            from tagsmith.encoder import load_text_encoder
+            from tagsmith.model.encoder import load_text_encoder
 
             self._encoder = load_text_encoder(
                 self.source, device=self.settings.device, dtype=self.settings.dtype,
@@ -237,7 +238,7 @@ class TagEmbedder:
         return max(sum(len(q) for q in seqs), self._expected_positions)
 
     def _numpy_possible(self) -> bool:
-        from tagsmith import encoder_np
+        from tagsmith.model import encoder_np
 
         s = self.settings
         on_cpu = s.device == "cpu" or (s.device == "auto" and not gpu_possible())
@@ -251,7 +252,7 @@ class TagEmbedder:
         already loaded); torch for everything else, including a large job after small ones."""
         import sys
 
-        from tagsmith.encoder_np import SMALL_JOB_POSITIONS
+        from tagsmith.model.encoder_np import SMALL_JOB_POSITIONS
 
         small = positions is None or positions <= SMALL_JOB_POSITIONS
         if current is not None:
@@ -270,7 +271,7 @@ class TagEmbedder:
 
     def _context_ids(self) -> tuple[list[int], list[int]]:
         if self._prefix_ids is None or self._suffix_ids is None:
-            from tagsmith.tokenizer import load_tokenizer
+            from tagsmith.text.tokenizer import load_tokenizer
 
             tok = load_tokenizer()
             self._prefix_ids = tok.encode(self._context_prefix) if self._context_prefix else []
@@ -284,7 +285,7 @@ class TagEmbedder:
 
     def _sequences(self, texts: Sequence[str], *, tokens_only: bool = False) -> list[list[int]]:
         """What each text contributes after BOS+context prefix, cut where SD's chunk ends."""
-        from tagsmith.tokenizer import load_tokenizer
+        from tagsmith.text.tokenizer import load_tokenizer
 
         prefix_ids, suffix_ids = self._context_ids()
         room = CHUNK_LENGTH - len(prefix_ids)
@@ -427,7 +428,7 @@ def open_embedder(settings: EncoderSettings) -> TagEmbedder:
             )
             fingerprint = str(remembered["fingerprint"])
         else:
-            from tagsmith.encoder import inspect_pickle
+            from tagsmith.model.encoder import inspect_pickle
 
             inspection = inspect_pickle(source)
             source, fingerprint, preloaded = (

@@ -28,26 +28,9 @@ import numpy as np
 
 from tagsmith.errors import CacheError
 
-CACHE_ENV = "TAGSMITH_CACHE_DIR"
 SCHEMA_VERSION = "1"
 _BUSY_TIMEOUT_S = 60.0
 _QUERY_CHUNK = 500
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get(CACHE_ENV, "").strip()
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("tagsmith", appauthor=False))
-
-
-def resolve_cache_dir(explicit: Path | str | None = None) -> Path:
-    """``explicit`` (``--cache-dir``), else ``$TAGSMITH_CACHE_DIR``, else the platform dir."""
-    if explicit is not None and str(explicit).strip():
-        return Path(explicit).expanduser()
-    return default_cache_dir()
 
 
 def _ensure_dir(path: Path) -> Path:

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from tagsmith import __version__
-from tagsmith.cache import resolve_cache_dir
 from tagsmith.fileio import atomic_write_bytes
-from tagsmith.vocab import Vocabulary, read_vocabulary
+from tagsmith.paths import resolve_cache_dir
+from tagsmith.text.vocab import Vocabulary, read_vocabulary
 
 _FORMAT_VERSION = 1
 
@@ -78,7 +78,7 @@ class VocabIndex:
 
     @classmethod
     def from_vocabulary(cls, vocab: Vocabulary) -> VocabIndex:
-        from tagsmith.tokenizer import load_tokenizer
+        from tagsmith.text.tokenizer import load_tokenizer
 
         texts = vocab.texts
         ids = load_tokenizer().encode_batch(texts)
@@ -131,7 +131,7 @@ def _word_end_table() -> np.ndarray:
     """For every token id, whether its piece ends a word (``</w>``)."""
     global _WORD_END
     if _WORD_END is None:
-        from tagsmith.tokenizer import VOCAB_SIZE, WORD_END, load_tokenizer
+        from tagsmith.text.tokenizer import VOCAB_SIZE, WORD_END, load_tokenizer
 
         table = np.zeros(VOCAB_SIZE, dtype=bool)
         for piece, i in load_tokenizer().vocab.items():

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tagsmith.prefix_tree import encode_trees
-from tagsmith.sources import (
+from tagsmith.model.prefix_tree import encode_trees
+from tagsmith.model.sources import (
     POSITION_EMBEDDING,
     POSITION_IDS,
     TOKEN_EMBEDDING,

@@ -72,7 +72,7 @@ import numpy as np
 
 from tagsmith.errors import FileFormatError, InputError, UsageError
 from tagsmith.fileio import atomic_writer
-from tagsmith.vocab import RowProblem, VocabEntry, Vocabulary
+from tagsmith.text.vocab import RowProblem, VocabEntry, Vocabulary
 
 SCORE_FORMATS = ("csv", "jsonl", "parquet")
 DEFAULT_K = 5
@@ -304,7 +304,7 @@ def score_vocabulary(
     ``KeyboardInterrupt`` out of any phase; vectors already computed stay in the embedder's
     cache, so a rerun skips them.
     """
-    from tagsmith.tokenizer import load_tokenizer
+    from tagsmith.text.tokenizer import load_tokenizer
 
     if k < 1:
         raise UsageError("--neighbors must be at least 1.")
@@ -366,7 +366,11 @@ def score_vocabulary(
         timings["encode"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        from tagsmith.neighbors import DEFAULT_MEMORY_BUDGET, nearest_neighbors, normalize_rows
+        from tagsmith.analysis.neighbors import (
+            DEFAULT_MEMORY_BUDGET,
+            nearest_neighbors,
+            normalize_rows,
+        )
 
         unit = normalize_rows(vectors)
         del vectors  # 140k x 768 float32 is 430 MB: keep one copy
@@ -472,7 +476,7 @@ def embed_in_chunks(
     """
     n = len(texts)
     if token_ids is None:
-        from tagsmith.tokenizer import load_tokenizer
+        from tagsmith.text.tokenizer import load_tokenizer
 
         token_ids = load_tokenizer().encode_batch(list(texts))
     if hasattr(embedder, "expect_positions"):

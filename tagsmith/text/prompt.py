@@ -27,7 +27,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from tagsmith.tokenizer import (
+from tagsmith.text.tokenizer import (
     CHUNK_LENGTH,
     COMMA_ID,
     EOS_ID,
