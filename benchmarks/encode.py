@@ -51,7 +51,7 @@ def full_size_weights(seed: int = 0) -> dict[str, torch.Tensor]:
     def rnd(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g) * 0.02
 
-    from tagsmith.model.sources import EncoderConfig, expected_shapes
+    from tagsmith.model.config import EncoderConfig, expected_shapes
 
     w = {}
     for name, shape in expected_shapes(EncoderConfig()).items():  # SD1.5's ViT-L/14 text model

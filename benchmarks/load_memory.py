@@ -34,7 +34,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from tagsmith.model.sources import EncoderConfig, expected_shapes  # noqa: E402
+from tagsmith.model.config import EncoderConfig, expected_shapes
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "cond_stage_model.transformer.text_model."

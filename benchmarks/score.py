@@ -47,7 +47,7 @@ def full_size_model(folder: Path) -> Path:
     from safetensors.torch import save_file
     from tiny_models import position_ids, tiny_weights
 
-    from tagsmith.model.sources import EncoderConfig
+    from tagsmith.model.config import EncoderConfig
 
     cfg = EncoderConfig()
     w = tiny_weights(seed=0, config=cfg)

@@ -229,7 +229,7 @@ def test_hub_cache_layout_gives_identical_embeddings(
 
 
 def test_ckpt_inspection_matches_safetensors(tiny_models) -> None:  # noqa: ANN001
-    from tagsmith.model.sources import safetensors_fingerprint
+    from tagsmith.model.fingerprint import safetensors_fingerprint
 
     ins = inspect_pickle(resolve_source(str(tiny_models.ckpt())))
     assert ins.source.config == reference_config()

@@ -13,18 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tagsmith.errors import ModelNotFoundError, TagsmithError, UnsupportedModelError
-from tagsmith.model.sources import (
-    DEFAULT_MODEL,
-    EncoderConfig,
-    encoder_config_from_shapes,
-    parse_model_spec,
-    position_ids_note,
-    read_safetensors_header,
-    resolve_hub,
-    resolve_source,
-    safetensors_fingerprint,
-    sniff_format,
-)
+from tagsmith.model.config import EncoderConfig, encoder_config_from_shapes
+from tagsmith.model.fingerprint import safetensors_fingerprint
+from tagsmith.model.hub import resolve_hub
+from tagsmith.model.layouts import position_ids_note
+from tagsmith.model.safetensors_file import read_safetensors_header, sniff_format
+from tagsmith.model.sources import DEFAULT_MODEL, parse_model_spec, resolve_source
 
 TESTS = Path(__file__).resolve().parent
 
@@ -175,7 +169,7 @@ def test_widths_of_other_models_are_named() -> None:
     def shapes(width: int, vocab: int = 49408) -> dict:
         cfg = EncoderConfig(vocab_size=vocab, hidden_size=width, num_layers=1, num_heads=1,
                             intermediate_size=4)
-        from tagsmith.model.sources import expected_shapes
+        from tagsmith.model.config import expected_shapes
 
         return expected_shapes(cfg)
 
@@ -263,7 +257,8 @@ def test_fingerprint_is_stable_across_processes(tiny_models) -> None:  # noqa: A
     path = tiny_models.single_file()
     here = safetensors_fingerprint(resolve_source(str(path)))
     code = (
-        "import sys; from tagsmith.model.sources import resolve_source, safetensors_fingerprint; "
+        "import sys; from tagsmith.model.sources import resolve_source; "
+        "from tagsmith.model.fingerprint import safetensors_fingerprint; "
         f"print(safetensors_fingerprint(resolve_source({str(path)!r}))); "
         "assert 'torch' not in sys.modules"
     )

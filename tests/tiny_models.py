@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from tagsmith.model.sources import EncoderConfig
+from tagsmith.model.config import EncoderConfig
 
 TINY = EncoderConfig(
     vocab_size=49408, hidden_size=128, num_layers=3, num_heads=2, intermediate_size=256,

@@ -31,16 +31,10 @@ import numpy as np
 
 from tagsmith.errors import InputError, UsageError
 from tagsmith.model.cache import CacheVariant, EmbeddingCache, SourceMemo
-from tagsmith.model.sources import (
-    FINGERPRINT_VERSION,
-    TOKEN_EMBEDDING,
-    EncoderConfig,
-    TextEncoderSource,
-    model_spec_from_settings,
-    read_tensor_array,
-    resolve_source,
-    safetensors_fingerprint,
-)
+from tagsmith.model.config import TOKEN_EMBEDDING, EncoderConfig
+from tagsmith.model.fingerprint import FINGERPRINT_VERSION, safetensors_fingerprint
+from tagsmith.model.safetensors_file import read_tensor_array
+from tagsmith.model.sources import TextEncoderSource, model_spec_from_settings, resolve_source
 from tagsmith.paths import resolve_cache_dir
 from tagsmith.text.tokenizer import BOS_ID, CHUNK_LENGTH, EOS_ID
 

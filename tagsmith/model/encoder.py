@@ -37,21 +37,18 @@ import torch  # noqa: TID253 - this module is where torch lives
 import torch.nn.functional as F  # noqa: TID253
 
 from tagsmith.errors import ModelError, UnsafeCheckpointError, UnsupportedModelError, UsageError
-from tagsmith.model.prefix_tree import PrefixTree, encode_trees
-from tagsmith.model.sources import (
+from tagsmith.model.config import (
     POSITION_EMBEDDING,
     POSITION_IDS,
     TOKEN_EMBEDDING,
     EncoderConfig,
-    FingerprintHasher,
-    TextEncoderSource,
     encoder_config_from_shapes,
-    fingerprint_names,
-    layout_description,
-    locate_text_encoder,
-    position_ids_note,
-    sniff_format,
 )
+from tagsmith.model.fingerprint import FingerprintHasher, fingerprint_names
+from tagsmith.model.layouts import layout_description, locate_text_encoder, position_ids_note
+from tagsmith.model.prefix_tree import PrefixTree, encode_trees
+from tagsmith.model.safetensors_file import sniff_format
+from tagsmith.model.sources import TextEncoderSource
 
 EOS_ID = 49407
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -298,7 +295,7 @@ def inspect_pickle(source: TextEncoderSource) -> PickleInspection:
 
 
 def tensors_fingerprint(config: EncoderConfig, tensors: Mapping[str, torch.Tensor]) -> str:
-    """Same hash as ``sources.safetensors_fingerprint``, from tensors already in memory."""
+    """Same hash as ``fingerprint.safetensors_fingerprint``, from tensors already in memory."""
     hasher = FingerprintHasher(config)
     for name in fingerprint_names(tensors):
         t = tensors[name].detach().contiguous().cpu()

@@ -16,15 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tagsmith.model.config import POSITION_EMBEDDING, POSITION_IDS, TOKEN_EMBEDDING, EncoderConfig
 from tagsmith.model.prefix_tree import encode_trees
-from tagsmith.model.sources import (
-    POSITION_EMBEDDING,
-    POSITION_IDS,
-    TOKEN_EMBEDDING,
-    EncoderConfig,
-    TextEncoderSource,
-    read_tensor_array,
-)
+from tagsmith.model.safetensors_file import read_tensor_array
+from tagsmith.model.sources import TextEncoderSource
 
 # Jobs up to this many positions run here when torch is not loaded yet (one suggest: ~300).
 SMALL_JOB_POSITIONS = 4096

@@ -1,0 +1,165 @@
+"""What a CLIP text encoder is: its architecture (``EncoderConfig``), the canonical tensor names
+and shapes, and the check that a set of tensors forms one. Pure: no torch."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tagsmith.errors import UnsupportedModelError, UsageError
+
+CLIP_VOCAB_SIZE = 49408
+
+
+CLIP_POSITIONS = 77
+
+
+TOKEN_EMBEDDING = "embeddings.token_embedding.weight"
+
+
+POSITION_EMBEDDING = "embeddings.position_embedding.weight"
+
+
+POSITION_IDS = "embeddings.position_ids"
+
+
+_LAYER_PARAMS = tuple(
+    f"{module}.{p}"
+    for module in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+        "layer_norm1", "layer_norm2", "mlp.fc1", "mlp.fc2",
+    )
+    for p in ("weight", "bias")
+)
+
+
+_LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.(.+)$")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Architecture of a CLIP text transformer (defaults: SD1.5's ViT-L/14 text model)."""
+
+    vocab_size: int = CLIP_VOCAB_SIZE
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_positions: int = CLIP_POSITIONS
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def layers_for(self, clip_skip: int) -> int:
+        """How many layers clip skip N runs: hidden_states[-N] is the output of layer L-N+1."""
+        n = self.num_layers
+        if not 1 <= clip_skip <= n:
+            raise UsageError(
+                f"Clip skip must be between 1 and {n} for this model, not {clip_skip}."
+            )
+        return n - clip_skip + 1
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> EncoderConfig:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def encoder_config_from_shapes(
+    shapes: Mapping[str, tuple[int, ...]], folder_config: Mapping | None, name: str
+) -> EncoderConfig:
+    """Architecture from canonical tensor shapes (config.json supplies heads and activation).
+
+    Checks that every tensor a CLIP text transformer needs is there with a consistent shape.
+    """
+    cfg = dict(folder_config or {})
+    required = [TOKEN_EMBEDDING, POSITION_EMBEDDING, "final_layer_norm.weight",
+                "final_layer_norm.bias"]
+    layers = sorted({int(m.group(1)) for k in shapes if (m := _LAYER_KEY.match(k))})
+    n_layers = (layers[-1] + 1) if layers else 0
+    required += [f"encoder.layers.{i}.{p}" for i in range(n_layers) for p in _LAYER_PARAMS]
+    missing = [k for k in required if k not in shapes]
+    if missing or n_layers == 0:
+        first = missing[0] if missing else "encoder.layers.0.*"
+        raise UnsupportedModelError(
+            f"'{name}' has an incomplete text encoder: {first}"
+            + (f" and {len(missing) - 1} more tensors are" if len(missing) > 1 else " is")
+            + " missing; the file may be damaged or pruned."
+        )
+    vocab, hidden = shapes[TOKEN_EMBEDDING]
+    positions = shapes[POSITION_EMBEDDING][0]
+    intermediate = shapes["encoder.layers.0.mlp.fc1.weight"][0]
+    if hidden == 1024:
+        raise UnsupportedModelError(
+            f"'{name}' is an SD 2.x text encoder (OpenCLIP ViT-H, width 1024); tagsmith needs "
+            "SD1.5's CLIP ViT-L encoder (width 768)."
+        )
+    if hidden == 1280:
+        raise UnsupportedModelError(
+            f"'{name}' is an SDXL second text encoder (OpenCLIP ViT-bigG, width 1280); tagsmith "
+            "needs SD1.5's CLIP ViT-L encoder (width 768)."
+        )
+    if vocab != CLIP_VOCAB_SIZE:
+        raise UnsupportedModelError(
+            f"'{name}' has a vocabulary of {vocab:,} tokens, not CLIP's {CLIP_VOCAB_SIZE:,}; it "
+            "is not an SD1.5 text encoder."
+        )
+    if positions != CLIP_POSITIONS:
+        raise UnsupportedModelError(
+            f"'{name}' has {positions} positions, not SD1.5's {CLIP_POSITIONS}; it is not an "
+            "SD1.5 text encoder."
+        )
+    # CLIP text transformers use 64-wide heads; a config.json says so explicitly when present.
+    heads = int(cfg.get("num_attention_heads") or max(1, hidden // 64))
+    config = EncoderConfig(
+        vocab_size=int(vocab),
+        hidden_size=int(hidden),
+        num_layers=n_layers,
+        num_heads=heads,
+        intermediate_size=int(intermediate),
+        max_positions=int(positions),
+        hidden_act=str(cfg.get("hidden_act") or "quick_gelu"),
+        layer_norm_eps=float(cfg.get("layer_norm_eps") or 1e-5),
+    )
+    if hidden % heads:
+        raise UnsupportedModelError(
+            f"'{name}' declares {heads} attention heads, which do not divide its width {hidden}."
+        )
+    if config.hidden_act not in ("quick_gelu", "gelu"):
+        raise UnsupportedModelError(
+            f"'{name}' uses the activation '{config.hidden_act}'; SD1.5's encoder uses quick_gelu."
+        )
+    expected = expected_shapes(config)
+    for key, shape in expected.items():
+        if tuple(shapes[key]) != shape:
+            raise UnsupportedModelError(
+                f"'{name}' has an inconsistent text encoder: {key} has shape "
+                f"{tuple(shapes[key])}, expected {shape}."
+            )
+    return config
+
+
+def expected_shapes(c: EncoderConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a CLIP text encoder with config ``c``, canonical name -> shape."""
+    h, i = c.hidden_size, c.intermediate_size
+    shapes: dict[str, tuple[int, ...]] = {
+        TOKEN_EMBEDDING: (c.vocab_size, h),
+        POSITION_EMBEDDING: (c.max_positions, h),
+        "final_layer_norm.weight": (h,),
+        "final_layer_norm.bias": (h,),
+    }
+    for n in range(c.num_layers):
+        p = f"encoder.layers.{n}."
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[f"{p}self_attn.{proj}.weight"] = (h, h)
+            shapes[f"{p}self_attn.{proj}.bias"] = (h,)
+        for ln in ("layer_norm1", "layer_norm2"):
+            shapes[f"{p}{ln}.weight"] = (h,)
+            shapes[f"{p}{ln}.bias"] = (h,)
+        shapes[f"{p}mlp.fc1.weight"] = (i, h)
+        shapes[f"{p}mlp.fc1.bias"] = (i,)
+        shapes[f"{p}mlp.fc2.weight"] = (h, i)
+        shapes[f"{p}mlp.fc2.bias"] = (h,)
+    return shapes

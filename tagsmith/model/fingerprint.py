@@ -1,0 +1,64 @@
+"""The model fingerprint: a content hash of the encoder's tensors that keys every cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+from collections.abc import Iterable
+from pathlib import Path
+
+from tagsmith.model.config import POSITION_IDS, EncoderConfig
+from tagsmith.model.sources import TextEncoderSource
+
+FINGERPRINT_VERSION = "tagsmith-te-1"
+
+
+class FingerprintHasher:
+    """Content hash of an encoder: architecture, then each tensor's name, dtype, shape, bytes.
+
+    Canonical names (no file prefix) make the same weights saved as an HF folder or an A1111
+    single file hash alike, so they share cache entries. position_ids are left out: tagsmith
+    never uses the stored ones.
+    """
+
+    def __init__(self, config: EncoderConfig) -> None:
+        self._h = hashlib.sha256()
+        self._h.update(FINGERPRINT_VERSION.encode())
+        arch = {k: v for k, v in config.to_dict().items()}
+        self._h.update(json.dumps(arch, sort_keys=True).encode())
+
+    def update(self, name: str, dtype: str, shape: Iterable[int], data: memoryview | bytes) -> None:
+        self._h.update(f"\n{name}|{dtype}|{','.join(map(str, shape))}\n".encode())
+        self._h.update(data)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()[:16]
+
+
+def fingerprint_names(tensors: Iterable[str]) -> list[str]:
+    return sorted(k for k in tensors if k != POSITION_IDS)
+
+
+def safetensors_fingerprint(source: TextEncoderSource) -> str:
+    """Hash the encoder's tensors straight from the memory-mapped file(s) (~0.3 s per 500 MB)."""
+    assert source.tensors is not None and source.config is not None
+    hasher = FingerprintHasher(source.config)
+    maps: dict[Path, mmap.mmap] = {}
+    try:
+        for name in fingerprint_names(source.tensors):
+            ref = source.tensors[name]
+            mm = maps.get(ref.file)
+            if mm is None:
+                with ref.file.open("rb") as fh:
+                    mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                maps[ref.file] = mm
+            view = memoryview(mm)[ref.start:ref.end]
+            try:
+                hasher.update(name, ref.dtype, ref.shape, view)
+            finally:
+                view.release()
+    finally:
+        for mm in maps.values():
+            mm.close()
+    return hasher.hexdigest()
