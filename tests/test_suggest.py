@@ -207,7 +207,7 @@ def test_trigger_penalises_avoid_collision(geometry_table):
 
 
 def test_nearest_shortlist_pool_is_cached_per_model(geometry_table, vocab_file, tmp_path):
-    from tagsmith.analysis.suggest import _static_vectors, nearest_shortlist
+    from tagsmith.analysis.concepts import nearest_shortlist, static_vectors
     from tagsmith.text.vocab_index import load_vocab_index
 
     index = load_vocab_index(vocab_file, cache_dir=tmp_path)
@@ -216,7 +216,7 @@ def test_nearest_shortlist_pool_is_cached_per_model(geometry_table, vocab_file, 
                               fingerprint="abc123")
     (pool,) = index.cache_file.parent.glob("*.pool-abc123-*.npy")
     order = np.argsort(-index.counts, kind="stable")[: len(index)]
-    np.testing.assert_allclose(np.load(pool), _static_vectors(index, order, geometry_table),
+    np.testing.assert_allclose(np.load(pool), static_vectors(index, order, geometry_table),
                                rtol=1e-3, atol=1e-4)
     # a repeat reads the file: the same shortlist, and a damaged file is recomputed
     assert nearest_shortlist("mayonnaise bottle", index, geometry_table, exclude=set(),

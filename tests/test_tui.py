@@ -578,8 +578,8 @@ def test_app_detail_pane_scrolls_with_shift_j_k() -> None:
 @pytest.mark.slow
 def test_app_suggest_with_a_tiny_text_encoder(tiny_model: Path) -> None:
     """The real encoder path: open_model on a tiny random SD1.5-style checkpoint."""
-    from tagsmith.analysis.suggest import open_model, suggest
-    from tagsmith.model.embedding import EncoderSettings
+    from tagsmith.analysis.suggest import suggest
+    from tagsmith.model.embedding import EncoderSettings, open_model
     from tagsmith.tui.app import ExploreApp, SuggestSource
 
     settings = EncoderSettings(model=str(tiny_model))

@@ -16,10 +16,23 @@ are 1 and 1: a form that is 0.05 less like ``wine bottle`` at the cost of being 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
+
+from tagsmith.text.tokenizer import piece_text
+from tagsmith.text.variants import (
+    HYPHEN,
+    JOINED,
+    SPACED,
+    SUB_HEAD,
+    SUB_MODIFIER,
+    UNDERSCORE,
+    USER,
+    Candidate,
+)
 
 
 @dataclass(frozen=True)
@@ -136,3 +149,84 @@ def family_separation(member_vectors: np.ndarray) -> tuple[float, tuple[int, int
 
 def fmt_delta(value: float) -> str:
     return f"{abs(value):.2f}"
+
+
+# -- ranked forms ---------------------------------------------------------------------------
+
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RankedCandidate:
+    candidate: Candidate
+    score: float | None = None
+    similarity: dict[str, float] = field(default_factory=dict)
+    detail: CandidateScore | None = None
+    reason: str = ""
+
+    @property
+    def form(self) -> str:
+        return self.candidate.form
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.candidate
+        d = self.detail
+        return {
+            "form": c.form,
+            "kind": c.kind,
+            "text": c.text,
+            "tokens": list(c.tokens),
+            "ids": list(c.analysis.ids),
+            "n_tokens": c.n_tokens,
+            "known": c.known,
+            "unknown_words": c.analysis.unknown_words,
+            "score": None if self.score is None else round(self.score, 6),
+            "fidelity": None if d is None or d.fidelity is None else round(d.fidelity, 6),
+            "leakage": None if d is None or d.leakage is None else round(d.leakage, 6),
+            "avoid": None if d is None or d.avoid is None else round(d.avoid, 6),
+            "similarity": {k: round(v, 6) for k, v in self.similarity.items()},
+            "reason": self.reason,
+        }
+
+
+def no_progress(_: str) -> None:
+    pass
+
+
+def known_word_share(c: Candidate) -> float:
+    words = [w for w in c.analysis.words if not w.is_punctuation]
+    return sum(w.known for w in words) / len(words) if words else 0.0
+
+
+KIND_WORDS = {
+    SPACED: "as tagged",
+    HYPHEN: "hyphen",
+    UNDERSCORE: "underscore (SD sees the _ token)",
+    JOINED: "joined",
+    USER: "your form",
+}
+
+
+def known_words(c: Candidate) -> list[str]:
+    return [w.text for w in c.analysis.words if w.known and not w.is_punctuation]
+
+
+def token_reason(c: Candidate) -> str:
+    split = [w for w in c.analysis.words if not w.known and not w.is_punctuation]
+    parts = [f"{c.n_tokens} tokens"]
+    if split:
+        parts.append(
+            "splits " + ", ".join(
+                f"{w.text} into {'+'.join(piece_text(p) for p in w.pieces)}" for w in split
+            )
+        )
+    else:
+        parts.append("every word a known token")
+    return f"{describe_kind(c)}: " + "; ".join(parts)
+
+
+def describe_kind(c: Candidate) -> str:
+    if c.kind in (SUB_HEAD, SUB_MODIFIER) and c.replacement:
+        return "hyphen" if "-" in c.form else ""
+    return KIND_WORDS.get(c.kind, c.kind)

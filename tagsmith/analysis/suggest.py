@@ -22,84 +22,39 @@ notice saying how to give a model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tagsmith.analysis.ranking import CandidateScore, ScoreWeights, cosine_matrix, score_candidates
-from tagsmith.errors import InputError, ModelNotFoundError
+from tagsmith.analysis.concepts import (
+    Neighbor,
+    nearest_shortlist,
+    rank_shortlist,
+    shared_token_neighbors,
+)
+from tagsmith.analysis.ranking import (
+    Progress,
+    RankedCandidate,
+    ScoreWeights,
+    cosine_matrix,
+    describe_kind,
+    known_word_share,
+    known_words,
+    no_progress,
+    score_candidates,
+    token_reason,
+)
+from tagsmith.errors import InputError
 from tagsmith.text.prompt import analysed_tag_text
-from tagsmith.text.tokenizer import load_tokenizer, piece_text
+from tagsmith.text.tokenizer import load_tokenizer
 from tagsmith.text.variants import (
-    HYPHEN,
-    JOINED,
-    SPACED,
-    SUB_HEAD,
-    SUB_MODIFIER,
-    UNDERSCORE,
-    USER,
     Candidate,
     generate_forms,
     tag_words,
 )
-
-Progress = Callable[[str], None]
-
-NO_MODEL_NOTICE = "Token analysis only; similarity needs the SD1.5 text encoder. {why}"
-
-# Vocabulary tags looked at for embedding neighbours: the most frequent ones carry the
-# meanings a new tag leaks into, and a bounded pool keeps suggest interactive.
-NEAREST_POOL_TAGS = 20_000
-NEAREST_SHORTLIST = 16
-
-
-@dataclass(frozen=True)
-class Neighbor:
-    """A concept a form is compared with."""
-
-    tag: str  # as analysed
-    source: str  # part | vocab | user | nearest
-    role: str  # keep | leak | avoid
-    count: int | None = None  # vocabulary post count, when known
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"tag": self.tag, "source": self.source, "role": self.role, "count": self.count}
-
-
-@dataclass
-class RankedCandidate:
-    candidate: Candidate
-    score: float | None = None
-    similarity: dict[str, float] = field(default_factory=dict)
-    detail: CandidateScore | None = None
-    reason: str = ""
-
-    @property
-    def form(self) -> str:
-        return self.candidate.form
-
-    def to_dict(self) -> dict[str, Any]:
-        c = self.candidate
-        d = self.detail
-        return {
-            "form": c.form,
-            "kind": c.kind,
-            "text": c.text,
-            "tokens": list(c.tokens),
-            "ids": list(c.analysis.ids),
-            "n_tokens": c.n_tokens,
-            "known": c.known,
-            "unknown_words": c.analysis.unknown_words,
-            "score": None if self.score is None else round(self.score, 6),
-            "fidelity": None if d is None or d.fidelity is None else round(d.fidelity, 6),
-            "leakage": None if d is None or d.leakage is None else round(d.leakage, 6),
-            "avoid": None if d is None or d.avoid is None else round(d.avoid, 6),
-            "similarity": {k: round(v, 6) for k, v in self.similarity.items()},
-            "reason": self.reason,
-        }
 
 
 @dataclass
@@ -161,20 +116,6 @@ class SuggestResult:
         }
 
 
-def _nothing(_: str) -> None:
-    pass
-
-
-def open_model(settings: Any, *, explicit: bool) -> tuple[Any | None, str | None]:
-    """(embedder, None) or, when no model is reachable and none was asked for, (None, notice)."""
-    from tagsmith.model.embedding import open_embedder
-
-    try:
-        return open_embedder(settings), None
-    except ModelNotFoundError as exc:
-        if explicit:
-            raise
-        return None, NO_MODEL_NOTICE.format(why=str(exc))
 
 
 def suggest(
@@ -183,7 +124,7 @@ def suggest(
     *,
     embedder: Any | None = None,
     notices: Sequence[str] = (),
-    progress: Progress = _nothing,
+    progress: Progress = no_progress,
 ) -> SuggestResult:
     """Rank the forms of ``tag``. ``embedder`` is a TagEmbedder, or None for tokens only."""
     options = options or SuggestOptions()
@@ -216,7 +157,7 @@ def suggest(
     )
     if embedder is None:
         for rc in result.candidates:
-            rc.reason = _token_reason(rc.candidate)
+            rc.reason = token_reason(rc.candidate)
         if options.top:
             result.candidates = result.candidates[: options.top]
         return result
@@ -250,7 +191,7 @@ def suggest(
         keep_cols=[j for j, r in enumerate(roles) if r == "keep"],
         leak_cols=[j for j, r in enumerate(roles) if r == "leak"],
         avoid_cols=[j for j, r in enumerate(roles) if r == "avoid"],
-        reuse=[_reuse(c) for c in candidates],
+        reuse=[known_word_share(c) for c in candidates],
         n_tokens=[c.n_tokens for c in candidates],
         weights=options.weights,
     )
@@ -266,14 +207,6 @@ def suggest(
         result.candidates = result.candidates[: options.top]
     result.model = embedder.model_info()
     return result
-
-
-def _reuse(c: Candidate) -> float:
-    words = [w for w in c.analysis.words if not w.is_punctuation]
-    return sum(w.known for w in words) / len(words) if words else 0.0
-
-
-# -- neighbours -----------------------------------------------------------------------------
 
 
 def _neighbors(
@@ -341,173 +274,6 @@ def _split_parts(words: list[str], index: Any | None) -> tuple[list[str], list[s
     return keep, [words[generic]]
 
 
-def shared_token_neighbors(
-    candidates: Sequence[Candidate],
-    index: Any,
-    *,
-    per_token: int,
-    skip: set[str],
-    skip_words: set[str] = frozenset(),  # type: ignore[assignment]
-) -> list[Neighbor]:
-    """Vocabulary tags that contain a known word token of any candidate, most posts first.
-
-    ``bottle`` in ``mayonnaise bottle`` brings ``bottle``, ``holding bottle``, ``water bottle``:
-    whatever the token means in those tags is what the new tag inherits.
-    """
-    out: list[Neighbor] = []
-    seen_tokens: set[int] = set()
-    taken_texts = set(skip)
-    for c in candidates:
-        for w in c.analysis.words:
-            if not w.known or w.is_punctuation or w.ids[0] in seen_tokens or w.text in skip_words:
-                continue
-            seen_tokens.add(w.ids[0])
-            taken = 0
-            for r in index.rows_with_token(w.ids[0], whole_word=True):
-                t = index.texts[int(r)]
-                if t in taken_texts:
-                    continue
-                taken_texts.add(t)
-                out.append(Neighbor(tag=t, source="vocab", role="leak", count=index.count(int(r))))
-                taken += 1
-                if taken >= per_token:
-                    break
-    return out
-
-
-def nearest_vocab_tags(
-    text: str,
-    index: Any,
-    embedder: Any,
-    table: np.ndarray,
-    *,
-    k: int,
-    exclude: set[str],
-) -> list[Neighbor]:
-    """The ``k`` vocabulary tags nearest to ``text`` in the encoder: the encoder ranks the
-    static shortlist of ``nearest_shortlist``."""
-    shortlist = nearest_shortlist(text, index, table, exclude=exclude,
-                                  fingerprint=getattr(embedder, "fingerprint", None))
-    if not shortlist or k <= 0:
-        return []
-    vecs = embedder.embed([text] + [index.texts[r] for r in shortlist])
-    return rank_shortlist(vecs[0], vecs[1:], shortlist, index, k=k)
-
-
-def nearest_shortlist(
-    text: str, index: Any, table: np.ndarray, *, exclude: set[str], fingerprint: str | None = None
-) -> list[int]:
-    """Rows of the ``NEAREST_SHORTLIST`` most frequent vocabulary tags nearest to ``text`` by
-    the mean of their input token embeddings (no encoder pass). With the model's
-    ``fingerprint`` and a cached vocabulary index, those mean vectors are cached beside it."""
-    if len(index) == 0:
-        return []
-    tok = load_tokenizer()
-    ids = np.asarray(tok.encode(text), dtype=np.int64)
-    if ids.size == 0:
-        return []
-    order = np.argsort(-index.counts, kind="stable")[:NEAREST_POOL_TAGS]
-    pool_vecs = _pool_vectors(index, order, table, fingerprint)
-    query = table[ids].mean(axis=0)
-    sims = cosine_matrix(query[None, :], pool_vecs)[0]
-    return [int(order[j]) for j in np.argsort(-sims)
-            if index.texts[int(order[j])] not in exclude][:NEAREST_SHORTLIST]
-
-
-def _pool_vectors(
-    index: Any, order: np.ndarray, table: np.ndarray, fingerprint: str | None
-) -> np.ndarray:
-    """``_static_vectors`` of the pool, cached per vocabulary index and model as float16
-    (31 MB for 20k tags; a shortlist needs no more precision): a repeat skips the sparse
-    product and the ~0.4 s scipy import."""
-    from tagsmith.fileio import atomic_write_bytes
-
-    cache_file = getattr(index, "cache_file", None)
-    path = None
-    if cache_file is not None and fingerprint:
-        path = cache_file.with_name(f"{cache_file.stem}.pool-{fingerprint[:16]}-{len(order)}.npy")
-        try:
-            cached = np.load(path, allow_pickle=False)
-            if cached.shape == (len(order), table.shape[1]):
-                return cached.astype(np.float32)
-        except (OSError, ValueError):
-            pass  # absent or damaged: compute it again
-    vecs = _static_vectors(index, order, table)
-    if path is not None:
-        import io
-
-        buf = io.BytesIO()
-        np.save(buf, vecs.astype(np.float16))
-        try:
-            atomic_write_bytes(path, buf.getvalue())
-        except OSError:
-            pass  # a cache that cannot be written only costs speed
-    return vecs
-
-
-def rank_shortlist(
-    query: np.ndarray, vectors: np.ndarray, shortlist: Sequence[int], index: Any, *, k: int
-) -> list[Neighbor]:
-    """The ``k`` shortlisted rows whose encoder vectors are nearest to ``query``."""
-    sims = cosine_matrix(np.asarray(query)[None, :], vectors)[0]
-    return [
-        Neighbor(tag=index.texts[shortlist[int(j)]], source="nearest", role="leak",
-                 count=index.count(shortlist[int(j)]))
-        for j in np.argsort(-sims, kind="stable")[:k]
-    ]
-
-
-def _static_vectors(index: Any, rows: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Mean input token embedding of each row's ids (no encoder pass): one sparse product."""
-    from scipy.sparse import csr_matrix
-
-    starts = index.indptr[rows]
-    lengths = (index.indptr[rows + 1] - starts).astype(np.int64)
-    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=indptr[1:])
-    # Positions of every row's ids in the flat array, gathered without a Python loop.
-    offsets = np.repeat(starts - indptr[:-1], lengths) + np.arange(int(indptr[-1]))
-    cols = index.token_ids[offsets].astype(np.int64)
-    weights = np.repeat(1.0 / np.maximum(lengths, 1), lengths).astype(np.float32)
-    mean = csr_matrix((weights, cols, indptr), shape=(len(rows), table.shape[0]))
-    return np.asarray(mean @ table, dtype=np.float32)
-
-
-# -- reasons --------------------------------------------------------------------------------
-
-_KIND_WORDS = {
-    SPACED: "as tagged",
-    HYPHEN: "hyphen",
-    UNDERSCORE: "underscore (SD sees the _ token)",
-    JOINED: "joined",
-    USER: "your form",
-}
-
-
-def _known_words(c: Candidate) -> list[str]:
-    return [w.text for w in c.analysis.words if w.known and not w.is_punctuation]
-
-
-def _token_reason(c: Candidate) -> str:
-    split = [w for w in c.analysis.words if not w.known and not w.is_punctuation]
-    parts = [f"{c.n_tokens} tokens"]
-    if split:
-        parts.append(
-            "splits " + ", ".join(
-                f"{w.text} into {'+'.join(piece_text(p) for p in w.pieces)}" for w in split
-            )
-        )
-    else:
-        parts.append("every word a known token")
-    return f"{_describe(c)}: " + "; ".join(parts)
-
-
-def _describe(c: Candidate) -> str:
-    if c.kind in (SUB_HEAD, SUB_MODIFIER) and c.replacement:
-        return "hyphen" if "-" in c.form else ""
-    return _KIND_WORDS.get(c.kind, c.kind)
-
-
 def _reason(rc: RankedCandidate, baseline: RankedCandidate, neighbors: list[Neighbor]) -> str:
     """One line from the numbers: what the form keeps and drops, and what that buys.
 
@@ -516,10 +282,10 @@ def _reason(rc: RankedCandidate, baseline: RankedCandidate, neighbors: list[Neig
     """
     c, d = rc.candidate, rc.detail
     if d is None:
-        return _token_reason(c)
+        return token_reason(c)
     base_d = baseline.detail
-    kept = set(_known_words(c))
-    base_words = set(_known_words(baseline.candidate))
+    kept = set(known_words(c))
+    base_words = set(known_words(baseline.candidate))
     added = sorted(kept - base_words)
     dropped = sorted(base_words - kept)
     change = []
@@ -527,7 +293,7 @@ def _reason(rc: RankedCandidate, baseline: RankedCandidate, neighbors: list[Neig
         change.append("keeps " + ", ".join(f"'{w}'" for w in added))
     if dropped:
         change.append("drops " + ", ".join(f"'{w}'" for w in dropped))
-    head = _describe(c) if rc is not baseline else "as tagged"
+    head = describe_kind(c) if rc is not baseline else "as tagged"
     if change:
         head = f"{head} {', '.join(change)}".strip()
     bits = []

@@ -27,21 +27,17 @@ from typing import Any
 
 import numpy as np
 
+from tagsmith.analysis.concepts import Neighbor, nearest_vocab_tags, shared_token_neighbors
 from tagsmith.analysis.ranking import (
+    Progress,
+    RankedCandidate,
     ScoreWeights,
     cosine_matrix,
     family_separation,
+    known_word_share,
+    no_progress,
     score_candidates,
-)
-from tagsmith.analysis.suggest import (
-    Neighbor,
-    Progress,
-    RankedCandidate,
-    _nothing,
-    _reuse,
-    _token_reason,
-    nearest_vocab_tags,
-    shared_token_neighbors,
+    token_reason,
 )
 from tagsmith.errors import InputError
 from tagsmith.text.prompt import analysed_tag_text
@@ -144,7 +140,7 @@ def rank_triggers(
     *,
     embedder: Any | None = None,
     notices: Sequence[str] = (),
-    progress: Progress = _nothing,
+    progress: Progress = no_progress,
 ) -> TriggerResult:
     options = options or TriggerOptions()
     text = analysed_tag_text(concept)
@@ -204,7 +200,7 @@ def rank_triggers(
     )
     if embedder is None:
         for fam in families:
-            fam.reason = _token_reason(fam.members[0].candidate) if len(fam.members) == 1 else (
+            fam.reason = token_reason(fam.members[0].candidate) if len(fam.members) == 1 else (
                 f"{len(fam.members)} members, "
                 f"{fam.members[0].candidate.n_tokens} tokens each; stem '{fam.stem}'"
                 + (" (a rare token)" if fam.kind == TRIGGER_RARE else "")
@@ -252,7 +248,7 @@ def rank_triggers(
         vecs = vectors[[row[c.text] for c in cands]]
         sim = cosine_matrix(vecs, neigh_vecs)
         scores = score_candidates(sim, keep_cols=keep_cols, leak_cols=leak_cols,
-                                  avoid_cols=avoid_cols, reuse=[_reuse(c) for c in cands],
+                                  avoid_cols=avoid_cols, reuse=[known_word_share(c) for c in cands],
                                   n_tokens=[c.n_tokens for c in cands], weights=options.weights)
         for m, s, simrow in zip(fam.members, scores, sim):
             m.score, m.detail = s.score, s
@@ -288,7 +284,7 @@ def _count(index: Any | None, text: str) -> int | None:
 
 
 def _known_share(fam: TriggerFamily) -> float:
-    return float(np.mean([_reuse(m.candidate) for m in fam.members]))
+    return float(np.mean([known_word_share(m.candidate) for m in fam.members]))
 
 
 def _group(forms: list[Candidate], parts: list[str]) -> list[TriggerFamily]:

@@ -103,7 +103,7 @@ def explore_command(
     _require_terminal()
 
     def load_model():  # noqa: ANN202 - (TagEmbedder | None, notice)
-        from tagsmith.analysis.suggest import open_model
+        from tagsmith.model.embedding import open_model
 
         return open_model(settings, explicit=model is not None)
 

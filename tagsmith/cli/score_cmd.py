@@ -85,9 +85,9 @@ def score_command(
         parse_categories,
         score_vocabulary,
     )
-    from tagsmith.analysis.suggest import open_model
     from tagsmith.cli._console import console, err_console
     from tagsmith.errors import UsageError
+    from tagsmith.model.embedding import open_model
     from tagsmith.text.vocab import default_vocab_path, read_vocabulary
 
     path = vocab or default_vocab_path()

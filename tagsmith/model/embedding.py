@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from tagsmith.errors import InputError, UsageError
+from tagsmith.errors import InputError, ModelNotFoundError, UsageError
 from tagsmith.model.cache import CacheVariant, EmbeddingCache, SourceMemo
 from tagsmith.model.config import TOKEN_EMBEDDING, EncoderConfig
 from tagsmith.model.fingerprint import FINGERPRINT_VERSION, safetensors_fingerprint
@@ -460,6 +460,7 @@ __all__ = [
     "EncoderSettings",
     "TagEmbedder",
     "open_embedder",
+    "open_model",
     "default_model",
     "split_context",
     "REPRESENTATIONS",
@@ -482,3 +483,18 @@ def gpu_possible() -> bool:
             "/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg",
         ))
     return shutil.which("nvidia-smi") is not None
+
+
+NO_MODEL_NOTICE = "Token analysis only; similarity needs the SD1.5 text encoder. {why}"
+
+
+def open_model(
+    settings: EncoderSettings, *, explicit: bool
+) -> tuple[TagEmbedder | None, str | None]:
+    """(embedder, None) or, when no model is reachable and none was asked for, (None, notice)."""
+    try:
+        return open_embedder(settings), None
+    except ModelNotFoundError as exc:
+        if explicit:
+            raise
+        return None, NO_MODEL_NOTICE.format(why=str(exc))

@@ -1,0 +1,167 @@
+"""Neighbour concepts: the vocabulary tags a form could be confused with, found by shared
+whole-word tokens and by nearness in the encoder (a static token-embedding shortlist the
+encoder then re-ranks). Shared by suggest and trigger."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tagsmith.analysis.ranking import cosine_matrix
+from tagsmith.text.tokenizer import load_tokenizer
+from tagsmith.text.variants import Candidate
+
+# Vocabulary tags looked at for embedding neighbours: the most frequent ones carry the
+# meanings a new tag leaks into, and a bounded pool keeps suggest interactive.
+NEAREST_POOL_TAGS = 20_000
+
+
+NEAREST_SHORTLIST = 16
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    """A concept a form is compared with."""
+
+    tag: str  # as analysed
+    source: str  # part | vocab | user | nearest
+    role: str  # keep | leak | avoid
+    count: int | None = None  # vocabulary post count, when known
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tag": self.tag, "source": self.source, "role": self.role, "count": self.count}
+
+
+def shared_token_neighbors(
+    candidates: Sequence[Candidate],
+    index: Any,
+    *,
+    per_token: int,
+    skip: set[str],
+    skip_words: set[str] = frozenset(),  # type: ignore[assignment]
+) -> list[Neighbor]:
+    """Vocabulary tags that contain a known word token of any candidate, most posts first.
+
+    ``bottle`` in ``mayonnaise bottle`` brings ``bottle``, ``holding bottle``, ``water bottle``:
+    whatever the token means in those tags is what the new tag inherits.
+    """
+    out: list[Neighbor] = []
+    seen_tokens: set[int] = set()
+    taken_texts = set(skip)
+    for c in candidates:
+        for w in c.analysis.words:
+            if not w.known or w.is_punctuation or w.ids[0] in seen_tokens or w.text in skip_words:
+                continue
+            seen_tokens.add(w.ids[0])
+            taken = 0
+            for r in index.rows_with_token(w.ids[0], whole_word=True):
+                t = index.texts[int(r)]
+                if t in taken_texts:
+                    continue
+                taken_texts.add(t)
+                out.append(Neighbor(tag=t, source="vocab", role="leak", count=index.count(int(r))))
+                taken += 1
+                if taken >= per_token:
+                    break
+    return out
+
+
+def nearest_vocab_tags(
+    text: str,
+    index: Any,
+    embedder: Any,
+    table: np.ndarray,
+    *,
+    k: int,
+    exclude: set[str],
+) -> list[Neighbor]:
+    """The ``k`` vocabulary tags nearest to ``text`` in the encoder: the encoder ranks the
+    static shortlist of ``nearest_shortlist``."""
+    shortlist = nearest_shortlist(text, index, table, exclude=exclude,
+                                  fingerprint=getattr(embedder, "fingerprint", None))
+    if not shortlist or k <= 0:
+        return []
+    vecs = embedder.embed([text] + [index.texts[r] for r in shortlist])
+    return rank_shortlist(vecs[0], vecs[1:], shortlist, index, k=k)
+
+
+def nearest_shortlist(
+    text: str, index: Any, table: np.ndarray, *, exclude: set[str], fingerprint: str | None = None
+) -> list[int]:
+    """Rows of the ``NEAREST_SHORTLIST`` most frequent vocabulary tags nearest to ``text`` by
+    the mean of their input token embeddings (no encoder pass). With the model's
+    ``fingerprint`` and a cached vocabulary index, those mean vectors are cached beside it."""
+    if len(index) == 0:
+        return []
+    tok = load_tokenizer()
+    ids = np.asarray(tok.encode(text), dtype=np.int64)
+    if ids.size == 0:
+        return []
+    order = np.argsort(-index.counts, kind="stable")[:NEAREST_POOL_TAGS]
+    pool_vecs = pool_vectors(index, order, table, fingerprint)
+    query = table[ids].mean(axis=0)
+    sims = cosine_matrix(query[None, :], pool_vecs)[0]
+    return [int(order[j]) for j in np.argsort(-sims)
+            if index.texts[int(order[j])] not in exclude][:NEAREST_SHORTLIST]
+
+
+def pool_vectors(
+    index: Any, order: np.ndarray, table: np.ndarray, fingerprint: str | None
+) -> np.ndarray:
+    """``static_vectors`` of the pool, cached per vocabulary index and model as float16
+    (31 MB for 20k tags; a shortlist needs no more precision): a repeat skips the sparse
+    product and the ~0.4 s scipy import."""
+    from tagsmith.fileio import atomic_write_bytes
+
+    cache_file = getattr(index, "cache_file", None)
+    path = None
+    if cache_file is not None and fingerprint:
+        path = cache_file.with_name(f"{cache_file.stem}.pool-{fingerprint[:16]}-{len(order)}.npy")
+        try:
+            cached = np.load(path, allow_pickle=False)
+            if cached.shape == (len(order), table.shape[1]):
+                return cached.astype(np.float32)
+        except (OSError, ValueError):
+            pass  # absent or damaged: compute it again
+    vecs = static_vectors(index, order, table)
+    if path is not None:
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, vecs.astype(np.float16))
+        try:
+            atomic_write_bytes(path, buf.getvalue())
+        except OSError:
+            pass  # a cache that cannot be written only costs speed
+    return vecs
+
+
+def rank_shortlist(
+    query: np.ndarray, vectors: np.ndarray, shortlist: Sequence[int], index: Any, *, k: int
+) -> list[Neighbor]:
+    """The ``k`` shortlisted rows whose encoder vectors are nearest to ``query``."""
+    sims = cosine_matrix(np.asarray(query)[None, :], vectors)[0]
+    return [
+        Neighbor(tag=index.texts[shortlist[int(j)]], source="nearest", role="leak",
+                 count=index.count(shortlist[int(j)]))
+        for j in np.argsort(-sims, kind="stable")[:k]
+    ]
+
+
+def static_vectors(index: Any, rows: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Mean input token embedding of each row's ids (no encoder pass): one sparse product."""
+    from scipy.sparse import csr_matrix
+
+    starts = index.indptr[rows]
+    lengths = (index.indptr[rows + 1] - starts).astype(np.int64)
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    # Positions of every row's ids in the flat array, gathered without a Python loop.
+    offsets = np.repeat(starts - indptr[:-1], lengths) + np.arange(int(indptr[-1]))
+    cols = index.token_ids[offsets].astype(np.int64)
+    weights = np.repeat(1.0 / np.maximum(lengths, 1), lengths).astype(np.float32)
+    mean = csr_matrix((weights, cols, indptr), shape=(len(rows), table.shape[0]))
+    return np.asarray(mean @ table, dtype=np.float32)
