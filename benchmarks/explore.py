@@ -55,7 +55,8 @@ def build_score_file(vocab: Path, variant: str, fmt: str) -> Path:
 
     import numpy as np
 
-    from tagsmith.analysis.score import ScoreNeighbor, dominance, score_vocabulary, write_scores
+    from tagsmith.analysis.score import ScoreNeighbor, dominance, score_vocabulary
+    from tagsmith.analysis.score_io import write_scores
     from tagsmith.text.vocab import read_vocabulary
 
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -176,7 +177,7 @@ def child_baseline(path: Path) -> dict:
     from textual.app import App, ComposeResult
     from textual.widgets import DataTable
 
-    from tagsmith.analysis.score import read_score_file
+    from tagsmith.analysis.score_io import read_score_file
 
     marks: dict[str, float] = {"import": time.perf_counter() - T0}
     _hook_first_frame(marks)

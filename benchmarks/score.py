@@ -264,7 +264,7 @@ def bench_neighbors(args: argparse.Namespace) -> None:
 
 
 def bench_full(args: argparse.Namespace) -> None:
-    from tagsmith.analysis.score import read_score_metadata
+    from tagsmith.analysis.score_io import read_score_metadata
 
     model = full_size_model(BENCH)
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,14 +18,16 @@ from tagsmith.analysis.score import (
     _shares_token,
     dominance,
     embed_in_chunks,
-    format_for_path,
     head_token_index,
     parse_categories,
-    read_score_file,
-    read_score_metadata,
     riskiest,
     score_vocabulary,
     select_entries,
+)
+from tagsmith.analysis.score_io import (
+    format_for_path,
+    read_score_file,
+    read_score_metadata,
     write_scores,
 )
 from tagsmith.cli import run
@@ -482,11 +484,12 @@ def test_cli_parquet_without_pyarrow_fails_before_work(
     vocab_path: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     import tagsmith.analysis.score as score_mod
+    import tagsmith.analysis.score_io as score_io
 
     def missing() -> None:
         raise InputError("Parquet needs pyarrow: pip install 'tagsmith[parquet]'.")
 
-    monkeypatch.setattr(score_mod, "_pyarrow", missing)
+    monkeypatch.setattr(score_io, "_pyarrow", missing)
     monkeypatch.setattr(score_mod, "score_vocabulary", lambda *a, **k: pytest.fail("ran"))
     assert run(["score", str(vocab_path), "-o", str(tmp_path / "o.parquet")]) == 1
     assert "Parquet needs pyarrow" in capsys.readouterr().err

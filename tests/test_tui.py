@@ -80,7 +80,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
 @pytest.fixture
 def score_csv(scored, tmp_path: Path) -> Path:  # noqa: ANN001
-    from tagsmith.analysis.score import write_scores
+    from tagsmith.analysis.score_io import write_scores
 
     return write_scores(scored, tmp_path / "scores.csv")
 
@@ -272,7 +272,7 @@ def test_split_text_by_hand() -> None:
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
 def test_column_reader_agrees_with_read_score_file(scored, tmp_path: Path, fmt: str) -> None:  # noqa: ANN001
-    from tagsmith.analysis.score import read_score_file, write_scores
+    from tagsmith.analysis.score_io import read_score_file, write_scores
 
     path = write_scores(scored, tmp_path / f"scores.{fmt}")
     reference = read_score_file(path)
@@ -314,7 +314,7 @@ def test_table_over_a_score_file(score_csv: Path, scored) -> None:  # noqa: ANN0
 
 def test_big_file_sends_its_first_rows_early(scored, tmp_path: Path,  # noqa: ANN001
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from tagsmith.analysis.score import write_scores
+    from tagsmith.analysis.score_io import write_scores
     from tagsmith.tui import scorefile
 
     monkeypatch.setattr(scorefile, "FIRST_CHUNK_ROWS", 5)
@@ -681,7 +681,8 @@ def test_app_fits_80x24_and_goes_side_by_side_when_wide(score_csv: Path) -> None
 
 def test_app_scrolls_a_long_table(tmp_path: Path) -> None:
     """3,000 rows: paging to the end draws the last rows; nothing else is drawn."""
-    from tagsmith.analysis.score import ScoreRow, write_scores
+    from tagsmith.analysis.score import ScoreRow
+    from tagsmith.analysis.score_io import write_scores
     from tagsmith.tui.widgets import RankingView
 
     rows = [ScoreRow(tag=f"tag_{i:05d}", text=f"tag {i:05d}", count=3_000 - i, category=0,

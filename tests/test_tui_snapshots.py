@@ -23,7 +23,8 @@ SCORE_NAME = "danbooru-scores.csv"
 
 @pytest.fixture(scope="module")
 def score_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tagsmith.analysis.score import score_vocabulary, write_scores
+    from tagsmith.analysis.score import score_vocabulary
+    from tagsmith.analysis.score_io import write_scores
     from tagsmith.text.vocab import read_vocabulary
 
     folder = tmp_path_factory.mktemp("snap")

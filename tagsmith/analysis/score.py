@@ -58,32 +58,34 @@ Definitions
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from tagsmith.errors import FileFormatError, InputError, UsageError
-from tagsmith.fileio import atomic_writer
+from tagsmith.errors import InputError, UsageError
 from tagsmith.text.vocab import RowProblem, VocabEntry, Vocabulary
 
-SCORE_FORMATS = ("csv", "jsonl", "parquet")
 DEFAULT_K = 5
+
+
 # Tags per encoder call: big enough for efficient batches, small enough that the progress bar
 # and the embedding cache advance every few seconds on a CPU.
 EMBED_CHUNK = 1024
+
+
 RISKIEST = 20
+
+
 _DECIMALS = 4
+
 
 # Danbooru's categories, as the tagcomplete list and WD14 files number them.
 CATEGORY_NAMES = {"general": 0, "artist": 1, "copyright": 3, "character": 4, "meta": 5}
+
 
 # (phase, done, total); phases: "tokenize", "encode", "neighbors".
 ScoreProgress = Callable[[str, int, int], None]
@@ -211,9 +213,6 @@ def select_entries(
     return rows
 
 
-# -- head tokens ---------------------------------------------------------------------------
-
-
 def head_token_index(words: Sequence[Any], n_tokens: int) -> int | None:
     """Position of the head token in a tag's ids (see the module docstring), or None."""
     if n_tokens == 0:
@@ -276,9 +275,6 @@ def _shares_token(
     out = np.where(first == rows_arr, second, first)
     out[heads < 0] = -1
     return out
-
-
-# -- scoring ---------------------------------------------------------------------------------
 
 
 def _nothing(phase: str, done: int, total: int) -> None:
@@ -400,15 +396,15 @@ def score_vocabulary(
         n_row = neigh_row.get(j)
         if neigh is not None and n_row is not None:
             nb = tuple(
-                ScoreNeighbor(entries[selected[embedded[int(x)]]].tag, _round(s))
+                ScoreNeighbor(entries[selected[embedded[int(x)]]].tag, round_score(s))
                 for x, s in zip(neigh.indices[n_row], neigh.similarities[n_row])
             )
             if len(nb):
-                distinct = _round(1.0 - float(np.mean(neigh.similarities[n_row])))
+                distinct = round_score(1.0 - float(np.mean(neigh.similarities[n_row])))
             if other is not None:
-                leak_sim = _round(float(leak[j]))
+                leak_sim = round_score(float(leak[j]))
                 dom = dominance(e.count, other.count)
-                risk = None if dom is None else _round(leak_sim * dom)
+                risk = None if dom is None else round_score(leak_sim * dom)
         rows.append(
             ScoreRow(
                 tag=e.tag,
@@ -506,237 +502,5 @@ def embed_in_chunks(
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
-def _round(x: float) -> float:
+def round_score(x: float) -> float:
     return round(float(x), _DECIMALS)
-
-
-# -- files ---------------------------------------------------------------------------------
-
-
-def format_for_path(path: str | Path, fmt: str | None = None) -> str:
-    """``fmt`` if given, else from the extension (.csv, .jsonl/.ndjson, .parquet/.pq)."""
-    if fmt:
-        fmt = fmt.lower()
-        if fmt not in SCORE_FORMATS:
-            raise UsageError(f"Unknown format {fmt!r}: use csv, jsonl or parquet.")
-        return fmt
-    suffix = Path(path).suffix.lower()
-    by_suffix = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-                 ".parquet": "parquet", ".pq": "parquet"}
-    if suffix not in by_suffix:
-        raise UsageError(
-            f"Cannot tell the output format from {Path(path).name!r}: name it .csv, .jsonl or "
-            ".parquet, or give --format."
-        )
-    return by_suffix[suffix]
-
-
-def write_scores(
-    rows: Sequence[ScoreRow],
-    path: str | Path,
-    fmt: str | None = None,
-    *,
-    summary: ScoreSummary | None = None,
-) -> Path:
-    """Write rows atomically: ``path`` is replaced only by a complete file."""
-    fmt = format_for_path(path, fmt)
-    path = Path(path)
-    if fmt == "parquet":
-        pa, pq = _pyarrow()
-        table = _to_arrow(rows, pa)
-        if summary is not None:
-            meta = {b"tagsmith": json.dumps(summary.to_dict(), default=str).encode()}
-            table = table.replace_schema_metadata(meta)
-        with atomic_writer(path, "wb") as fh:
-            pq.write_table(table, fh)
-        return path
-    with atomic_writer(path, "w", encoding="utf-8", newline="") as fh:
-        if fmt == "csv":
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow(COLUMNS)
-            for r in rows:
-                w.writerow(_csv_cells(r))
-        else:
-            for r in rows:
-                fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
-    return path
-
-
-def _csv_cells(r: ScoreRow) -> list[str]:
-    def opt(v: object) -> str:
-        return "" if v is None else str(v)
-
-    return [
-        r.tag, r.text, opt(r.count), opt(r.category),
-        " ".join(r.tokens), str(r.n_tokens), " ".join(r.known_words), " ".join(r.unknown_words),
-        opt(r.head_token), opt(r.shares_token_with), opt(r.shares_token_count),
-        json.dumps([[n.tag, n.similarity] for n in r.neighbors], ensure_ascii=False)
-        if r.neighbors else "",
-        opt(r.leak_similarity), opt(r.distinctiveness), opt(r.leak_risk),
-    ]
-
-
-def _pyarrow():  # noqa: ANN202 - (pyarrow, pyarrow.parquet)
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise InputError(
-            "Parquet needs pyarrow: install it with `pip install 'tagsmith[parquet]'`, "
-            "or write .csv or .jsonl."
-        ) from None
-    return pa, pq
-
-
-def _arrow_schema(pa):  # noqa: ANN001, ANN202
-    strs = pa.list_(pa.string())
-    return pa.schema([
-        ("tag", pa.string()), ("text", pa.string()), ("count", pa.int64()),
-        ("category", pa.int64()), ("tokens", strs), ("n_tokens", pa.int64()),
-        ("known_words", strs), ("unknown_words", strs), ("head_token", pa.string()),
-        ("shares_token_with", pa.string()), ("shares_token_count", pa.int64()),
-        ("neighbors", pa.list_(pa.struct([("tag", pa.string()),
-                                          ("similarity", pa.float32())]))),
-        ("leak_similarity", pa.float32()), ("distinctiveness", pa.float32()),
-        ("leak_risk", pa.float32()),
-    ])
-
-
-def _to_arrow(rows: Sequence[ScoreRow], pa):  # noqa: ANN001, ANN202
-    cols: dict[str, list] = {c: [] for c in COLUMNS}
-    for r in rows:
-        for c in COLUMNS:
-            v = getattr(r, c)
-            if c == "neighbors":
-                v = [{"tag": n.tag, "similarity": n.similarity} for n in v]
-            elif isinstance(v, tuple):
-                v = list(v)
-            cols[c].append(v)
-    return pa.Table.from_pydict(cols, schema=_arrow_schema(pa))
-
-
-# -- reading back --------------------------------------------------------------------------
-
-
-def read_score_file(path: str | Path) -> list[ScoreRow]:
-    """Rows of a score file written by ``write_scores`` (csv, jsonl or parquet).
-
-    The format comes from the content (parquet's magic bytes, a JSON object on the first line),
-    else CSV. Raises ``InputError``/``FileFormatError`` with one sentence.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"Score file {path} does not exist.")
-    if path.is_dir():
-        raise InputError(f"{path} is a directory, not a score file.")
-    with path.open("rb") as fh:
-        head = fh.read(4)
-    if head == b"PAR1":
-        return _read_parquet(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise FileFormatError(f"{path} is not a tagsmith score file (not UTF-8 text).") from exc
-    if text.lstrip().startswith("{"):
-        return _read_jsonl(text, path)
-    return _read_csv(text, path)
-
-
-def read_score_metadata(path: str | Path) -> dict | None:
-    """The run summary stored in a parquet score file, or None (CSV/JSONL carry none)."""
-    path = Path(path)
-    with path.open("rb") as fh:
-        if fh.read(4) != b"PAR1":
-            return None
-    _, pq = _pyarrow()
-    meta = pq.read_schema(path).metadata or {}
-    raw = meta.get(b"tagsmith")
-    return json.loads(raw) if raw else None
-
-
-def _row_from_values(v: dict[str, Any]) -> ScoreRow:
-    def opt_int(x: Any) -> int | None:
-        return None if x is None or x == "" else int(x)
-
-    def opt_float(x: Any) -> float | None:
-        return None if x is None or x == "" or (isinstance(x, float) and math.isnan(x)) \
-            else _round(float(x))
-
-    def words(x: Any) -> tuple[str, ...]:
-        if x is None or x == "":
-            return ()
-        return tuple(x.split(" ")) if isinstance(x, str) else tuple(x)
-
-    nb = v.get("neighbors") or ()
-    if isinstance(nb, str):
-        nb = json.loads(nb)
-    neighbors = tuple(
-        ScoreNeighbor(n["tag"], _round(n["similarity"])) if isinstance(n, dict)
-        else ScoreNeighbor(str(n[0]), _round(n[1]))
-        for n in nb
-    )
-    return ScoreRow(
-        tag=str(v["tag"]),
-        text=str(v.get("text") or v["tag"]),
-        count=opt_int(v.get("count")),
-        category=opt_int(v.get("category")),
-        tokens=words(v.get("tokens")),
-        n_tokens=int(v.get("n_tokens") or 0),
-        known_words=words(v.get("known_words")),
-        unknown_words=words(v.get("unknown_words")),
-        head_token=v.get("head_token") or None,
-        shares_token_with=v.get("shares_token_with") or None,
-        shares_token_count=opt_int(v.get("shares_token_count")),
-        neighbors=neighbors,
-        leak_similarity=opt_float(v.get("leak_similarity")),
-        distinctiveness=opt_float(v.get("distinctiveness")),
-        leak_risk=opt_float(v.get("leak_risk")),
-    )
-
-
-def _bad(path: Path, line: int, exc: Exception) -> FileFormatError:
-    return FileFormatError(f"{path} is not a tagsmith score file (line {line}: {exc}).")
-
-
-def _read_csv(text: str, path: Path) -> list[ScoreRow]:
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
-    if header is None:
-        raise FileFormatError(f"Score file {path} is empty.")
-    if "tag" not in header or "n_tokens" not in header:
-        raise FileFormatError(
-            f"{path} is not a tagsmith score file (its header has no tag and n_tokens columns)."
-        )
-    rows = []
-    for values in reader:
-        if not values:
-            continue
-        try:
-            rows.append(_row_from_values(dict(zip(header, values))))
-        except (KeyError, ValueError, TypeError, IndexError) as exc:
-            raise _bad(path, reader.line_num, exc) from None
-    return rows
-
-
-def _read_jsonl(text: str, path: Path) -> list[ScoreRow]:
-    rows = []
-    for i, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(_row_from_values(json.loads(line)))
-        except (KeyError, ValueError, TypeError, IndexError) as exc:
-            raise _bad(path, i, exc) from None
-    return rows
-
-
-def _read_parquet(path: Path) -> list[ScoreRow]:
-    _, pq = _pyarrow()
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for bad files
-        raise FileFormatError(f"{path} is not a readable parquet file ({exc}).") from None
-    missing = {"tag", "n_tokens"} - set(table.column_names)
-    if missing:
-        raise FileFormatError(f"{path} is not a tagsmith score file (no tag/n_tokens columns).")
-    return [_row_from_values(r) for r in table.to_pylist()]

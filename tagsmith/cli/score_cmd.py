@@ -79,12 +79,8 @@ def score_command(
 ) -> None:
     """Score every tag of a vocabulary: token split, nearest tags, and leakage risk towards
     more frequent tags that share its head token. Writes one row per tag to OUT."""
-    from tagsmith.analysis.score import (
-        _pyarrow,
-        format_for_path,
-        parse_categories,
-        score_vocabulary,
-    )
+    from tagsmith.analysis.score import parse_categories, score_vocabulary
+    from tagsmith.analysis.score_io import _pyarrow, format_for_path
     from tagsmith.cli._console import console, err_console
     from tagsmith.errors import UsageError
     from tagsmith.model.embedding import open_model
@@ -140,7 +136,7 @@ def score_command(
             embedder.close()
     for note in (embedder.notes if embedder is not None else []):
         err_console.print(f"Note: {note}", highlight=False, markup=False)
-    from tagsmith.analysis.score import write_scores
+    from tagsmith.analysis.score_io import write_scores
 
     write_scores(result.rows, output, out_format, summary=result.summary)
     _print_summary(console, result, output, top)

@@ -1,6 +1,6 @@
 """Score files read column by column, so the explorer opens 140k rows in a blink.
 
-``tagsmith.analysis.score.read_score_file`` builds one ``ScoreRow`` per tag, parsing every row's
+``tagsmith.analysis.score_io.read_score_file`` builds one ``ScoreRow`` per tag, parsing every row's
 neighbour list; for the full Danbooru list that is most of the time to first paint. The table
 needs whole columns, and the neighbours of one row at a time, so this reader keeps the
 columns as they come out of the file (CSV cells, JSON values, Arrow arrays), turns the numeric
@@ -134,7 +134,7 @@ def read_score_columns(
     except (_Unreadable, ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError,
             csv.Error):
         pass
-    from tagsmith.analysis.score import read_score_file
+    from tagsmith.analysis.score_io import read_score_file
 
     # The reference reader either explains what is wrong with the file or reads it after all.
     return ScoreColumns.from_rows(read_score_file(path))
