@@ -17,21 +17,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tagsmith.captions import dataset as ds_mod
-from tagsmith.captions.dataset import (
-    analyze_dataset,
+from tagsmith.captions import budget as budget_mod
+from tagsmith.captions import cooccurrence as cooc_mod
+from tagsmith.captions import parse as parse_mod
+from tagsmith.captions.budget import shuffled_cut_probabilities
+from tagsmith.captions.cooccurrence import (
     build_cooccurrence,
     correlated_tags,
-    decode_caption_bytes,
-    find_caption_files,
-    kohya_parts,
-    load_dataset,
     most_similar_tag,
     pair_stat,
-    parse_caption_text,
-    shuffled_cut_probabilities,
     strong_pairs,
 )
+from tagsmith.captions.files import decode_caption_bytes, find_caption_files, load_dataset
+from tagsmith.captions.parse import kohya_parts, parse_caption_text
+from tagsmith.captions.report import analyze_dataset
 from tagsmith.errors import DatasetError
 
 BACKGROUND = [
@@ -152,7 +151,7 @@ def test_parse_spans_always_point_at_the_tag_text(pieces):
     text = "".join(t + sep for t, sep in pieces)
     tags = parse_caption_text(text)
     # One entry per separator-delimited segment, in order, spans inside their segments.
-    assert len(tags) == len(ds_mod._SEPARATOR.findall(text)) + 1
+    assert len(tags) == len(parse_mod._SEPARATOR.findall(text)) + 1
     prev_end = 0
     for t in tags:
         assert text[t.start:t.end] == t.text
@@ -295,7 +294,7 @@ def test_independent_tags_give_no_pairs(n):
     rates = [rng.choice([0.1, 0.2, 0.3, 0.5, 0.7]) for _ in range(40)]
     sets = [[f"t{k}" for k, r in enumerate(rates) if rng.random() < r] for _ in range(n)]
     co = build_cooccurrence(sets, [rng.choice([1, 10]) for _ in range(n)])
-    assert strong_pairs(co, min_support=ds_mod.default_min_support(n)) == []
+    assert strong_pairs(co, min_support=cooc_mod.default_min_support(n)) == []
 
 
 @given(st.integers(1, 60).flatmap(lambda n: st.tuples(
@@ -308,13 +307,13 @@ def test_hypergeometric_tail_matches_exact_sums(args):
     exact = sum(math.comb(ka, x) * math.comb(n - ka, kb - x) for x in range(k, hi + 1)) / (
         math.comb(n, kb)
     )
-    got = float(ds_mod.hypergeom_tail([k], n, [ka], [kb])[0])
+    got = float(cooc_mod.hypergeom_tail([k], n, [ka], [kb])[0])
     assert got == pytest.approx(exact, rel=1e-9, abs=1e-15)
 
 
 def test_benjamini_hochberg_matches_definition():
     p = np.array([0.01, 0.04, 0.03, 0.2])
-    q = ds_mod.benjamini_hochberg(p)
+    q = cooc_mod.benjamini_hochberg(p)
     # sorted p: .01 .03 .04 .2 -> p*m/rank: .04 .06 .0533 .2 -> running min from the top
     assert q == pytest.approx([0.04, 0.0533333, 0.0533333, 0.2])
 
@@ -336,7 +335,7 @@ def test_average_linkage_does_not_chain_through_a_shared_tag():
             sets.append(["noise"])
     co = build_cooccurrence(sets, [1] * 60)
     pairs = strong_pairs(co, min_support=3, min_score=0.0, max_q=1)
-    clusters = [sorted(c.tags) for c in ds_mod.cluster_tags(co, pairs, min_score=0.3)]
+    clusters = [sorted(c.tags) for c in cooc_mod.cluster_tags(co, pairs, min_score=0.3)]
     assert ["a1", "a2"] in clusters and ["b1", "b2"] in clusters
     assert not any(set(c) >= {"a1", "b1"} for c in clusters)
 
@@ -413,11 +412,11 @@ def test_batched_chunks_agree_with_one_caption_at_a_time():
          [rng.randint(0, 9) for _ in range(rng.randint(1, 40))])
         for _ in range(60)
     ]
-    batch = ds_mod.shuffled_cut_batch(jobs, 40)
+    batch = budget_mod.shuffled_cut_batch(jobs, 40)
     for (fixed, flex), got in zip(jobs, batch):
         assert got == pytest.approx(shuffled_cut_probabilities(fixed, flex, 40), abs=1e-9)
     small = [(f, x) for f, x in jobs if len(x) <= 7]
-    for (fixed, flex), got in zip(small, ds_mod.shuffled_cut_batch(small, 40)):
+    for (fixed, flex), got in zip(small, budget_mod.shuffled_cut_batch(small, 40)):
         assert got == pytest.approx(_brute_force_cut(fixed, flex, 40), abs=1e-9)
 
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tagsmith.captions import retag as rt
-from tagsmith.captions.dataset import parse_caption_text, tag_key
+from tagsmith.captions.parse import parse_caption_text, tag_key
 from tagsmith.captions.retag import (
     apply_retag,
     list_backups,

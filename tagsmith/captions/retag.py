@@ -1,6 +1,6 @@
 """Renaming tags in caption files, safely and reversibly.
 
-``plan_retag`` reads every caption file of a dataset (see ``tagsmith.captions.dataset``: only
+``plan_retag`` reads every caption file of a dataset (see ``tagsmith.captions.files``: only
 ``.txt``/``.caption`` files beside an image, both when both exist) and works out the new bytes
 of each file without writing anything. ``apply_retag`` then
 
@@ -44,17 +44,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tagsmith.captions.dataset import (
+from tagsmith.captions.files import (
     BACKUP_DIR_NAME,
     CaptionFile,
-    CaptionTag,
     DecodedText,
     decode_caption_bytes,
     find_caption_files,
-    parse_caption_text,
-    strip_weight_syntax,
-    tag_key,
 )
+from tagsmith.captions.parse import CaptionTag, parse_caption_text, strip_weight_syntax, tag_key
 from tagsmith.errors import DatasetError, UsageError
 
 MANIFEST_NAME = "manifest.json"

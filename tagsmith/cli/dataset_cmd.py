@@ -108,7 +108,8 @@ def dataset_command(
     no_cache: NoCacheOption = False,
 ) -> None:
     """Tag statistics, token budgets, and tags entangled in the captions and in the model."""
-    from tagsmith.captions.dataset import load_dataset, report_from_dataset
+    from tagsmith.captions.files import load_dataset
+    from tagsmith.captions.report import report_from_dataset
     from tagsmith.cli._console import err_console
 
     embed = None

@@ -212,7 +212,7 @@ def suggest_command(
 
 
 def _dataset_avoid(dataset: Path, tag: str) -> list[str]:
-    from tagsmith.captions.dataset import correlated_tags
+    from tagsmith.captions.cooccurrence import correlated_tags
 
     return correlated_tags(dataset, tag)
 

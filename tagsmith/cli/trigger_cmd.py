@@ -94,7 +94,7 @@ def trigger_command(
 
     avoid_tags = list(avoid or [])
     if dataset is not None:
-        from tagsmith.captions.dataset import correlated_tags
+        from tagsmith.captions.cooccurrence import correlated_tags
 
         avoid_tags += correlated_tags(dataset, concept)
     base = TriggerOptions()
