@@ -148,8 +148,9 @@ def suggest_command(
     Forms: spaced, hyphenated, underscore, joined, and substitutions by nearby known words.
     """
     from tagsmith.analysis.ranking import ScoreWeights
-    from tagsmith.analysis.suggest import SuggestOptions, open_model, suggest
+    from tagsmith.analysis.suggest import SuggestOptions, suggest
     from tagsmith.cli._console import console, err_console
+    from tagsmith.model.embedding import open_model
 
     avoid_tags = list(avoid or [])
     if dataset is not None:

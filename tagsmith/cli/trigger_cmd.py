@@ -88,9 +88,9 @@ def trigger_command(
     Good triggers reuse known tokens without colliding with strong or correlated tags; with
     --part, family members (cross-arm, cross-chest) must also stay distinct.
     """
-    from tagsmith.analysis.suggest import open_model
     from tagsmith.analysis.trigger import TriggerOptions, rank_triggers
     from tagsmith.cli._console import console, err_console
+    from tagsmith.model.embedding import open_model
 
     avoid_tags = list(avoid or [])
     if dataset is not None:
