@@ -6,12 +6,12 @@ import pytest
 
 from tagsmith.text.prompt import (
     analysed_tag_text,
-    expand_first_step,
     layout_prompt,
     parse_attention,
     split_prompt_tags,
     strip_tag_syntax,
 )
+from tagsmith.text.prompt_editing import prompt_schedule
 from tagsmith.text.tokenizer import COMMA_ID, EOS_ID
 
 
@@ -54,18 +54,20 @@ def test_break_is_its_own_segment():
 
 
 @pytest.mark.parametrize(
-    ("prompt", "first", "dropped"),
+    ("prompt", "first", "texts"),
     [
-        ("[cat:dog:0.5], sky", "cat, sky", ["dog"]),
-        ("[dog:10], sky", ", sky", ["dog"]),
-        ("[cat::0.3]", "cat", []),
-        ("[red|blue|green] hair", "red hair", ["blue", "green"]),
-        ("[not scheduling]", "[not scheduling]", []),
-        ("\\[cat:dog:0.5\\]", "\\[cat:dog:0.5\\]", []),
+        ("[cat:dog:0.5], sky", "cat, sky", {"cat, sky", "dog, sky"}),
+        ("[dog:10], sky", ", sky", {", sky", "dog, sky"}),
+        ("[cat::0.3]", "cat", {"cat", ""}),
+        ("[red|blue|green] hair", "red hair", {"red hair", "blue hair", "green hair"}),
+        ("[not scheduling]", "[not scheduling]", {"[not scheduling]"}),
+        ("\\[cat:dog:0.5\\]", "\\[cat:dog:0.5\\]", {"\\[cat:dog:0.5\\]"}),
     ],
 )
-def test_prompt_editing_first_step(prompt, first, dropped):
-    assert expand_first_step(prompt) == (first, dropped)
+def test_prompt_editing_first_step(prompt, first, texts):
+    schedule = prompt_schedule(prompt, 20)
+    assert schedule.first == first
+    assert {t for _, t in schedule.entries} == texts
 
 
 @pytest.mark.parametrize(
@@ -139,9 +141,12 @@ def test_and_starts_separate_subprompt():
 
 
 def test_prompt_tags_weights_and_escapes():
-    layout = layout_prompt("(red hair:1.2), hijikata_toushirou_\\(gintama\\), [blurry]")
+    prompt = "(red hair:1.2), hijikata_toushirou_\\(gintama\\), [blurry]"
+    layout = layout_prompt(prompt, underscores=True)
     texts = [t.text for t in layout.tags]
     assert texts == ["red hair", "hijikata toushirou (gintama)", "blurry"]
+    # As A1111 sends it, by default: the underscores reach CLIP.
+    assert layout_prompt(prompt).tags[1].text == "hijikata_toushirou_(gintama)"
     assert layout.tags[0].weight == pytest.approx(1.2)
     assert layout.tags[2].weight == pytest.approx(1 / 1.1)
     # Unescaped parentheses in a prompt are emphasis, as in A1111.

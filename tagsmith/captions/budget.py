@@ -8,7 +8,6 @@ that text as written (underscores stay underscores) and cuts it after 75 tokens.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -19,22 +18,29 @@ from tagsmith.text.tokenizer import CHUNK_LENGTH, load_tokenizer
 
 def shuffled_cut_probabilities(
     fixed_lengths: Sequence[int], flex_lengths: Sequence[int], limit: int = CHUNK_LENGTH,
+    *, steps: tuple[Sequence[int], Sequence[int]] | None = None,
 ) -> list[float]:
     """For each shuffled tag, the probability that kohya's shuffle puts any of its tokens past
     ``limit`` (see ``shuffled_cut_batch``)."""
-    return shuffled_cut_batch([(list(fixed_lengths), list(flex_lengths))], limit)[0]
+    return shuffled_cut_batch(
+        [(list(fixed_lengths), list(flex_lengths))], limit,
+        steps=None if steps is None else [steps],
+    )[0]
 
 
 def shuffled_cut_batch(
     captions: Sequence[tuple[Sequence[int], Sequence[int]]], limit: int = CHUNK_LENGTH,
+    *, steps: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None,
 ) -> list[list[float]]:
     """Exact cut probabilities for many captions, each given as (token lengths of the fixed
     ``keep_tokens`` tags, token lengths of the shuffled tags).
 
-    kohya trains on ``", ".join(fixed + shuffled(flex))``: every tag but the last is followed
-    by one comma token (a tag ending in punctuation can merge with that comma into one token;
-    ignored here). A shuffled tag of length n is cut when the tags shuffled ahead of it add up
-    to more than ``limit - fixed - n`` tokens (each with its comma).
+    kohya trains on ``", ".join(fixed + shuffled(flex))``. ``steps`` gives, per caption and in
+    the same layout, how far each tag moves the tags after it: its tokens with the comma
+    after it (``tag_steps``): usually length + 1, but a tag ending in punctuation merges with
+    the comma into one token (``(kancolle),`` ends in ``),``), so its step is its length.
+    Without ``steps`` every step is length + 1. A shuffled tag of length n is cut when the
+    steps of the tags shuffled ahead of it add up to more than ``limit - fixed - n``.
 
     Uniform shuffling is the same as giving every tag an independent uniform arrival time:
     given a tag's own time x, each other tag is ahead of it with probability x,
@@ -45,19 +51,25 @@ def shuffled_cut_batch(
     Gauss-Legendre quadrature with more than k/2 nodes integrates it exactly. Captions are
     processed in vectorised chunks, one row per (caption, distinct tag length).
     """
-    by_length: list[dict[int, float]] = [{} for _ in captions]  # tag length -> P(cut)
-    rows: list[tuple[int, int, int]] = []  # (caption, removed step, threshold)
-    for c, (fixed, flex) in enumerate(captions):
-        fixed_tokens = sum(n + 1 for n in fixed)  # each fixed tag is followed by a comma
-        if not flex or fixed_tokens + sum(n + 1 for n in flex) - 1 <= limit:
+    if steps is None:
+        steps = [([n + 1 for n in fixed], [n + 1 for n in flex]) for fixed, flex in captions]
+    by_kind: list[dict[tuple[int, int], float]] = [{} for _ in captions]  # (n, step) -> P(cut)
+    rows: list[tuple[int, int, int, int]] = []  # (caption, removed step, threshold, length)
+    for c, ((_fixed, flex), (fixed_steps, flex_steps)) in enumerate(zip(captions, steps)):
+        fixed_tokens = sum(fixed_steps)  # each fixed tag is followed by a comma
+        if not flex:
+            continue
+        # The longest the caption gets: the last tag has no comma after it.
+        longest = fixed_tokens + sum(flex_steps) - min(s - n for n, s in zip(flex, flex_steps))
+        if longest <= limit:
             continue  # the whole caption fits: nothing is ever cut
-        for n in {n for n in flex if n > 0}:
+        for n, step in {(n, s) for n, s in zip(flex, flex_steps) if n > 0}:
             threshold = limit - fixed_tokens - n
             if threshold < 0:
-                by_length[c][n] = 1.0
+                by_kind[c][(n, step)] = 1.0
             else:
-                rows.append((c, n + 1, threshold))
-    steps = [[n + 1 for n in flex] for _, flex in captions]
+                rows.append((c, step, threshold, n))
+    steps = [list(flex_steps) for _, flex_steps in steps]
     top = [sum(s) for s in steps]
     rows.sort(key=lambda r: (top[r[0]], len(steps[r[0]])))
     start = 0
@@ -75,11 +87,15 @@ def shuffled_cut_batch(
                 break
             size, n_nodes = grown_size, grown_nodes
             end += 1
-        probs = _cut_odds_chunk(rows[start:end], steps, size, n_nodes + n_nodes % 2)
-        for (c, step, _), prob in zip(rows[start:end], probs):
-            by_length[c][step - 1] = prob
+        chunk = rows[start:end]
+        probs = _cut_odds_chunk([r[:3] for r in chunk], steps, size, n_nodes + n_nodes % 2)
+        for (c, step, _, n), prob in zip(chunk, probs):
+            by_kind[c][(n, step)] = prob
         start = end
-    return [[odds.get(n, 0.0) for n in flex] for odds, (_, flex) in zip(by_length, captions)]
+    return [
+        [odds.get((n, s), 0.0) for n, s in zip(flex, flex_steps)]
+        for odds, (_, flex), flex_steps in zip(by_kind, captions, steps)
+    ]
 
 
 def _cut_odds_chunk(rows, steps, size: int, n_nodes: int) -> list[float]:  # noqa: ANN001
@@ -150,21 +166,39 @@ def _gauss_legendre_01(n: int):  # noqa: ANN202 - (nodes as a column, weights) o
     return ((nodes + 1) / 2)[:, None], weights / 2
 
 
-# A comma touching punctuation (underscore included: CLIP counts it as punctuation) can merge
-# with it into one token, so the tag-by-tag sum would be off.
-_COMMA_MERGES = re.compile(r"(?:[^\w\s]|_),|,(?:[^\w\s]|_)")
+def tag_steps(tags: Sequence[str], *, cleaning: str = "transformers") -> dict[str, tuple[int, int]]:
+    """For each tag as written: (its tokens alone, its tokens followed by kohya's comma).
+
+    kohya joins tags with ``", "``; a word never spans the space, so a caption's tokens are the
+    sum of its tags' steps, the last tag counted alone. The second number is the length + 1,
+    or the length where the tag's closing punctuation and the comma are one token (``),``).
+    Text is cleaned as kohya's tokenizer (transformers' slow ``CLIPTokenizer``) cleans it.
+    """
+    tok = load_tokenizer()
+    unique = list(dict.fromkeys(tags))
+    alone = tok.encode_batch(unique, cleaning=cleaning)
+    with_comma = tok.encode_batch([t + "," for t in unique], cleaning=cleaning)
+    return {t: (len(a), len(b)) for t, a, b in zip(unique, alone, with_comma)}
 
 
-def caption_token_counts(
-    lines: Sequence[str], parts: Sequence[Sequence[str]], lengths: dict[str, int]
-) -> list[int]:
-    """Tokens of each caption line: its tags' tokens plus one per comma, or, where a comma
-    touches punctuation, the whole line encoded (exact either way, and the common case needs
-    no second pass of the tokenizer over every caption)."""
-    out = [sum(lengths[p] for p in ps) + len(ps) - 1 for ps in parts]
-    exact = [i for i, line in enumerate(lines) if _COMMA_MERGES.search(line)]
-    if exact:
-        tok = load_tokenizer()
-        for i, ids in zip(exact, tok.encode_batch([lines[i] for i in exact])):
-            out[i] = len(ids)
-    return out
+def first_cut_in_written_order(
+    line: str, ends: Sequence[int], limit: int = CHUNK_LENGTH, *, cleaning: str = "transformers"
+) -> int | None:
+    """The first tag with a token past ``limit`` when ``line`` is tokenized as written (no
+    shuffle), given each tag's end offset in ``line``; None when none is. The tokens up to a
+    tag's end only grow with the tag, so a binary search finds it in a few encodings."""
+    tok = load_tokenizer()
+
+    def past(i: int) -> bool:
+        return len(tok.encode(line[: ends[i]], cleaning=cleaning)) > limit
+
+    if not ends or not past(len(ends) - 1):
+        return None
+    lo, hi = 0, len(ends) - 1  # past(hi) holds
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if past(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

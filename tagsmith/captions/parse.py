@@ -176,6 +176,25 @@ def kohya_parts(text: str) -> list[str]:
     return [t.strip() for t in first.split(",")]
 
 
+def kohya_separator_groups(first_line: str, separator: str) -> tuple[list[str], ...] | None:
+    """kohya's ``keep_tokens_separator``: (fixed, shuffled, fixed suffix) tags of a first line
+    that holds the separator, or None when it does not. The first separator ends the fixed
+    tags, a second one starts the fixed suffix (later ones stay inside the suffix); each group
+    is split at commas, stripped, and empty tags are dropped. ``keep_tokens`` does not apply.
+    """
+    if not separator or separator not in first_line:
+        return None
+    fixed, flex = first_line.split(separator, 1)
+    suffix = ""
+    if separator in flex:
+        flex, suffix = flex.split(separator, 1)
+
+    def tags(text: str) -> list[str]:
+        return [t for t in (p.strip() for p in text.split(",")) if t]
+
+    return tags(fixed), tags(flex), tags(suffix)
+
+
 def strip_weight_syntax(text: str) -> str:
     """A tag as written without the A1111 weight syntax around it (``(x:1.2)`` -> ``x``)."""
     a, b, _ = _peel_syntax(text.strip())

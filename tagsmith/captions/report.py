@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tagsmith.captions.budget import caption_token_counts, shuffled_cut_batch
+from tagsmith.captions.budget import first_cut_in_written_order, shuffled_cut_batch, tag_steps
 from tagsmith.captions.cooccurrence import (
     DEFAULT_MAX_Q,
     DEFAULT_MIN_SCORE,
@@ -26,20 +26,27 @@ from tagsmith.captions.cooccurrence import (
     strong_pairs,
 )
 from tagsmith.captions.files import Dataset, load_dataset
-from tagsmith.captions.parse import _cleaned, strip_weight_syntax, tag_key
+from tagsmith.captions.parse import (
+    _cleaned,
+    kohya_separator_groups,
+    strip_weight_syntax,
+    tag_key,
+)
 from tagsmith.errors import DatasetError
 from tagsmith.text.tokenizer import CHUNK_LENGTH, load_tokenizer
+
+MAX_TOKEN_LENGTHS = (75, 150, 225)  # kohya's --max_token_length choices (None = 75)
 
 # -- the report ----------------------------------------------------------------------------
 
 
 @dataclass
 class LongCaption:
-    """A caption past the 75-token limit in file order."""
+    """A caption past the token limit (75, or kohya's max_token_length) as written."""
 
     rel: str
     n_tokens: int
-    cut_tags: list[str]  # tags (as written) with tokens past the limit, in file order
+    cut_tags: list[str]  # tags with tokens past the limit, the line tokenized as written
     expected_cut_shuffled: float  # expected number of tags cut per shuffled epoch
 
     def to_dict(self) -> dict:
@@ -60,6 +67,7 @@ class TokenStats:
     shuffled_cut_share: float  # share of shuffled tag appearances (weighted) cut per epoch
     captions_at_risk: int  # captions long enough that some shuffle cuts a tag
     fixed_cut: int  # captions whose keep_tokens prefix alone passes the limit
+    keep_tokens_separator: str = ""  # kohya's keep_tokens_separator ("" when not used)
 
     def to_dict(self) -> dict:
         return {
@@ -73,6 +81,7 @@ class TokenStats:
             "shuffled_cut_share": round(self.shuffled_cut_share, 4),
             "captions_at_risk": self.captions_at_risk,
             "fixed_cut": self.fixed_cut,
+            "keep_tokens_separator": self.keep_tokens_separator,
         }
 
 
@@ -155,6 +164,8 @@ def analyze_dataset(
     max_q: float = DEFAULT_MAX_Q,
     embed: Callable[[list[str]], object] | None = None,
     max_pairs: int = 500,
+    max_token_length: int = CHUNK_LENGTH,
+    keep_tokens_separator: str = "",
 ) -> DatasetReport:
     """Everything ``tagsmith dataset`` reports. ``embed`` maps texts to vectors (one row each);
     without it, clusters carry no embedding column."""
@@ -163,7 +174,8 @@ def analyze_dataset(
     ds = load_dataset(root)
     return report_from_dataset(
         ds, keep_tokens=keep_tokens, min_support=min_support, min_score=min_score,
-        max_q=max_q, embed=embed, max_pairs=max_pairs,
+        max_q=max_q, embed=embed, max_pairs=max_pairs, max_token_length=max_token_length,
+        keep_tokens_separator=keep_tokens_separator,
     )
 
 
@@ -176,6 +188,8 @@ def report_from_dataset(
     max_q: float = DEFAULT_MAX_Q,
     embed: Callable[[list[str]], object] | None = None,
     max_pairs: int = 500,
+    max_token_length: int = CHUNK_LENGTH,
+    keep_tokens_separator: str = "",
 ) -> DatasetReport:
     caps = ds.captions
     weights = [c.file.weight for c in caps]
@@ -184,7 +198,14 @@ def report_from_dataset(
     support = default_min_support(n) if min_support is None else max(1, min_support)
     pairs = strong_pairs(co, min_support=support, min_score=min_score, max_q=max_q)
     clusters = cluster_tags(co, pairs, min_score=min_score)
-    tokens, cut_file, cut_shuffled, token_lengths = _token_stats(ds, keep_tokens)
+    if max_token_length not in MAX_TOKEN_LENGTHS:
+        raise DatasetError(
+            f"max_token_length must be one of {', '.join(map(str, MAX_TOKEN_LENGTHS))} "
+            "(kohya's --max_token_length; 75 is its default)."
+        )
+    tokens, cut_file, cut_shuffled, token_lengths = _token_stats(
+        ds, keep_tokens, max_token_length, keep_tokens_separator
+    )
 
     forms: dict[str, Counter] = defaultdict(Counter)
     for c in caps:
@@ -237,18 +258,31 @@ def report_from_dataset(
 
 
 def _token_stats(
-    ds: Dataset, keep_tokens: int, limit: int = CHUNK_LENGTH
+    ds: Dataset, keep_tokens: int, limit: int = CHUNK_LENGTH, separator: str = ""
 ) -> tuple[TokenStats, dict[str, float], dict[str, float], dict[str, int]]:
-    """Token counts as kohya sees captions, and weighted cut exposure per tag key."""
+    """Token counts as kohya sees captions, and weighted cut exposure per tag key.
+
+    As written (no shuffle), each first line is tokenized as it stands. Shuffled, kohya
+    rejoins the tags with ``", "``: the fixed tags (``keep_tokens``, or those before
+    ``separator``) first, then the shuffled ones, then a fixed suffix (after a second
+    ``separator``).
+    """
     import numpy as np
 
     tok = load_tokenizer()
     caps = ds.captions
-    parts_per_caption = [c.parts for c in caps]
-    unique = sorted({p for parts in parts_per_caption for p in parts})
-    lengths = dict(zip(unique, (len(ids) for ids in tok.encode_batch(unique))))
-    totals = caption_token_counts([c.first_line for c in caps], parts_per_caption, lengths)
-    part_keys = {p: tag_key(strip_weight_syntax(p)) if p else "" for p in unique}
+    groups = []
+    for c in caps:
+        g = kohya_separator_groups(c.first_line, separator) if separator else None
+        if g is None:
+            g = (c.parts[:keep_tokens], c.parts[keep_tokens:], [])
+        groups.append(g)
+    sizes = tag_steps([p for g in groups for grp in g for p in grp] + [p for c in caps
+                                                                       for p in c.parts])
+    lengths = {p: n for p, (n, _) in sizes.items()}
+    totals = [len(ids) for ids in tok.encode_batch([c.first_line for c in caps],
+                                                   cleaning="transformers")]
+    part_keys = {p: tag_key(strip_weight_syntax(p)) if p else "" for p in sizes}
     cut_file: dict[str, float] = {}
     cut_shuffled: dict[str, float] = {}
     over: list[LongCaption] = []
@@ -256,37 +290,43 @@ def _token_stats(
     shuffled_weight = 0.0
     at_risk = 0
     fixed_cut = 0
-    part_lengths_all = [[lengths[p] for p in parts] for parts in parts_per_caption]
     odds = shuffled_cut_batch(
-        [(pl[:keep_tokens], pl[keep_tokens:]) for pl in part_lengths_all], limit
+        [([sizes[p][0] for p in fixed], [sizes[p][0] for p in flex]) for fixed, flex, _ in groups],
+        limit,
+        steps=[([sizes[p][1] for p in fixed], [sizes[p][1] for p in flex])
+               for fixed, flex, _ in groups],
     )
-    for cap, parts, total, part_lengths, probs in zip(
-        caps, parts_per_caption, totals, part_lengths_all, odds
-    ):
+    for cap, (fixed, flex, suffix), total, probs in zip(caps, groups, totals, odds):
         w = cap.file.weight
-        keys = [part_keys[p] for p in parts]
-        # File order: where each tag's tokens fall when the caption is used as written.
-        pos = 0
+        # As written: where each tag's tokens fall in the first line as it stands.
         cut_here: list[str] = []
-        for p, n_tok, key in zip(parts, part_lengths, keys):
-            if pos + n_tok > limit and n_tok:
-                cut_here.append(p)
-                if key:
-                    cut_file[key] = cut_file.get(key, 0.0) + w
-            pos += n_tok + 1
-        fixed, flex = part_lengths[:keep_tokens], part_lengths[keep_tokens:]
-        fpos = 0
-        for n_tok, key in zip(fixed, keys[:keep_tokens]):
-            if fpos + n_tok > limit and n_tok:
-                if key:
-                    cut_shuffled[key] = cut_shuffled.get(key, 0.0) + w
-            fpos += n_tok + 1
-        if fixed and sum(n + 1 for n in fixed) - 1 > limit:
+        if total > limit:
+            ends, pos = [], 0
+            for raw in cap.first_line.split(","):
+                ends.append(pos + len(raw.rstrip()))
+                pos += len(raw) + 1
+            first = first_cut_in_written_order(cap.first_line, ends, limit)
+            if first is not None:
+                for p in cap.parts[first:]:
+                    if p:
+                        cut_here.append(p)
+                        if part_keys[p]:
+                            cut_file[part_keys[p]] = cut_file.get(part_keys[p], 0.0) + w
+        # Shuffled: fixed tags and the suffix sit where they are; the rest move.
+        suffix_start = sum(sizes[p][1] for p in fixed) + sum(sizes[p][1] for p in flex)
+        for tags_in_place, pos in ((fixed, 0), (suffix, suffix_start)):
+            for p in tags_in_place:
+                n_tok, step = sizes[p]
+                if n_tok and pos + n_tok > limit and part_keys[p]:
+                    cut_shuffled[part_keys[p]] = cut_shuffled.get(part_keys[p], 0.0) + w
+                pos += step
+        if fixed and sum(sizes[p][1] for p in fixed) - 1 > limit:
             fixed_cut += 1
-        for key, prob, n_tok in zip(keys[keep_tokens:], probs, flex):
+        for p, prob in zip(flex, probs):
+            key = part_keys[p]
             if key and prob:
                 cut_shuffled[key] = cut_shuffled.get(key, 0.0) + w * prob
-            if n_tok:
+            if sizes[p][0]:
                 shuffled_weight += w
                 shuffled_cut_weight += w * prob
         if any(probs):
@@ -311,6 +351,7 @@ def _token_stats(
         shuffled_cut_share=shuffled_cut_weight / shuffled_weight if shuffled_weight else 0.0,
         captions_at_risk=at_risk,
         fixed_cut=fixed_cut,
+        keep_tokens_separator=separator,
     )
     return stats, cut_file, cut_shuffled, lengths
 

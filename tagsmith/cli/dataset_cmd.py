@@ -80,6 +80,16 @@ def dataset_command(
         help="kohya's keep_tokens: the first N comma-separated tags stay in place when "
         "shuffle_caption shuffles the rest.",
     ),
+    max_token_length: int = typer.Option(
+        75, "--max-token-length", metavar="N",
+        help="kohya's max_token_length: 75 (its default), 150 or 225 tokens per caption.",
+    ),
+    keep_tokens_separator: str = typer.Option(
+        "", "--keep-tokens-separator", metavar="SEP",
+        help="kohya's keep_tokens_separator (e.g. '|||'): tags before it stay fixed, tags after "
+        "a second one form a fixed suffix; keep_tokens is ignored in captions that hold it.",
+        show_default=False,
+    ),
     min_support: int = typer.Option(
         None, "--min-support", min=1, show_default=False, metavar="N",
         help="Captions a pair must share to be ranked (default: 3, or 1% of captions if more).",
@@ -112,6 +122,8 @@ def dataset_command(
     from tagsmith.captions.report import report_from_dataset
     from tagsmith.cli._console import err_console
 
+    if max_token_length not in (75, 150, 225):
+        raise UsageError("--max-token-length must be 75, 150 or 225 (kohya's choices).")
     embed = None
     if not no_model:
         # Checked now, so a bad option fails even when no cluster needs the model.
@@ -124,7 +136,8 @@ def dataset_command(
     try:
         report = report_from_dataset(
             ds, keep_tokens=keep_tokens, min_support=min_support, min_score=min_score,
-            max_q=max_q, embed=embed,
+            max_q=max_q, embed=embed, max_token_length=max_token_length,
+            keep_tokens_separator=keep_tokens_separator,
         )
     finally:
         if embed is not None:
@@ -212,7 +225,8 @@ def _print_report(report, *, top: int) -> None:  # noqa: ANN001 - DatasetReport
                 f"over {tk.limit} tokens",
                 "red" if tk.over_limit else "green",
             ),
-            "; kohya drops every token past 75 (BOS + 75 + EOS).",
+            f"; kohya drops every token past {tk.limit}"
+            + (" (BOS + 75 + EOS)." if tk.limit == 75 else f" (max_token_length {tk.limit})."),
         )
     )
     if tk.over_limit:
@@ -228,7 +242,10 @@ def _print_report(report, *, top: int) -> None:  # noqa: ANN001 - DatasetReport
             )
         console.print(lt)
     shuffle_line = Text.assemble(
-        ("With shuffle_caption", "bold"), f" and keep_tokens={tk.keep_tokens}: ",
+        ("With shuffle_caption", "bold"),
+        f" and keep_tokens={tk.keep_tokens}"
+        + (f", keep_tokens_separator={tk.keep_tokens_separator!r}"
+           if tk.keep_tokens_separator else "") + ": ",
     )
     if tk.captions_at_risk:
         shuffle_line.append(
@@ -238,7 +255,7 @@ def _print_report(report, *, top: int) -> None:  # noqa: ANN001 - DatasetReport
             style="red" if tk.shuffled_cut_share >= 0.01 else "",
         )
     else:
-        shuffle_line.append("no shuffle can push a tag past token 75.", style="green")
+        shuffle_line.append(f"no shuffle can push a tag past token {tk.limit}.", style="green")
     if tk.fixed_cut:
         shuffle_line.append(
             f" The keep_tokens prefix alone is over {tk.limit} tokens in {tk.fixed_cut} "

@@ -90,9 +90,22 @@ def tokenize_command(
         "crosses a chunk boundary.",
     ),
     keep_underscores: bool = typer.Option(
-        False,
-        "--keep-underscores",
-        help="Tokenize underscores as written instead of turning Danbooru's `_` into spaces.",
+        None,
+        "--keep-underscores/--underscores-as-spaces",
+        help="Tokenize underscores as written, or turn Danbooru's `_` into spaces as "
+        "tagcomplete inserts tags. Default: spaces for tags, as written for --prompt (A1111 "
+        "sends `_` to CLIP as it is).",
+        show_default=False,
+    ),
+    comments: bool = typer.Option(
+        True,
+        "--comments/--no-comments",
+        help="--prompt: drop `#` comments to the end of the line, as A1111 >= 1.8 does by "
+        "default.",
+    ),
+    steps: int = typer.Option(
+        20, "--steps", min=1, metavar="N",
+        help="--prompt: sampling steps, for prompt editing such as [from:to:0.5].",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array, one object per tag."),
 ) -> None:
@@ -100,10 +113,13 @@ def tokenize_command(
     from tagsmith.cli._console import console, err_console
 
     pairs = gather_tags(tags, file)
-    underscores = not keep_underscores
     if prompt:
-        _tokenize_prompt(", ".join(t for _, t in pairs), underscores=underscores, as_json=as_json)
+        _tokenize_prompt(
+            ", ".join(t for _, t in pairs), underscores=keep_underscores is False,
+            comments=comments, steps=steps, as_json=as_json,
+        )
         return
+    underscores = not keep_underscores
 
     from tagsmith.text.prompt import analyze_tags, tag_warnings
 
@@ -142,13 +158,16 @@ def tokenize_command(
         err_console.print(f"Warning: {w}.", style="yellow", highlight=False, markup=False)
 
 
-def _tokenize_prompt(prompt: str, *, underscores: bool, as_json: bool) -> None:
+def _tokenize_prompt(
+    prompt: str, *, underscores: bool, comments: bool, steps: int, as_json: bool
+) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from tagsmith.cli._console import console
     from tagsmith.text.prompt import layout_prompt
 
-    layout = layout_prompt(prompt, underscores=underscores)
+    layout = layout_prompt(prompt, underscores=underscores, comments=comments, steps=steps)
     if as_json:
         rows = []
         for t in layout.tags:
@@ -160,6 +179,9 @@ def _tokenize_prompt(prompt: str, *, underscores: bool, as_json: bool) -> None:
                     "ids": t.ids,
                     "n_tokens": t.n_tokens,
                     "weight": round(t.weight, 4),
+                    "multipliers": [round(m, 4) for m in t.multipliers],
+                    "part": t.part,
+                    "part_weight": layout.parts[t.part].weight,
                     "chunk": t.chunk,
                     "chunk_end": t.chunk_end,
                     "positions": [p for _, p in t.positions],
@@ -168,16 +190,25 @@ def _tokenize_prompt(prompt: str, *, underscores: bool, as_json: bool) -> None:
                 }
             )
         console.print_json(json.dumps(rows, ensure_ascii=False))
-        _warn_crossing(layout)
+        _warn_prompt(layout)
         return
     total = layout.n_tokens
     console.print(
         f"[bold]{total}[/bold] tokens in [bold]{len(layout.chunks)}[/bold] chunk"
         f"{'s' if len(layout.chunks) != 1 else ''} of 75 (each encoded as BOS + 75 + EOS)"
     )
+    parts = layout.parts
+    if len(parts) > 1 or parts[0].weight != 1.0:
+        for k, part in enumerate(parts):
+            console.print(
+                f"AND part {k + 1}: weight [bold]{part.weight:g}[/bold], "
+                f"\"{escape(part.first_step.strip())}\"",
+                highlight=False,
+            )
     for ci, chunk in enumerate(layout.chunks):
         table = Table(
-            title=f"chunk {ci + 1}: {chunk.length}/75 tokens",
+            title=f"chunk {ci + 1}: {chunk.length}/75 tokens"
+            + (f" (AND part {chunk.part + 1})" if len(parts) > 1 else ""),
             title_justify="left",
             header_style="bold",
             pad_edge=False,
@@ -200,24 +231,41 @@ def _tokenize_prompt(prompt: str, *, underscores: bool, as_json: bool) -> None:
                 )
             table.add_row(
                 str(ti + 1),
-                t.text + note,
+                escape(t.text) + note,
                 f"{own[0][1] + 1}-{own[-1][1] + 1}" if len(own) > 1 else str(own[0][1] + 1),
                 render_pieces(toks),
-                f"{t.weight:.2f}" if abs(t.weight - 1.0) > 1e-9 else "",
+                _weight_text(t),
             )
         console.print(table)
-    _warn_crossing(layout)
+    _warn_prompt(layout)
     scheduled = [t.text for t in layout.tags if t.scheduled]
     if scheduled:
         console.print(
             "[dim]Prompt-editing branches not in the first step (not laid out): "
-            + ", ".join(scheduled)
+            + escape(", ".join(scheduled))
             + "[/dim]"
         )
 
 
-def _warn_crossing(layout) -> None:  # noqa: ANN001
+def _weight_text(tag) -> str:  # noqa: ANN001 - PromptTag
+    """The tag's multiplier, or the range of its tokens' multipliers where they differ."""
+    low, high = min(tag.multipliers, default=1.0), max(tag.multipliers, default=1.0)
+    if abs(high - low) > 1e-9:
+        return f"{low:.2f}-{high:.2f}"
+    return f"{tag.weight:.2f}" if abs(tag.weight - 1.0) > 1e-9 else ""
+
+
+def _warn_prompt(layout) -> None:  # noqa: ANN001
     from tagsmith.cli._console import err_console
+
+    for k, part in enumerate(layout.parts):
+        if part.literal and "[" in part.text:
+            err_console.print(
+                f"Warning: A1111's prompt-editing grammar rejects part {k + 1} (a bare `|`, a "
+                "`:` inside [a|b], or [a|b:0.5]), so none of its [...] edits apply: it is "
+                "encoded literally, brackets read as emphasis.",
+                style="yellow", highlight=False, markup=False,
+            )
 
     for t in (t for t in layout.tags if t.crosses_boundary):
         err_console.print(

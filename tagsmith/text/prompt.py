@@ -7,17 +7,18 @@ Two readings of user text:
   wraps the whole tag is removed (``(tag:1.2)``, ``((tag))``, ``[tag]``, ``<lora:name:0.8>``).
   ``hijikata_toushirou_(gintama)`` keeps its parentheses, as the Danbooru name and a kohya
   caption do.
-* a **prompt** (``tagsmith tokenize --prompt``) follows A1111's rules exactly: unescaped ``( )``
-  and ``[ ]`` are emphasis, ``(text:1.2)`` sets a weight, ``BREAK`` starts a new chunk, extra
-  networks ``<lora:...>`` are removed, and the prompt is cut into chunks of 75 tokens (each
-  encoded as BOS + 75 + EOS), moving the words after the last comma to the next chunk when that
-  comma is within 20 tokens of the end (A1111's ``comma_padding_backtrack`` default).
+* a **prompt** (``tagsmith tokenize --prompt``) follows the A1111 webui 1.10 exactly:
+  ``#`` comments, extra networks ``<lora:...>`` removed, ``AND`` parts with their ``:N``
+  weights, prompt editing read with the webui's grammar (``prompt_editing``), then unescaped
+  ``( )`` and ``[ ]`` are emphasis, ``(text:1.2)`` sets a weight, ``BREAK`` starts a new chunk,
+  and each part is cut into chunks of 75 tokens (each encoded as BOS + 75 + EOS), moving the
+  words after the last comma to the next chunk when that comma is within 20 tokens of the end
+  (the webui's ``comma_padding_backtrack`` default). Underscores and backslashes reach the
+  tokenizer as the webui sends them, and text is cleaned as transformers' slow tokenizer
+  cleans it.
 
-Prompt editing ``[from:to:when]``, ``[to:when]``, ``[from::when]`` and alternation ``[a|b]``
-change the prompt between sampling steps. The layout shows the prompt of the first step (the
-one that sets composition); every branch is still listed as a tag (``scheduled=True`` for the
-ones absent from the first step). ``AND`` (composable diffusion) starts a separate sub-prompt,
-laid out here as a new chunk.
+The layout shows the prompt of the first sampling step (the one that sets composition); tags
+that later steps bring in are listed too (``scheduled=True``).
 """
 
 from __future__ import annotations
@@ -27,12 +28,20 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
+from tagsmith.text.prompt_editing import (
+    DEFAULT_STEPS,
+    prompt_schedule,
+    split_and,
+    strip_comments,
+)
 from tagsmith.text.tokenizer import (
     CHUNK_LENGTH,
     COMMA_ID,
     EOS_ID,
+    TAGCOMPLETE_UNDERSCORE_EXCLUSIONS,
     TagTokens,
     clean_text,
+    cleaner,
     load_tokenizer,
     normalize_tag,
     piece_text,
@@ -44,7 +53,6 @@ SQUARE_MULTIPLIER = 1 / 1.1
 
 _EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
-_AND = re.compile(r"\bAND\b")
 # A1111's attention grammar (modules/prompt_parser.py), reimplemented.
 _ATTENTION = re.compile(
     r"""
@@ -65,7 +73,6 @@ _ATTENTION = re.compile(
     re.X,
 )
 _WEIGHTED_WHOLE = re.compile(r"^\((.*):\s*[+-]?(?:\d+\.?\d*|\.\d+)\s*\)$", re.S)
-_NUMBER = re.compile(r"^\s*[+-]?(?:\d+\.?\d*|\.\d+)\s*$")
 
 
 # -- tags -----------------------------------------------------------------------------------
@@ -113,91 +120,6 @@ def _balanced(text: str) -> bool:
 def analysed_tag_text(tag: str, *, underscores: bool = True) -> str:
     """The text tagsmith analyses for a tag: syntax stripped, normalised, reference-cleaned."""
     return clean_text(normalize_tag(strip_tag_syntax(tag), underscores=underscores))
-
-
-# -- prompt editing (scheduling and alternation) -----------------------------------------------
-
-
-def _find_close(text: str, start: int) -> int | None:
-    """Index of the ``]`` that closes the ``[`` at ``start``, honouring escapes and nesting."""
-    depth = 0
-    i = start
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return None
-
-
-def _split_top(text: str, sep: str) -> list[str]:
-    parts, depth, cur, i = [], 0, [], 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\" and i + 1 < len(text):
-            cur.append(text[i : i + 2])
-            i += 2
-            continue
-        if ch in "[(":
-            depth += 1
-        elif ch in "])":
-            depth -= 1
-        if ch == sep and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-        i += 1
-    parts.append("".join(cur))
-    return parts
-
-
-def expand_first_step(prompt: str) -> tuple[str, list[str]]:
-    """The prompt as the first sampling step sees it, and the text of branches it leaves out."""
-    out: list[str] = []
-    dropped: list[str] = []
-    i = 0
-    while i < len(prompt):
-        ch = prompt[i]
-        if ch == "\\" and i + 1 < len(prompt):
-            out.append(prompt[i : i + 2])
-            i += 2
-            continue
-        if ch == "[":
-            close = _find_close(prompt, i)
-            if close is not None:
-                inner = prompt[i + 1 : close]
-                colon = _split_top(inner, ":")
-                bars = _split_top(inner, "|")
-                if len(colon) in (2, 3) and _NUMBER.match(colon[-1]):
-                    if len(colon) == 3:  # [from:to:when]
-                        first, later = colon[0], colon[1]
-                    else:  # [to:when] adds text later
-                        first, later = "", colon[0]
-                    sub, sub_dropped = expand_first_step(first)
-                    out.append(sub)
-                    dropped.extend(sub_dropped)
-                    if later.strip():
-                        dropped.append(later)
-                    i = close + 1
-                    continue
-                if len(bars) > 1:
-                    sub, sub_dropped = expand_first_step(bars[0])
-                    out.append(sub)
-                    dropped.extend(sub_dropped)
-                    dropped.extend(b for b in bars[1:] if b.strip())
-                    i = close + 1
-                    continue
-        out.append(ch)
-        i += 1
-    return "".join(out), dropped
 
 
 # -- attention ------------------------------------------------------------------------------
@@ -267,12 +189,14 @@ class PromptTag:
     """One comma-separated tag of a prompt and where its tokens fall."""
 
     index: int
-    text: str  # as analysed (syntax removed, cleaned)
+    text: str  # as tokenized (syntax removed, cleaned)
     ids: list[int] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
     positions: list[tuple[int, int]] = field(default_factory=list)  # (chunk, position 0..74)
-    weight: float = 1.0
+    weight: float = 1.0  # the largest multiplier of its own tokens (see ``multipliers``)
     scheduled: bool = False  # a prompt-editing branch absent from the first step
+    multipliers: list[float] = field(default_factory=list)  # one per token, as A1111 applies
+    part: int = 0  # which AND part it belongs to
 
     @property
     def n_tokens(self) -> int:
@@ -298,6 +222,19 @@ class PromptChunk:
     ids: list[int]
     length: int
     tag_indices: list[int]
+    multipliers: list[float] = field(default_factory=list)  # 75, padding at 1.0
+    part: int = 0  # the AND part this chunk encodes
+
+
+@dataclass
+class LaidOutPart:
+    """One AND part: its text and weight, and whether prompt editing could be read in it."""
+
+    text: str
+    weight: float
+    first_step: str  # the text the first sampling step encodes
+    edited: bool  # the part has prompt editing that changes over the steps
+    literal: bool  # the webui's editing grammar failed: the part is used literally
 
 
 @dataclass
@@ -305,6 +242,7 @@ class PromptLayout:
     prompt: str
     chunks: list[PromptChunk]
     tags: list[PromptTag]
+    parts: list[LaidOutPart] = field(default_factory=list)
 
     @property
     def n_tokens(self) -> int:
@@ -317,95 +255,140 @@ class PromptLayout:
         return None
 
 
-def layout_prompt(prompt: str, *, underscores: bool = True) -> PromptLayout:
-    """Tokenize a whole prompt as A1111 does and say where each tag lands in which chunk."""
-    tok = load_tokenizer()
-    text = _EXTRA_NETWORK.sub("", prompt)
-    first, dropped = expand_first_step(text)
-    subprompts = _AND.split(first)
+def _underscores_to_spaces(text: str) -> str:
+    """tagcomplete's reading, tag by tag: ``_`` to spaces except in its emoticon tags."""
+    return ",".join(
+        p if p.strip().lower() in TAGCOMPLETE_UNDERSCORE_EXCLUSIONS else p.replace("_", " ")
+        for p in text.split(",")
+    )
 
-    # Token stream: (id, weight, tag index or None for commas); None entries mark BREAK.
-    stream: list[tuple[int, float, int | None] | None] = []
+
+def layout_prompt(
+    prompt: str,
+    *,
+    underscores: bool = False,
+    comments: bool = True,
+    steps: int = DEFAULT_STEPS,
+    cleaning: str = "transformers",
+) -> PromptLayout:
+    """Tokenize a whole prompt as the A1111 webui (1.10) does and say where each tag lands.
+
+    Comments go first (``comments``), then extra networks, then the prompt is split into its
+    ``AND`` parts (each with its weight); each part's prompt editing is read for ``steps``
+    sampling steps and the first step's text is laid out in 75-token chunks, every part in
+    chunks of its own. Underscores are tokenized as written (``_`` is its own token, as the
+    webui sends it) unless ``underscores`` turns them into spaces as tagcomplete inserts tags.
+    Text is cleaned per attention fragment as transformers' slow ``CLIPTokenizer`` cleans it.
+    """
+    tok = load_tokenizer()
+    clean = cleaner(cleaning)
+    text = strip_comments(prompt) if comments else prompt
+    text = _EXTRA_NETWORK.sub("", text)
     tags: list[PromptTag] = []
-    for k, sub in enumerate(subprompts):
-        if k > 0:
-            stream.append(None)
-        segments = parse_attention(sub)
-        cleaned = [clean_text(normalize_tag(s.text, underscores=underscores)) for s in segments]
-        encs = tok.encode_cleaned_batch(cleaned)
-        current: PromptTag | None = None
-        pieces_text: list[str] = []
-        for seg, seg_text, enc in zip(segments, cleaned, encs):
-            if seg.is_break:
-                if current is not None:
-                    current.text = " ".join(pieces_text).strip()
-                current, pieces_text = None, []
-                stream.append(None)
-                continue
-            run_start: int | None = None
-            run_end = 0
-            for tid, piece, (a, b) in zip(enc.ids, enc.tokens, enc.offsets):
-                if tid == COMMA_ID:
-                    if current is not None and run_start is not None:
-                        pieces_text.append(seg_text[run_start:run_end])
-                    if current is not None:
-                        current.text = " ".join(p for p in pieces_text if p).strip()
-                    current, pieces_text, run_start = None, [], None
-                    stream.append((tid, seg.weight, None))
-                    continue
-                if "," in seg_text[a:b]:
-                    # A punctuation run such as "),": its text up to the comma ends the tag.
-                    head = seg_text[a : a + seg_text[a:b].index(",")]
-                    if current is not None:
-                        if run_start is not None:
-                            pieces_text.append(seg_text[run_start:a] + head)
-                        current.ids.append(tid)
-                        current.tokens.append(piece)
-                        current.text = " ".join(p for p in pieces_text if p).strip()
-                        stream.append((tid, seg.weight, current.index))
-                    else:
-                        stream.append((tid, seg.weight, None))
-                    current, pieces_text, run_start = None, [], None
-                    continue
-                if current is None:
-                    current = PromptTag(index=len(tags), text="", weight=seg.weight)
-                    tags.append(current)
-                if run_start is None:
-                    run_start = a
-                run_end = b
-                current.ids.append(tid)
-                current.tokens.append(piece)
-                if len(current.ids) == 1:
-                    current.weight = seg.weight
-                else:
-                    current.weight = max(current.weight, seg.weight)
-                stream.append((tid, seg.weight, current.index))
-            if current is not None and run_start is not None:
-                pieces_text.append(seg_text[run_start:run_end])
+    chunks: list[PromptChunk] = []
+    parts: list[LaidOutPart] = []
+    later_texts: list[tuple[int, str]] = []
+    for k, part in enumerate(split_and(text)):
+        schedule = prompt_schedule(part.text, steps)
+        parts.append(LaidOutPart(part.text, part.weight, schedule.first,
+                                 edited=len({t for _, t in schedule.entries}) > 1,
+                                 literal=not schedule.parsed))
+        later_texts.extend((k, t) for _, t in schedule.entries[1:])
+        stream = _token_stream(schedule.first, k, tags, tok, clean, underscores)
+        chunks.extend(_chunk_stream(stream, tags, len(chunks), k))
+    _add_scheduled_tags(later_texts, tags, tok, clean, underscores)
+    return PromptLayout(prompt=prompt, chunks=chunks, tags=tags, parts=parts)
+
+
+def _token_stream(text, part, tags, tok, clean, underscores):  # noqa: ANN001, ANN202
+    """(id, multiplier, tag index or None for separators) per token; None marks BREAK.
+
+    A tag is the text between commas. A token that holds a comma (``),`` ``,;``) ends the tag
+    before it and belongs to it; its multiplier is its own fragment's.
+    """
+    stream: list[tuple[int, float, int | None] | None] = []
+    segments = parse_attention(text)
+    raw = [s.text for s in segments]
+    if underscores:
+        raw = [_underscores_to_spaces(t) for t in raw]
+    cleaned = [clean(t) for t in raw]
+    encs = tok.encode_cleaned_batch(cleaned)
+    current: PromptTag | None = None
+    pieces_text: list[str] = []
+
+    def finish() -> None:
         if current is not None:
             current.text = " ".join(p for p in pieces_text if p).strip()
-    chunks = _chunk_stream(stream, tags)
-    for extra in dropped:
-        for part in extra.split(","):
-            t = analysed_tag_text(part, underscores=underscores)
-            if t:
-                ids = tok.encode(t)
-                tags.append(
-                    PromptTag(
-                        index=len(tags),
-                        text=t,
-                        ids=ids,
-                        tokens=[tok.id_to_token(i) for i in ids],
-                        scheduled=True,
-                    )
-                )
-    return PromptLayout(prompt=prompt, chunks=chunks, tags=tags)
+
+    for seg, seg_text, enc in zip(segments, cleaned, encs):
+        if seg.is_break:
+            finish()
+            current, pieces_text = None, []
+            stream.append(None)
+            continue
+        run_start: int | None = None
+        run_end = 0
+        for tid, piece, (a, b) in zip(enc.ids, enc.tokens, enc.offsets):
+            holds_comma = tid != COMMA_ID and "," in seg_text[a:b]
+            if tid == COMMA_ID or holds_comma:
+                if current is not None:
+                    if holds_comma:  # its text up to the comma ends the tag
+                        start = a if run_start is None else run_start
+                        pieces_text.append(seg_text[start : a + seg_text[a:b].index(",")])
+                    elif run_start is not None:
+                        pieces_text.append(seg_text[run_start:run_end])
+                    if holds_comma:
+                        current.ids.append(tid)
+                        current.tokens.append(piece)
+                        current.multipliers.append(seg.weight)
+                    finish()
+                stream.append((tid, seg.weight, current.index if holds_comma and current else None))
+                current, pieces_text, run_start = None, [], None
+                continue
+            if current is None:
+                current = PromptTag(index=len(tags), text="", weight=seg.weight, part=part)
+                tags.append(current)
+            if run_start is None:
+                run_start = a
+            run_end = b
+            if current.ids:
+                current.weight = max(current.weight, seg.weight)
+            current.ids.append(tid)
+            current.tokens.append(piece)
+            current.multipliers.append(seg.weight)
+            stream.append((tid, seg.weight, current.index))
+        if current is not None and run_start is not None:
+            pieces_text.append(seg_text[run_start:run_end])
+    finish()
+    return stream
+
+
+def _add_scheduled_tags(later_texts, tags, tok, clean, underscores) -> None:  # noqa: ANN001
+    """Tags that later sampling steps bring in (prompt editing), listed after the laid-out ones."""
+    seen = {(t.part, t.text) for t in tags}
+    for part, text in later_texts:
+        plain = "".join(s.text for s in parse_attention(text) if not s.is_break)
+        if underscores:
+            plain = _underscores_to_spaces(plain)
+        for piece in plain.split(","):
+            t = clean(piece)
+            if t and (part, t) not in seen:
+                seen.add((part, t))
+                ids = tok.encode(t, cleaning="transformers")
+                tags.append(PromptTag(index=len(tags), text=t, ids=ids,
+                                      tokens=[tok.id_to_token(i) for i in ids],
+                                      scheduled=True, part=part,
+                                      multipliers=[1.0] * len(ids)))
 
 
 def _chunk_stream(
-    stream: list[tuple[int, float, int | None] | None], tags: list[PromptTag]
+    stream: list[tuple[int, float, int | None] | None],
+    tags: list[PromptTag],
+    offset: int = 0,
+    part: int = 0,
 ) -> list[PromptChunk]:
-    """A1111's ``tokenize_line`` chunking, recording each tag token's (chunk, position)."""
+    """A1111's ``tokenize_line`` chunking of one AND part, recording each tag token's (chunk,
+    position); chunks are numbered from ``offset``. An empty part is one empty chunk."""
     chunks: list[PromptChunk] = []
     cur: list[tuple[int, float, int | None]] = []
     last_comma = -1
@@ -414,19 +397,21 @@ def _chunk_stream(
         nonlocal cur, last_comma
         length = len(cur)
         ids = [t[0] for t in cur] + [EOS_ID] * (CHUNK_LENGTH - length)
-        idx = len(chunks)
+        mults = [t[1] for t in cur] + [1.0] * (CHUNK_LENGTH - length)
+        idx = offset + len(chunks)
         tag_indices: list[int] = []
         for pos, (_, _, tag_index) in enumerate(cur):
             if tag_index is not None:
                 tags[tag_index].positions.append((idx, pos))
                 if tag_index not in tag_indices:
                     tag_indices.append(tag_index)
-        chunks.append(PromptChunk(ids=ids, length=length, tag_indices=tag_indices))
+        chunks.append(PromptChunk(ids=ids, length=length, tag_indices=tag_indices,
+                                  multipliers=mults, part=part))
         cur = []
         last_comma = -1
 
     for item in stream:
-        if item is None:  # BREAK or AND
+        if item is None:  # BREAK
             close_chunk()
             continue
         token = item[0]
@@ -451,7 +436,7 @@ def _chunk_stream(
     return chunks
 
 
-def split_prompt_tags(prompt: str, *, underscores: bool = True) -> list[str]:
+def split_prompt_tags(prompt: str, *, underscores: bool = False) -> list[str]:
     """The comma-separated tags of a prompt, syntax removed, in order (scheduled ones last)."""
     return [t.text for t in layout_prompt(prompt, underscores=underscores).tags if t.text]
 

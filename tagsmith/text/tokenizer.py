@@ -31,6 +31,12 @@ BPE over every Danbooru tag and alias, a set of hard cases and arbitrary text
   there (``a <|endoftext|> b``, ``a<|endoftext|>b``). After punctuation, as in
   ``!<|endoftext|>``, the ``<|`` joins the punctuation run and the text is ordinary pieces, as
   in the reference; Rust's added-token matcher would have extracted EOS there.
+* **Two cleanings.** ``clean_text`` is the reference's (above), the default everywhere.
+  ``clean_text_transformers`` is what transformers' slow ``CLIPTokenizer`` does, which the
+  A1111 webui and kohya's sd-scripts run: ftfy, whitespace collapsed with Python's ``re``,
+  lowercase, and no ``html.unescape`` (ftfy still unescapes entities in text without ``<``,
+  so ``&amp;amp;`` and ``fish &amp; chips <3`` differ from the reference). ``encode`` and
+  ``encode_batch`` take ``cleaning="transformers"`` for it.
 * **Tags are not prompts.** ``normalize_tag`` (Danbooru underscores, tagcomplete's emoticon
   exclusions, escaped brackets) is tagsmith's own reading of a tag before the reference
   cleaning; ``analyze_batch`` applies it, ``encode`` / ``encode_batch`` do not.
@@ -90,6 +96,29 @@ def _clean_text_reference(text: str) -> str:
     text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return _regex_whitespace.sub(" ", text).strip().lower()
+
+
+def clean_text_transformers(text: str) -> str:
+    """Clean text as transformers' slow ``CLIPTokenizer`` does with ftfy installed (the A1111
+    webui and kohya): ftfy.fix_text, whitespace collapsed, stripped, lowercased; no
+    ``html.unescape``."""
+    if text.isascii() and text.isprintable() and "&" not in text:
+        return " ".join(text.split()).lower()  # ftfy leaves such text unchanged
+    import ftfy
+
+    return _RE_WHITESPACE.sub(" ", ftfy.fix_text(text)).strip().lower()
+
+
+_RE_WHITESPACE = re.compile(r"\s+")
+CLEANINGS = {"reference": clean_text, "transformers": clean_text_transformers}
+
+
+def cleaner(cleaning: str):  # noqa: ANN201 - Callable[[str], str]
+    """The cleaning function by name: ``reference`` (OpenAI CLIP) or ``transformers``."""
+    try:
+        return CLEANINGS[cleaning]
+    except KeyError:
+        raise ValueError(f"unknown cleaning {cleaning!r}; use one of {sorted(CLEANINGS)}") from None
 
 
 @dataclass(frozen=True)
@@ -205,13 +234,16 @@ class ClipTokenizer:
         self._ends: list[bool] | None = None
 
     # -- ids -----------------------------------------------------------------------------
-    def encode(self, text: str) -> list[int]:
-        """Ids of ``text`` after reference cleaning, without BOS/EOS."""
-        return self._ids_cleaned([clean_text(text)])[0]
+    def encode(self, text: str, *, cleaning: str = "reference") -> list[int]:
+        """Ids of ``text`` after cleaning (the reference's unless told), without BOS/EOS."""
+        return self._ids_cleaned([cleaner(cleaning)(text)])[0]
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode_batch(
+        self, texts: Sequence[str], *, cleaning: str = "reference"
+    ) -> list[list[int]]:
         """Ids for many texts at once (Rust, parallel), without BOS/EOS."""
-        return self._ids_cleaned([clean_text(t) for t in texts])
+        clean = cleaner(cleaning)
+        return self._ids_cleaned([clean(t) for t in texts])
 
     def encode_cleaned_batch(self, cleaned: Sequence[str]) -> list[Any]:
         """Encodings for texts already passed through ``clean_text``.
