@@ -2,8 +2,10 @@
 ``keep_tokens`` pushes a tag past the 75-token limit, and captions' token counts.
 
 With ``shuffle_caption``, kohya splits a caption's first line at commas, keeps the first
-``keep_tokens`` tags in place and shuffles the rest, joining them with ``", "``. It tokenizes
-that text as written (underscores stay underscores) and cuts it after 75 tokens.
+``keep_tokens`` tags in place (or those before its ``keep_tokens_separator``, and a suffix after
+a second one) and shuffles the rest, joining them with ``", "``. It tokenizes that text as
+written (underscores stay underscores, transformers' slow ``CLIPTokenizer`` cleaning) and cuts
+it after 75 tokens, or 150 / 225 with ``max_token_length``.
 """
 
 from __future__ import annotations

@@ -193,7 +193,8 @@ def report_from_dataset(
 ) -> DatasetReport:
     caps = ds.captions
     weights = [c.file.weight for c in caps]
-    co = build_cooccurrence([[t.key for t in c.first_line_tags] for c in caps], weights)
+    written = [_written_tags(c, keep_tokens_separator) for c in caps]
+    co = build_cooccurrence([[key for _, key in tags] for tags in written], weights)
     n = len(caps)
     support = default_min_support(n) if min_support is None else max(1, min_support)
     pairs = strong_pairs(co, min_support=support, min_score=min_score, max_q=max_q)
@@ -208,9 +209,9 @@ def report_from_dataset(
     )
 
     forms: dict[str, Counter] = defaultdict(Counter)
-    for c in caps:
-        for t in c.first_line_tags:
-            forms[t.key][t.text] += 1
+    for tags in written:
+        for text, key in tags:
+            forms[key][text] += 1
     total_w = co.total_weight
     tag_stats: list[TagStat] = []
     order = sorted(range(len(co.tags)), key=lambda i: (-int(co.counts[i]), co.tags[i]))
@@ -255,6 +256,23 @@ def report_from_dataset(
         orphans=list(ds.files.orphans),
         uncaptioned_images=list(ds.files.uncaptioned_images),
     )
+
+
+def _written_tags(caption, separator: str) -> list[tuple[str, str]]:  # noqa: ANN001 - Caption
+    """(text, key) of a caption's first-line tags; a kohya ``keep_tokens_separator`` inside a
+    tag's text separates tags too (``a ||| b`` is ``a`` and ``b``)."""
+    if not separator or separator not in caption.first_line:
+        return [(t.text, t.key) for t in caption.first_line_tags]
+    out = []
+    for t in caption.first_line_tags:
+        if separator not in t.text:
+            out.append((t.text, t.key))
+            continue
+        for piece in t.text.split(separator):
+            text = strip_weight_syntax(piece)
+            if text and tag_key(text):
+                out.append((text, tag_key(text)))
+    return out
 
 
 def _token_stats(
