@@ -219,3 +219,34 @@ def test_cli_prompt_table_shows_parts_and_literal_warning(capsys):  # noqa: ANN0
     assert main(["tokenize", "--prompt", "flat_chest", "--underscores-as-spaces",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["text"] == "flat chest"
+
+
+def test_cli_comments_end_with_each_argument(tmp_path, capsys):  # noqa: ANN001
+    path = tmp_path / "prompt.txt"
+    path.write_text("masterpiece, # quality\n# a whole line\nsmile, (cat:1.2)\n", encoding="utf-8")
+    assert main(["tokenize", "--prompt", "--file", str(path), "--json"]) == 0
+    assert [r["text"] for r in json.loads(capsys.readouterr().out)] == [
+        "masterpiece", "smile", "cat"]
+    assert main(["tokenize", "--prompt", "a # note", "b", "--json"]) == 0
+    assert [r["text"] for r in json.loads(capsys.readouterr().out)] == ["a", "b"]
+    assert main(["tokenize", "--prompt", "a # note", "b", "--no-comments", "--json"]) == 0
+    assert [r["text"] for r in json.loads(capsys.readouterr().out)] == ["a # note", "b"]
+
+
+@pytest.mark.shared_data
+def test_random_prompts_of_danbooru_tags_match_the_webui(slow, danbooru_csv):  # noqa: ANN001
+    import csv
+
+    with open(danbooru_csv, encoding="utf-8", newline="") as f:
+        names = [row[0] for row in csv.reader(f) if row]
+    rng = random.Random(1616)
+    tags = rng.sample(names, 3000) + ["|_|", ">_<", "^_^", "(o)_(o)", ":d", ";)"]
+    for _ in range(60):
+        out = []
+        for _ in range(rng.randint(1, 45)):
+            t, u = rng.choice(tags), rng.choice(tags)
+            if rng.random() < 0.5:
+                t = t.replace("_", " ").replace("(", "\\(").replace(")", "\\)")
+            out.append(rng.choice(_SYNTAX).format(t=t, u=u))
+        prompt = ", ".join(out)
+        _same(_ours(prompt), webui_first_step(slow, prompt))

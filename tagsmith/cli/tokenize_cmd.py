@@ -114,8 +114,14 @@ def tokenize_command(
 
     pairs = gather_tags(tags, file)
     if prompt:
+        texts = [t for _, t in pairs]
+        if comments:
+            # Each argument and line ends its own comments before they are joined.
+            from tagsmith.text.prompt_editing import strip_comments
+
+            texts = [c for c in (strip_comments(t) for t in texts) if c.strip()]
         _tokenize_prompt(
-            ", ".join(t for _, t in pairs), underscores=keep_underscores is False,
+            ", ".join(texts), underscores=keep_underscores is False,
             comments=comments, steps=steps, as_json=as_json,
         )
         return
