@@ -148,3 +148,11 @@ def test_cli_dataset_options(tmp_path, capsys):  # noqa: ANN001
     tokens = json.loads(capsys.readouterr().out)["tokens"]
     assert tokens["limit"] == 150 and tokens["keep_tokens_separator"] == "|||"
     assert run(["dataset", str(tmp_path), "--no-model", "--max-token-length", "100"]) == 2
+
+
+def test_tag_tokens_of_a_weighted_form(tmp_path):  # noqa: ANN001
+    write_caption(tmp_path, "a", "(masterpiece:1.2), 1girl, long_hair")
+    report = analyze_dataset(tmp_path, min_support=1)
+    n = {t.tag: t.n_tokens for t in report.tags}
+    assert n == {"masterpiece": len(REF.ids("masterpiece")), "1girl": 2,
+                 "long hair": len(REF.ids("long_hair"))}

@@ -212,6 +212,9 @@ def report_from_dataset(
     for tags in written:
         for text, key in tags:
             forms[key][text] += 1
+    # A form written with weight syntax, "(masterpiece:1.2)", is counted without it.
+    missing = {f.most_common(1)[0][0] for f in forms.values()} - token_lengths.keys()
+    token_lengths.update({t: n for t, (n, _) in tag_steps(sorted(missing)).items()})
     total_w = co.total_weight
     tag_stats: list[TagStat] = []
     order = sorted(range(len(co.tags)), key=lambda i: (-int(co.counts[i]), co.tags[i]))
