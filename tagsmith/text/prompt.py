@@ -296,7 +296,7 @@ def layout_prompt(
         later_texts.extend((k, t) for _, t in schedule.entries[1:])
         stream = _token_stream(schedule.first, k, tags, tok, clean, underscores)
         chunks.extend(_chunk_stream(stream, tags, len(chunks), k))
-    _add_scheduled_tags(later_texts, tags, tok, clean, underscores)
+    _add_scheduled_tags(later_texts, tags, tok, cleaning, underscores)
     return PromptLayout(prompt=prompt, chunks=chunks, tags=tags, parts=parts)
 
 
@@ -363,8 +363,9 @@ def _token_stream(text, part, tags, tok, clean, underscores):  # noqa: ANN001, A
     return stream
 
 
-def _add_scheduled_tags(later_texts, tags, tok, clean, underscores) -> None:  # noqa: ANN001
+def _add_scheduled_tags(later_texts, tags, tok, cleaning, underscores) -> None:  # noqa: ANN001
     """Tags that later sampling steps bring in (prompt editing), listed after the laid-out ones."""
+    clean = cleaner(cleaning)
     seen = {(t.part, t.text) for t in tags}
     for part, text in later_texts:
         plain = "".join(s.text for s in parse_attention(text) if not s.is_break)
@@ -374,7 +375,7 @@ def _add_scheduled_tags(later_texts, tags, tok, clean, underscores) -> None:  # 
             t = clean(piece)
             if t and (part, t) not in seen:
                 seen.add((part, t))
-                ids = tok.encode(t, cleaning="transformers")
+                ids = tok.encode(t, cleaning=cleaning)
                 tags.append(PromptTag(index=len(tags), text=t, ids=ids,
                                       tokens=[tok.id_to_token(i) for i in ids],
                                       scheduled=True, part=part,
