@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -73,8 +72,8 @@ def test_suggest_and_trigger_csv_use_the_same_escaping(tmp_path):
     assert header[-1] == "sim:-evil"  # starts with "s": safe as it is
     assert row[1:3] == ["'=HYPERLINK(\"x\")", "'@k"] and row[10] == "'+reason"
     assert row[6] == "-0.500000" and row[-1] == "-0.250000"
-    member = SimpleNamespace(form="=m", score=0.5, similarity={"@n": 0.1}, candidate=SimpleNamespace(
-        part="-p", tokens=["a"], n_tokens=1))
+    part = SimpleNamespace(part="-p", tokens=["a"], n_tokens=1)
+    member = SimpleNamespace(form="=m", score=0.5, similarity={"@n": 0.1}, candidate=part)
     fam = SimpleNamespace(stem="+stem", members=[member], held_out=None, score=0.5,
                           separation=0.1, reason="=r")
     write_trigger_csv(tmp_path / "t.csv", SimpleNamespace(
