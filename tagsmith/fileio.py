@@ -294,6 +294,8 @@ def read_tag_lines(path: str | Path) -> list[tuple[int, str]]:
     elif raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raw_text = raw.decode("utf-16")
         return _numbered(raw_text, label)
+    elif b"\x00" in raw and (codec := bomless_utf16(raw)):
+        return _numbered(raw.decode(codec), label)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -302,6 +304,22 @@ def read_tag_lines(path: str | Path) -> list[tuple[int, str]]:
             f"{label} is not valid UTF-8 (line {line}); save it as UTF-8 and try again."
         ) from exc
     return _numbered(text, label)
+
+
+def bomless_utf16(data: bytes) -> str | None:
+    """"utf-16-le"/"utf-16-be" when ``data`` reads as UTF-16 without a byte-order mark (mostly
+    ASCII text then has a zero byte in every other position), else None."""
+    if len(data) < 4 or len(data) % 2:
+        return None
+    half = len(data) // 2
+    for codec, zeros in (("utf-16-le", data[1::2].count(0)), ("utf-16-be", data[0::2].count(0))):
+        if zeros >= half * 0.6:
+            try:
+                data.decode(codec)
+            except UnicodeDecodeError:
+                continue
+            return codec
+    return None
 
 
 def _numbered(text: str, label: str) -> list[tuple[int, str]]:

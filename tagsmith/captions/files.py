@@ -42,7 +42,7 @@ CAPTION_EXTENSIONS = (".txt", ".caption")  # in order of preference for one imag
 BACKUP_DIR_NAME = ".tagsmith-backup"
 MAX_DEPTH = 64  # folders below the dataset root
 MAX_CAPTION_BYTES = 1 << 20  # real captions are a few KiB; kohya trains on 225 tokens at most
-MAX_CAPTION_TAGS = 2_000
+MAX_CAPTION_TAGS = 1_000
 MAX_TAG_CHARS = 2_000
 
 _REPEAT_FOLDER = re.compile(r"^(\d+)(?:_(.*))?$", re.S)

@@ -273,7 +273,8 @@ def plan_retag(root: str | Path, mappings: Sequence[TagMapping]) -> RetagPlan:
         data = read_caption_bytes(cf.path, follow_symlinks=False)
         decoded = decode_caption_bytes(data)
         check_caption_text(decoded.text, cf.path)
-        if not os.access(cf.path, os.W_OK):
+        if not os.stat(cf.path).st_mode & 0o222 or not os.access(cf.path, os.W_OK):
+            # Marked read-only (even for root, who could write it anyway): left alone.
             plan.skipped.append((cf.rel, "it is read-only"))
             continue
         if decoded.encode(decoded.text) != data:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tagsmith.errors import FileFormatError, InputError
-from tagsmith.fileio import MAX_LIST_BYTES, gunzip_bounded, read_regular_bytes
+from tagsmith.fileio import MAX_LIST_BYTES, bomless_utf16, gunzip_bounded, read_regular_bytes
 from tagsmith.text.tokenizer import normalize_tag
 
 VOCAB_ENV = "TAGSMITH_VOCAB"
@@ -232,7 +232,7 @@ def _read_text(path: Path) -> str:
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise FileFormatError(f"{path} is UTF-16 text; save it as UTF-8 and try again.")
     if b"\x00" in data:
-        if _looks_like_bomless_utf16(data):
+        if bomless_utf16(data):
             raise FileFormatError(
                 f"{path} is UTF-16 text without a byte-order mark; save it as UTF-8 and try "
                 "again."
@@ -245,23 +245,6 @@ def _read_text(path: Path) -> str:
         raise FileFormatError(
             f"{path} is not UTF-8 text (invalid byte 0x{data[exc.start]:02x} on line {line})."
         ) from exc
-
-
-def _looks_like_bomless_utf16(data: bytes) -> bool:
-    """Mostly-ASCII UTF-16 has a zero byte in every other position (LE: odd, BE: even)."""
-    sample = data[: 1 << 16]
-    if len(sample) < 4 or len(sample) % 2:
-        return False
-    half = len(sample) // 2
-    odd, even = sample[1::2].count(0), sample[0::2].count(0)
-    for codec, zeros in (("utf-16-le", odd), ("utf-16-be", even)):
-        if zeros >= half * 0.6:
-            try:
-                sample.decode(codec)
-            except UnicodeDecodeError:
-                continue
-            return True
-    return False
 
 
 # -- rows ------------------------------------------------------------------------------------
