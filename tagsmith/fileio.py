@@ -167,6 +167,19 @@ def read_regular_bytes(
         os.close(fd)
 
 
+def require_regular_file(path: str | Path, what: str = "file") -> None:
+    """Refuse, in one sentence, a path that is a FIFO, a device or a socket (reading one would
+    wait forever or never end); a missing path or a folder is left to the caller's wording."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise InputError(
+            f"{path} is {_file_kind(mode)}, not a regular file; give tagsmith a {what}."
+        )
+
+
 def _file_kind(mode: int) -> str:
     if stat.S_ISFIFO(mode):
         return "a named pipe (FIFO)"

@@ -59,6 +59,13 @@ def test_a_tampered_manifest_pointing_outside_dir_is_refused(tmp_path):
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(DatasetError, match="changed after tagsmith wrote it"):
         undo_last_retag(root)
+    # Even with the user's own record forged to match, the path itself is refused.
+    (record,) = bk.runs_dir().glob("*.json")
+    forged = json.loads(record.read_text())
+    forged["manifest_sha256"] = bk.sha256(manifest_path.read_bytes())
+    record.write_text(json.dumps(forged))
+    with pytest.raises(DatasetError, match="leaves the dataset"):
+        undo_last_retag(root)
     assert victim.read_bytes() == b"precious"
     assert stat.S_IMODE(victim.stat().st_mode) & 0o7000 == 0
 
@@ -353,3 +360,16 @@ def test_utf16_without_bom_is_called_utf16_or_read(tmp_path, codec):
     lines = tmp_path / "tags.txt"
     lines.write_bytes("long hair\ncafé\n".encode(codec))
     assert read_tag_lines(lines) == [(1, "long hair"), (2, "café")]
+
+
+@needs_fifo
+def test_score_files_that_are_fifos_are_refused_by_read_and_explore(tmp_path):
+    from tagsmith.analysis.score_io import read_score_file
+    from tagsmith.tui.loaders import check_score_path
+
+    fifo = tmp_path / "scores.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="named pipe"):
+        read_score_file(fifo)
+    with pytest.raises(InputError, match="named pipe"):
+        check_score_path(fifo)

@@ -13,7 +13,7 @@ from typing import Any
 
 from tagsmith.analysis.score import COLUMNS, ScoreNeighbor, ScoreRow, ScoreSummary, round_score
 from tagsmith.errors import FileFormatError, InputError, UsageError
-from tagsmith.fileio import atomic_writer, csv_value, write_csv
+from tagsmith.fileio import atomic_writer, csv_value, require_regular_file, write_csv
 
 SCORE_FORMATS = ("csv", "jsonl", "parquet")
 
@@ -128,6 +128,7 @@ def read_score_file(path: str | Path) -> list[ScoreRow]:
         raise InputError(f"Score file {path} does not exist.")
     if path.is_dir():
         raise InputError(f"{path} is a directory, not a score file.")
+    require_regular_file(path, "score file")
     with path.open("rb") as fh:
         head = fh.read(4)
     if head == b"PAR1":

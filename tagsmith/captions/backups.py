@@ -306,7 +306,8 @@ def _no_run_message(root: Path) -> str:
     return (
         f"{root} has no retag run of yours to undo: {k} backup{'s' if k != 1 else ''} in "
         f"{BACKUP_DIR_NAME}/ (e.g. {foreign[-1].name}) {'were' if k != 1 else 'was'} not made by "
-        "tagsmith on this machine, so tagsmith does not restore "
+        "tagsmith on this machine (no run of yours recorded it in "
+        f"{runs_dir()}), so tagsmith does not restore "
         f"{'them' if k != 1 else 'it'} (a shared dataset can carry planted backups); the "
         "original files are in its files/ folder if you want to copy them back by hand."
     )
