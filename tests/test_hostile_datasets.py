@@ -219,6 +219,18 @@ def test_a_backup_failing_on_a_full_disk_leaves_no_partial_backup(tmp_path, monk
     assert all(f.read_bytes() == b"mayonnaise-container" for f in files)
 
 
+def test_a_run_that_cannot_be_recorded_changes_nothing(tmp_path, monkeypatch):
+    root = tmp_path / "ds"
+    f = write(root, "a", b"mayonnaise bottle")
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("TAGSMITH_CACHE_DIR", str(blocker))
+    with pytest.raises(DatasetError, match="Cannot record the run .* nothing was changed"):
+        apply_retag(plan_retag(root, parse_maps(MAYO)))
+    assert f.read_bytes() == b"mayonnaise bottle"
+    assert not (root / ".tagsmith-backup").exists()
+
+
 def test_undo_on_a_full_disk_says_one_sentence(tmp_path, monkeypatch, capsys):
     root = tmp_path / "ds"
     f = write(root, "a", b"mayonnaise bottle")

@@ -201,7 +201,6 @@ def _record_path(backup: Path) -> Path:
 def record_run(root: Path, backup: Path, manifest: bytes) -> None:
     """Remember, outside the dataset, that this user's run made ``backup`` (see module doc)."""
     folder = runs_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     record = {
         "root": os.path.realpath(root),
         "backup": os.path.basename(backup),
@@ -210,9 +209,15 @@ def record_run(root: Path, backup: Path, manifest: bytes) -> None:
         "created_ns": time.time_ns(),
     }
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(_record_path(backup), json.dumps(record))
-    except TagsmithError as exc:
-        raise OSError(exc.message) from None
+    except (OSError, TagsmithError) as exc:
+        why = exc.message if isinstance(exc, TagsmithError) else (exc.strerror or str(exc))
+        raise DatasetError(
+            f"Cannot record the run in {folder} ({why.rstrip('.')}), and undo needs that "
+            "record; nothing was changed (the backup was removed). Set TAGSMITH_CACHE_DIR to "
+            "a writable folder and try again."
+        ) from None
 
 
 def _recorded(backup: Path) -> dict | None:

@@ -409,7 +409,7 @@ def apply_retag(
         _write_backup(plan, changes, backup)
     except BaseException as exc:
         _remove_backup(backup, base_is_new)
-        if isinstance(exc, OSError):
+        if isinstance(exc, OSError) and not isinstance(exc, DatasetError):
             raise DatasetError(
                 f"Cannot write the backup in {root / BACKUP_DIR_NAME}: {exc.strerror or exc}; "
                 "nothing was changed (the partial backup was removed)."
