@@ -99,9 +99,14 @@ def _no_raw(text: str) -> None:
 
 def test_tokenize_shows_hostile_tags_escaped(capsys):
     assert run(["tokenize", "red\x1b[31mhair\x07", "x\u202ey"]) == EXIT_OK
-    out = capsys.readouterr().out
-    _no_raw(out)
+    out, err = capsys.readouterr()
+    _no_raw(out + err)
     assert "\\x1b" in out and "\\u202e" in out
+    # Escaped before wrapping: the longer text wraps, nothing is cropped.
+    first_column = "".join(ln.split("│")[1].strip() for ln in out.splitlines()
+                           if ln.startswith("│"))
+    assert first_column.startswith("red\\x1b[31mhair")  # (rich itself drops BEL)
+    assert " ".join(err.split()).count("the tokenizer sees the cleaned text shown") == 2
 
 
 def test_dataset_and_retag_diff_show_hostile_names_and_captions_escaped(tmp_path, capsys):
