@@ -385,3 +385,17 @@ def test_score_files_that_are_fifos_are_refused_by_read_and_explore(tmp_path):
         read_score_file(fifo)
     with pytest.raises(InputError, match="named pipe"):
         check_score_path(fifo)
+
+
+def test_a_symlinked_folder_is_not_entered(tmp_path):
+    outside = tmp_path / "outside"
+    write(outside, "victim", b"mayonnaise bottle")
+    root = tmp_path / "ds"
+    write(root, "a", b"mayonnaise bottle")
+    (root / "10_link").symlink_to(outside)
+    (root / "fake.txt").symlink_to(outside)  # a folder link named like a caption
+    (root / "fake.png").write_bytes(b"\x89PNG")
+    plan = plan_retag(root, parse_maps(MAYO))
+    assert [c.rel for c in plan.changes] == ["a.txt"]
+    apply_retag(plan)
+    assert (outside / "victim.txt").read_bytes() == b"mayonnaise bottle"

@@ -216,19 +216,23 @@ def _walk(root: Path):  # noqa: ANN202 - yields (folder, subfolder names, file n
         except OSError as exc:
             where = exc.filename or here
             raise DatasetError(f"Cannot read {where}: {exc.strerror or exc}.") from None
-        dirs, files = [], []
+        dirs, files, links = [], [], set()
         for e in entries:
             try:
-                (dirs if e.is_dir(follow_symlinks=False) else files).append(e.name)
+                is_dir = e.is_dir()  # as os.walk: a symlinked folder is listed, not entered
+                if is_dir and e.is_symlink():
+                    links.add(e.name)
             except OSError:
-                files.append(e.name)
+                is_dir = False
+            (dirs if is_dir else files).append(e.name)
         yield here, dirs, files  # the caller prunes ``dirs`` in place, as with os.walk
-        if dirs and depth >= MAX_DEPTH:
+        real = [d for d in dirs if d not in links]
+        if real and depth >= MAX_DEPTH:
             raise DatasetError(
                 f"{root} is nested more than {MAX_DEPTH} folders deep (at {here}); tagsmith "
                 "stops there rather than walk a tree no dataset has."
             )
-        stack.extend((here / d, depth + 1) for d in reversed(dirs))
+        stack.extend((here / d, depth + 1) for d in reversed(real))
 
 
 def _join(rel_dir: str, name: str) -> str:
