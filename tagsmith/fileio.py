@@ -1,22 +1,36 @@
-"""Reading the user's text files and writing files atomically.
+"""Reading the user's text files (regular files only, bounded) and writing files atomically.
 
 Nothing a user owns is ever half-written: every write goes to a temporary file in the same
-folder, is flushed to disk, then renamed over the target in one step.
+folder, is flushed to disk, then renamed over the target in one step; a temporary file a killed
+run left behind is removed by the next successful write of the same file. Reads open only
+regular files (a FIFO, a device or a symlink to ``/dev/zero`` is refused, never waited on) and
+stop at a size limit, gzip included. CSV cells that a spreadsheet would run as a formula are
+escaped here, in the one CSV writer every command uses.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
+import re
+import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
 from tagsmith.errors import InputError
 
 MAX_LINE_CHARS = 10_000  # a "tag" longer than this is a wrong file, not a tag
+MAX_LIST_BYTES = 512 * 1024 * 1024  # one tag list or vocabulary, after decompression
+# POSIX renames an open file, so the writer's lock covers the rename; Windows cannot.
+_RENAME_WHILE_OPEN = os.name != "nt"
+_STALE_TMP_AGE_S = 3600.0  # where temp files cannot be locked: older ones count as abandoned
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -42,16 +56,228 @@ def atomic_writer(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
     except OSError as exc:
         raise InputError(f"Cannot write {target}: {exc.strerror or exc}.") from exc
+    _lock(fd)  # held until the file is closed: tells a later run this one is still alive
     try:
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
+            if _RENAME_WHILE_OPEN:
+                os.replace(tmp, target)
+        if not _RENAME_WHILE_OPEN:
+            os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    remove_abandoned_temp_files(target)
+
+
+def _lock(fd: int) -> None:
+    with contextlib.suppress(ImportError, OSError):
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def remove_abandoned_temp_files(target: str | Path) -> list[str]:
+    """Remove the temporary files a killed write of ``target`` left beside it.
+
+    Only names ``atomic_writer`` makes for this very target (``.<name>.<8 random>.tmp``) are
+    considered, and only those no live process holds: a writer keeps its temp file locked
+    (flock) until it is renamed, so a file that can be locked belongs to a dead run. Where
+    locks are unavailable, files older than an hour count as abandoned.
+    """
+    target = Path(target)
+    pattern = re.compile(re.escape(f".{target.name}.") + r"[a-z0-9_]{8}\.tmp")
+    removed: list[str] = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(target.parent if str(target.parent) else "."):
+            if pattern.fullmatch(entry.name) and _abandoned(entry.path):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+    return removed
+
+
+def _abandoned(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        try:
+            import fcntl
+        except ImportError:
+            return time.time() - os.fstat(fd).st_mtime > _STALE_TMP_AGE_S
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # a live writer holds it
+        return True
+    finally:
+        os.close(fd)
+
+
+# -- reading: regular files only, bounded -----------------------------------------------------
+
+
+def read_regular_bytes(
+    path: str | Path, *, limit: int, what: str = "file", follow_symlinks: bool = True
+) -> bytes:
+    """The bytes of a regular file, refusing FIFOs, devices and files over ``limit`` bytes.
+
+    Opening never blocks (a FIFO is opened non-blocking and then refused), and at most
+    ``limit + 1`` bytes are read, so a file that grows while it is read is refused too.
+    Raises ``InputError`` with one sentence; ``OSError`` only for what the caller words itself
+    (a missing file, a permission problem) when it chooses to catch it.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = _file_kind(st.st_mode)
+            raise InputError(f"{path} is {kind}, not a regular file; tagsmith reads only files.")
+        if st.st_size > limit:
+            raise InputError(
+                f"{path} is {_size(st.st_size)}, more than tagsmith reads as one {what} "
+                f"({_size(limit)})."
+            )
+        with contextlib.suppress(OSError):
+            os.set_blocking(fd, True)
+        chunks, total = [], 0
+        while total <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > limit:
+            raise InputError(
+                f"{path} grew past {_size(limit)} while it was read, more than tagsmith reads "
+                f"as one {what}."
+            )
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def require_regular_file(path: str | Path, what: str = "file") -> None:
+    """Refuse, in one sentence, a path that is a FIFO, a device or a socket (reading one would
+    wait forever or never end); a missing path or a folder is left to the caller's wording."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise InputError(
+            f"{path} is {_file_kind(mode)}, not a regular file; give tagsmith a {what}."
+        )
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "not a regular file"
+
+
+def _size(n: int) -> str:
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def gunzip_bounded(data: bytes, *, limit: int, label: str) -> bytes:
+    """Decompress gzip ``data`` (several members too), refusing to expand past ``limit`` bytes."""
+    out: list[bytes] = []
+    total = 0
+    while data:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        while data:
+            piece = d.decompress(data, max(1, limit + 1 - total))
+            total += len(piece)
+            out.append(piece)
+            if total > limit:
+                raise InputError(
+                    f"{label} expands to more than {_size(limit)} when decompressed; tagsmith "
+                    "stops there (a list that large is a wrong file or a decompression bomb)."
+                )
+            data = d.unconsumed_tail
+            if d.eof:
+                break
+        if not d.eof:
+            raise zlib.error("the compressed data ends early")
+        data = d.unused_data.lstrip(b"\x00")
+    return b"".join(out)
+
+
+# -- CSV: one writer, formula cells escaped ---------------------------------------------------
+
+# OWASP "CSV Injection": a cell that starts with one of these is run as a formula by
+# spreadsheets. Such a cell gets a leading apostrophe (shown as text, not evaluated).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip() == text
+
+
+def csv_cell(value: object) -> str:
+    """A CSV cell for ``value``: None is empty, numbers as written, formula starts escaped.
+
+    ``'`` is put before text that starts with ``= + - @``, a tab or a carriage return (also
+    after leading apostrophes, so that ``csv_value`` can undo it exactly); numbers such as
+    ``-0.25`` are left alone. JSON and Parquet outputs keep the raw text.
+    """
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else str(value)
+    if text and not _is_number(text) and text.lstrip("'").startswith(_FORMULA_START):
+        return "'" + text
+    return text
+
+
+def csv_value(cell: str) -> str:
+    """The text ``csv_cell`` was given (one escaping apostrophe removed)."""
+    if cell.startswith("'") and cell.lstrip("'").startswith(_FORMULA_START):
+        return cell[1:]
+    return cell
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A whole CSV document, every cell through ``csv_cell``."""
+    buf = io.StringIO()
+    write_csv_rows(buf, header, rows)
+    return buf.getvalue()
+
+
+def write_csv_rows(fh: IO[str], header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    w = csv.writer(fh, lineterminator="\n")
+    w.writerow([csv_cell(h) for h in header])
+    for row in rows:
+        w.writerow([csv_cell(v) for v in row])
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """Write a CSV file atomically (see ``csv_cell`` for what is escaped)."""
+    with atomic_writer(path, "w", encoding="utf-8", newline="") as fh:
+        write_csv_rows(fh, header, rows)
 
 
 def read_tag_lines(path: str | Path) -> list[tuple[int, str]]:
@@ -61,8 +287,10 @@ def read_tag_lines(path: str | Path) -> list[tuple[int, str]]:
     """
     name = str(path)
     if name == "-":
-        raw = sys.stdin.buffer.read()
+        raw = sys.stdin.buffer.read(MAX_LIST_BYTES + 1)
         label = "standard input"
+        if len(raw) > MAX_LIST_BYTES:
+            raise InputError(f"Standard input holds more than {_size(MAX_LIST_BYTES)} of tags.")
     else:
         p = Path(path)
         if p.is_dir():
@@ -70,7 +298,7 @@ def read_tag_lines(path: str | Path) -> list[tuple[int, str]]:
         if not p.exists():
             raise InputError(f"{p} does not exist.")
         try:
-            raw = p.read_bytes()
+            raw = read_regular_bytes(p, limit=MAX_LIST_BYTES, what="tag list")
         except OSError as exc:
             raise InputError(f"Cannot read {p}: {exc.strerror or exc}.") from exc
         label = str(p)
@@ -79,6 +307,8 @@ def read_tag_lines(path: str | Path) -> list[tuple[int, str]]:
     elif raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raw_text = raw.decode("utf-16")
         return _numbered(raw_text, label)
+    elif b"\x00" in raw and (codec := bomless_utf16(raw)):
+        return _numbered(raw.decode(codec), label)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -87,6 +317,22 @@ def read_tag_lines(path: str | Path) -> list[tuple[int, str]]:
             f"{label} is not valid UTF-8 (line {line}); save it as UTF-8 and try again."
         ) from exc
     return _numbered(text, label)
+
+
+def bomless_utf16(data: bytes) -> str | None:
+    """"utf-16-le"/"utf-16-be" when ``data`` reads as UTF-16 without a byte-order mark (mostly
+    ASCII text then has a zero byte in every other position), else None."""
+    if len(data) < 4 or len(data) % 2:
+        return None
+    half = len(data) // 2
+    for codec, zeros in (("utf-16-le", data[1::2].count(0)), ("utf-16-be", data[0::2].count(0))):
+        if zeros >= half * 0.6:
+            try:
+                data.decode(codec)
+            except UnicodeDecodeError:
+                continue
+            return codec
+    return None
 
 
 def _numbered(text: str, label: str) -> list[tuple[int, str]]:

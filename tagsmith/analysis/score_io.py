@@ -13,7 +13,7 @@ from typing import Any
 
 from tagsmith.analysis.score import COLUMNS, ScoreNeighbor, ScoreRow, ScoreSummary, round_score
 from tagsmith.errors import FileFormatError, InputError, UsageError
-from tagsmith.fileio import atomic_writer
+from tagsmith.fileio import atomic_writer, csv_value, require_regular_file, write_csv
 
 SCORE_FORMATS = ("csv", "jsonl", "parquet")
 
@@ -55,15 +55,12 @@ def write_scores(
         with atomic_writer(path, "wb") as fh:
             pq.write_table(table, fh)
         return path
+    if fmt == "csv":
+        write_csv(path, COLUMNS, (_csv_cells(r) for r in rows))
+        return path
     with atomic_writer(path, "w", encoding="utf-8", newline="") as fh:
-        if fmt == "csv":
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow(COLUMNS)
-            for r in rows:
-                w.writerow(_csv_cells(r))
-        else:
-            for r in rows:
-                fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+        for r in rows:
+            fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
     return path
 
 
@@ -131,6 +128,7 @@ def read_score_file(path: str | Path) -> list[ScoreRow]:
         raise InputError(f"Score file {path} does not exist.")
     if path.is_dir():
         raise InputError(f"{path} is a directory, not a score file.")
+    require_regular_file(path, "score file")
     with path.open("rb") as fh:
         head = fh.read(4)
     if head == b"PAR1":
@@ -214,7 +212,7 @@ def _read_csv(text: str, path: Path) -> list[ScoreRow]:
         if not values:
             continue
         try:
-            rows.append(_row_from_values(dict(zip(header, values))))
+            rows.append(_row_from_values(dict(zip(header, map(csv_value, values)))))
         except (KeyError, ValueError, TypeError, IndexError) as exc:
             raise _bad(path, reader.line_num, exc) from None
     return rows
@@ -227,7 +225,7 @@ def _read_jsonl(text: str, path: Path) -> list[ScoreRow]:
             continue
         try:
             rows.append(_row_from_values(json.loads(line)))
-        except (KeyError, ValueError, TypeError, IndexError) as exc:
+        except (KeyError, ValueError, TypeError, IndexError, RecursionError) as exc:
             raise _bad(path, i, exc) from None
     return rows
 

@@ -13,7 +13,12 @@ and what this module therefore assumes:
 * A ``.txt``/``.caption`` file without an image beside it is not a caption (kohya never reads
   it, and it may be someone's notes): it is listed as an orphan and left out of statistics and
   out of retagging. When both ``img.txt`` and ``img.caption`` exist, ``.txt`` is used.
-* Hidden folders (``.git``, tagsmith's own ``.tagsmith-backup``) are skipped.
+* Hidden folders (``.git``, tagsmith's own ``.tagsmith-backup``) are skipped, symlinked folders
+  are not followed, and a tree nested deeper than ``MAX_DEPTH`` folders is refused.
+* Only regular files are read (a caption that is a FIFO or a link to ``/dev/zero`` is refused
+  with a sentence, never waited on), and one caption may cost at most ``MAX_CAPTION_BYTES``,
+  ``MAX_CAPTION_TAGS`` tags and ``MAX_TAG_CHARS`` characters per tag: past that it is a wrong
+  file, and the sentence names it.
 
 Files are decoded as UTF-8, UTF-8 with BOM, UTF-16/32 with BOM, BOM-less UTF-16 (detected by
 its zero bytes), CP1252, and Latin-1 as the last resort; the encoding and BOM are kept per
@@ -29,11 +34,16 @@ from functools import cached_property
 from pathlib import Path
 
 from tagsmith.captions.parse import _LINE_BREAK, CaptionTag, parse_caption_text
-from tagsmith.errors import DatasetError
+from tagsmith.errors import DatasetError, InputError
+from tagsmith.fileio import read_regular_bytes
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".avif", ".jxl"})
 CAPTION_EXTENSIONS = (".txt", ".caption")  # in order of preference for one image
 BACKUP_DIR_NAME = ".tagsmith-backup"
+MAX_DEPTH = 64  # folders below the dataset root
+MAX_CAPTION_BYTES = 1 << 20  # real captions are a few KiB; kohya trains on 225 tokens at most
+MAX_CAPTION_TAGS = 1_000
+MAX_TAG_CHARS = 2_000
 
 _REPEAT_FOLDER = re.compile(r"^(\d+)(?:_(.*))?$", re.S)
 
@@ -154,12 +164,9 @@ def find_caption_files(root: str | Path) -> DatasetFiles:
     if own is not None:
         found.repeat_folders["."] = own
 
-    def walk_error(exc: OSError) -> None:
-        raise DatasetError(f"Cannot read {exc.filename}: {exc.strerror or exc}.")
-
-    for dirpath, dirnames, filenames in os.walk(root, onerror=walk_error):
+    for dirpath, dirnames, filenames in _walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        here = Path(dirpath)
+        here = dirpath
         rel_dir = here.relative_to(root).as_posix()
         if rel_dir != ".":
             reps = _repeats_of(here.name)
@@ -195,6 +202,37 @@ def find_caption_files(root: str | Path) -> DatasetFiles:
     found.captions.sort(key=lambda c: c.rel)
     found.shadowed.sort(key=lambda c: c.rel)
     return found
+
+
+def _walk(root: Path):  # noqa: ANN202 - yields (folder, subfolder names, file names)
+    """``os.walk`` top-down without recursion (Python 3.11's recurses, so a tree 1,000 folders
+    deep raised RecursionError), not following symlinked folders, refusing depth > MAX_DEPTH."""
+    stack: list[tuple[Path, int]] = [(root, 0)]
+    while stack:
+        here, depth = stack.pop()
+        try:
+            with os.scandir(here) as it:
+                entries = list(it)
+        except OSError as exc:
+            where = exc.filename or here
+            raise DatasetError(f"Cannot read {where}: {exc.strerror or exc}.") from None
+        dirs, files, links = [], [], set()
+        for e in entries:
+            try:
+                is_dir = e.is_dir()  # as os.walk: a symlinked folder is listed, not entered
+                if is_dir and e.is_symlink():
+                    links.add(e.name)
+            except OSError:
+                is_dir = False
+            (dirs if is_dir else files).append(e.name)
+        yield here, dirs, files  # the caller prunes ``dirs`` in place, as with os.walk
+        real = [d for d in dirs if d not in links]
+        if real and depth >= MAX_DEPTH:
+            raise DatasetError(
+                f"{root} is nested more than {MAX_DEPTH} folders deep (at {here}); tagsmith "
+                "stops there rather than walk a tree no dataset has."
+            )
+        stack.extend((here / d, depth + 1) for d in reversed(real))
 
 
 def _join(rel_dir: str, name: str) -> str:
@@ -257,12 +295,38 @@ class Dataset:
         return self.files.root
 
 
-def read_caption(file: CaptionFile) -> Caption:
+def read_caption_bytes(path: Path, *, follow_symlinks: bool = True) -> bytes:
+    """A caption file's bytes: a regular file of at most MAX_CAPTION_BYTES, else one sentence."""
     try:
-        data = file.path.read_bytes()
+        return read_regular_bytes(
+            path, limit=MAX_CAPTION_BYTES, what="caption", follow_symlinks=follow_symlinks
+        )
+    except InputError as exc:
+        raise DatasetError(exc.message) from None
     except OSError as exc:
-        raise DatasetError(f"Cannot read {file.path}: {exc.strerror or exc}.") from exc
+        raise DatasetError(f"Cannot read {path}: {exc.strerror or exc}.") from exc
+
+
+def check_caption_text(text: str, path: Path) -> None:
+    """Refuse a caption whose parsing would cost more than any real caption (module doc)."""
+    n_tags = text.count(",") + len(_LINE_BREAK.findall(text)) + 1
+    if n_tags > MAX_CAPTION_TAGS:
+        raise DatasetError(
+            f"{path} holds {n_tags:,} tags, more than tagsmith reads in one caption "
+            f"({MAX_CAPTION_TAGS:,}); it is not a caption file."
+        )
+    longest = max((len(part) for part in re.split(r"[,\r\n]", text)), default=0)
+    if longest > MAX_TAG_CHARS:
+        raise DatasetError(
+            f"{path} holds a tag of {longest:,} characters, more than tagsmith reads as one tag "
+            f"({MAX_TAG_CHARS:,}); it is not a caption file."
+        )
+
+
+def read_caption(file: CaptionFile) -> Caption:
+    data = read_caption_bytes(file.path)
     decoded = decode_caption_bytes(data)
+    check_caption_text(decoded.text, file.path)
     return Caption(file=file, decoded=decoded, tags=tuple(parse_caption_text(decoded.text)))
 
 

@@ -11,10 +11,14 @@ of each file without writing anything. ``apply_retag`` then
    flushed to disk and renamed over the original, so that a crash, a kill or Ctrl-C leaves every
    file either entirely old or entirely new.
 
-``undo_last_retag`` restores the newest backup that has not been undone, byte for byte, with
-the original permissions and modification times. It checks first that every listed file is
-still either what the run left (restored) or what it found (nothing to do); a file edited since
-makes it refuse, naming the file, before anything is restored.
+3. records the run outside the dataset (``tagsmith.captions.backups``), so that undo restores
+   only backups this user's own runs made, never one planted in a shared dataset.
+
+``undo_last_retag`` (in ``tagsmith.captions.backups``) restores the newest recorded backup that
+has not been undone, byte for byte, with the original modification times; each file keeps its
+own permission bits. It checks first that every listed file is still either what the run left
+(restored) or what it found (nothing to do); a file edited since makes it refuse, naming the
+file, before anything is restored. A backup that fails midway (a full disk) is removed again.
 
 What a rewrite keeps: tag order, separators, spacing, line endings, the file's encoding and BOM,
 and A1111 weight syntax around a tag (``(mayonnaise bottle:1.2)`` ->
@@ -32,11 +36,10 @@ renamed but kept, since removing it would unbalance the brackets; the plan says 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
-import tempfile
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -44,20 +47,35 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tagsmith.captions.backups import (
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    TMP_MARK,
+    UNDONE_NAME,
+    UndoResult,
+    backup_base,
+    fsync_dir,
+    list_backups,
+    new_backup_dir,
+    read_if_regular,
+    record_run,
+    replace_file_bytes,
+    safe_target,
+    sha256,
+    undo_last_retag,
+)
 from tagsmith.captions.files import (
     BACKUP_DIR_NAME,
     CaptionFile,
     DecodedText,
+    check_caption_text,
     decode_caption_bytes,
     find_caption_files,
+    read_caption_bytes,
 )
 from tagsmith.captions.parse import CaptionTag, parse_caption_text, strip_weight_syntax, tag_key
 from tagsmith.errors import DatasetError, UsageError
 
-MANIFEST_NAME = "manifest.json"
-UNDONE_NAME = "undone.json"
-MANIFEST_VERSION = 1
-TMP_MARK = ".tagsmith-"
 # Test hook: seconds to sleep after each rewritten file, so a test can kill a run midway.
 DELAY_ENV = "TAGSMITH_TEST_RETAG_DELAY"
 
@@ -252,11 +270,13 @@ def plan_retag(root: str | Path, mappings: Sequence[TagMapping]) -> RetagPlan:
         if cf.path.is_symlink():
             plan.skipped.append((cf.rel, "it is a symbolic link"))
             continue
-        try:
-            data = cf.path.read_bytes()
-        except OSError as exc:
-            raise DatasetError(f"Cannot read {cf.path}: {exc.strerror or exc}.") from exc
+        data = read_caption_bytes(cf.path, follow_symlinks=False)
         decoded = decode_caption_bytes(data)
+        check_caption_text(decoded.text, cf.path)
+        if not os.stat(cf.path).st_mode & 0o222 or not os.access(cf.path, os.W_OK):
+            # Marked read-only (even for root, who could write it anyway): left alone.
+            plan.skipped.append((cf.rel, "it is read-only"))
+            continue
         if decoded.encode(decoded.text) != data:
             plan.skipped.append((cf.rel, f"its bytes do not survive {decoded.label} round trip"))
             continue
@@ -332,42 +352,6 @@ def rewrite_caption_text(
 # -- writing --------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def replace_file_bytes(
-    path: Path, data: bytes, *, mode: int | None = None, sync_dir: bool = True
-) -> None:
-    """Replace ``path`` with ``data`` in one step, keeping its permission bits.
-
-    The data is on disk before the rename, so even a power cut leaves the old or the new file;
-    ``sync_dir=False`` leaves making the rename itself durable to the caller (one folder sync
-    per folder at the end of a run instead of one per file).
-    """
-    if mode is None:
-        mode = path.stat().st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fchmod(fh.fileno(), mode)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if sync_dir:
-        _fsync_dir(path.parent)
-
-
 def _write_new(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "xb") as fh:
@@ -385,29 +369,11 @@ def _flush_to_disk(paths: Sequence[Path]) -> None:
             os.fsync(fh.fileno())
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 @dataclass
 class RetagResult:
     backup: Path | None
     written: list[str]
     changed_since_plan: list[str]  # left alone: the file changed between plan and write
-
-
-def _new_backup_dir(root: Path) -> Path:
-    base = root / BACKUP_DIR_NAME
-    base.mkdir(exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    for k in range(1000):
-        candidate = base / (stamp if k == 0 else f"{stamp}-{k}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise DatasetError(f"Cannot create a backup folder under {base}.")
 
 
 def apply_retag(
@@ -416,53 +382,39 @@ def apply_retag(
     """Back up, then rewrite every planned file atomically (see the module doc).
 
     ``on_file(done, total, rel)`` is called after each file is replaced. A KeyboardInterrupt
-    between or during files propagates; every file is then either old or new.
+    between or during files propagates; every file is then either old or new. A backup that
+    cannot be completed is removed again, so "nothing was changed" holds on disk too.
     """
     if not plan.changes:
         return RetagResult(backup=None, written=[], changed_since_plan=[])
-    stale = [ch.rel for ch in plan.changes if _read(ch.file.path) != ch.old_bytes]
+    root = plan.root
+    for ch in plan.changes:
+        safe_target(root, ch.rel, what="The plan")  # no symlinked folder appeared since
+        if not os.access(ch.file.path.parent, os.W_OK | os.X_OK):
+            raise DatasetError(
+                f"Cannot rewrite {ch.file.path}: its folder is not writable; nothing was changed."
+            )
+    stale = [ch.rel for ch in plan.changes if read_if_regular(ch.file.path) != ch.old_bytes]
     changes = [ch for ch in plan.changes if ch.rel not in set(stale)]
     if not changes:
         return RetagResult(backup=None, written=[], changed_since_plan=stale)
     try:
-        backup = _new_backup_dir(plan.root)
+        backup, base_is_new = new_backup_dir(root)
     except OSError as exc:
         raise DatasetError(
-            f"Cannot create the backup folder in {plan.root}: {exc.strerror or exc}; nothing "
+            f"Cannot create the backup folder in {root}: {exc.strerror or exc}; nothing "
             "was changed."
         ) from exc
-    entries = []
     try:
-        copies = []
-        for ch in changes:
-            st = ch.file.path.stat()
-            copies.append(backup / "files" / ch.rel)
-            _write_new(copies[-1], ch.old_bytes)
-            entries.append({
-                "path": ch.rel,
-                "old_sha256": _sha(ch.old_bytes),
-                "new_sha256": _sha(ch.new_bytes),
-                "old_size": len(ch.old_bytes),
-                "mode": st.st_mode & 0o7777,
-                "mtime_ns": st.st_mtime_ns,
-                "encoding": ch.decoded.label,
-            })
-        manifest = {
-            "version": MANIFEST_VERSION,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "maps": [{"old": m.old, "new": m.new} for m in plan.mappings],
-            "files": entries,
-        }
-        # Every copy is on disk before the manifest says the backup is complete.
-        _flush_to_disk(copies)
-        replace_file_bytes(
-            backup / MANIFEST_NAME,
-            json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"), mode=0o644,
-        )
-    except OSError as exc:
-        raise DatasetError(
-            f"Cannot write the backup in {backup}: {exc.strerror or exc}; nothing was changed."
-        ) from exc
+        _write_backup(plan, changes, backup)
+    except BaseException as exc:
+        _remove_backup(backup, base_is_new)
+        if isinstance(exc, OSError) and not isinstance(exc, DatasetError):
+            raise DatasetError(
+                f"Cannot write the backup in {root / BACKUP_DIR_NAME}: {exc.strerror or exc}; "
+                "nothing was changed (the partial backup was removed)."
+            ) from None
+        raise
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     written: list[str] = []
     folders: set[Path] = set()
@@ -476,8 +428,46 @@ def apply_retag(
                 time.sleep(delay)
     finally:
         for folder in folders:
-            _fsync_dir(folder)
+            fsync_dir(folder)
     return RetagResult(backup=backup, written=written, changed_since_plan=stale)
+
+
+def _write_backup(plan: RetagPlan, changes: Sequence[FileChange], backup: Path) -> None:
+    """Copies, then the manifest (last, atomically), then the record of this run."""
+    entries = []
+    copies = []
+    for ch in changes:
+        st = ch.file.path.stat()
+        copies.append(backup / "files" / ch.rel)
+        _write_new(copies[-1], ch.old_bytes)
+        entries.append({
+            "path": ch.rel,
+            "old_sha256": sha256(ch.old_bytes),
+            "new_sha256": sha256(ch.new_bytes),
+            "old_size": len(ch.old_bytes),
+            "mode": st.st_mode & 0o777,  # for information; undo keeps the file's own mode
+            "mtime_ns": st.st_mtime_ns,
+            "encoding": ch.decoded.label,
+        })
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "maps": [{"old": m.old, "new": m.new} for m in plan.mappings],
+        "files": entries,
+    }
+    # ensure_ascii: file names that are not valid UTF-8 survive as \udcXX escapes.
+    data = json.dumps(manifest, indent=1).encode("ascii")
+    # Every copy is on disk before the manifest says the backup is complete.
+    _flush_to_disk(copies)
+    replace_file_bytes(backup / MANIFEST_NAME, data, mode=0o644)
+    record_run(plan.root, backup, data)
+
+
+def _remove_backup(backup: Path, base_is_new: bool) -> None:
+    shutil.rmtree(backup, ignore_errors=True)
+    if base_is_new:
+        with contextlib.suppress(OSError):
+            os.rmdir(backup.parent)
 
 
 def _rewrite_one(ch: FileChange, plan: RetagPlan, written: list[str], total: int) -> None:
@@ -491,112 +481,8 @@ def _rewrite_one(ch: FileChange, plan: RetagPlan, written: list[str], total: int
     written.append(ch.rel)
 
 
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
-
-
-# -- undo -----------------------------------------------------------------------------------
-
-
-@dataclass
-class UndoResult:
-    backup: Path
-    restored: list[str]
-    already_old: list[str]
-    maps: list[dict]
-
-
-def list_backups(root: str | Path) -> list[Path]:
-    """Complete backups (with a manifest) not yet undone, oldest first."""
-    base = Path(root) / BACKUP_DIR_NAME
-    if not base.is_dir():
-        return []
-    return sorted(
-        p for p in base.iterdir()
-        if p.is_dir() and (p / MANIFEST_NAME).is_file() and not (p / UNDONE_NAME).exists()
-    )
-
-
-def undo_last_retag(root: str | Path) -> UndoResult:
-    """Restore the files of the newest retag run that has not been undone yet."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"{root} does not exist or is not a folder.")
-    backups = list_backups(root)
-    if not backups:
-        raise DatasetError(f"{root} has no retag run to undo (no backup in {BACKUP_DIR_NAME}/).")
-    backup = backups[-1]
-    try:
-        manifest = json.loads((backup / MANIFEST_NAME).read_text(encoding="utf-8"))
-        entries = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"The backup manifest {backup / MANIFEST_NAME} is unreadable.") from exc
-    to_restore: list[tuple[dict, bytes]] = []
-    already: list[str] = []
-    edited: list[str] = []
-    for e in entries:
-        rel = e["path"]
-        target = root / rel
-        original = _read(backup / "files" / rel)
-        if original is None or _sha(original) != e["old_sha256"]:
-            raise DatasetError(
-                f"The backup copy of {rel} in {backup} is missing or damaged; nothing was restored."
-            )
-        current = _read(target)
-        digest = None if current is None else _sha(current)
-        if digest == e["old_sha256"]:
-            already.append(rel)
-        elif digest == e["new_sha256"]:
-            to_restore.append((e, original))
-        else:
-            edited.append(rel)
-    if edited:
-        more = f" and {len(edited) - 1} more" if len(edited) > 1 else ""
-        raise DatasetError(
-            f"{edited[0]}{more} changed after the retag run, so undoing it would lose those "
-            f"edits; nothing was restored (the originals are in {backup / 'files'})."
-        )
-    restored: list[str] = []
-    folders: set[Path] = set()
-    try:
-        for e, original in to_restore:
-            target = root / e["path"]
-            replace_file_bytes(target, original, mode=int(e.get("mode", 0o644)), sync_dir=False)
-            with contextlib.suppress(OSError, KeyError):
-                os.utime(target, ns=(time.time_ns(), int(e["mtime_ns"])))
-            restored.append(e["path"])
-            folders.add(target.parent)
-    finally:
-        for folder in folders:
-            _fsync_dir(folder)
-    _clean_temp_files(root, [e["path"] for e in entries])
-    replace_file_bytes(
-        backup / UNDONE_NAME,
-        json.dumps({"undone": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        .encode("utf-8"),
-        mode=0o644,
-    )
-    return UndoResult(
-        backup=backup, restored=restored, already_old=already, maps=manifest.get("maps", [])
-    )
-
-
-def _clean_temp_files(root: Path, rels: Sequence[str]) -> None:
-    """Remove temporary files a killed run left beside the captions it was rewriting."""
-    names_by_folder: dict[Path, set[str]] = {}
-    for rel in rels:
-        target = root / rel
-        names_by_folder.setdefault(target.parent, set()).add(target.name)
-    for folder, names in names_by_folder.items():
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(folder):
-                # Our temporary files are named ".<caption name>.tagsmith-<random>.tmp".
-                name = entry.name
-                if not (name.startswith(".") and name.endswith(".tmp") and TMP_MARK in name):
-                    continue
-                if name[1:name.rindex(TMP_MARK)] in names:
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
+__all__ = [
+    "MANIFEST_NAME", "TMP_MARK", "UNDONE_NAME", "FileChange", "RetagPlan", "RetagResult",
+    "TagEdit", "TagMapping", "UndoResult", "apply_retag", "backup_base", "list_backups",
+    "parse_maps", "plan_retag", "replace_file_bytes", "rewrite_caption_text", "undo_last_retag",
+]

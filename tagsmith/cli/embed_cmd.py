@@ -93,7 +93,9 @@ def embed_command(
     finally:
         embedder.close()
 
-    header = (
+    from tagsmith.text.display import shown
+
+    header = shown(
         f"model {info['fingerprint']}  {info['description']}  clip skip {info['clip_skip']}  "
         f"{info['representation']}  {computed}"
         + (f"  context {info['context']!r}" if info["context"] else "")
@@ -113,7 +115,7 @@ def embed_command(
             with atomic_writer(output, "wb") as fh:
                 np.save(fh, vectors)
         typer.echo(header)
-        typer.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 to {output}")
+        typer.echo(shown(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 to {output}"))
         return
     typer.echo(header)
     _print_preview(console, given, vectors)

@@ -117,6 +117,10 @@ def explore_command(
         # Whatever ended the app, what the user marked reaches stdout.
         for tag in explorer.marked:
             typer.echo(tag)
+    if explorer.failure:
+        from tagsmith.cli._console import err_console
+
+        err_console.print(f"Error: {explorer.failure}", style="red", highlight=False, markup=False)
     if explorer.return_code not in (None, 0):
         raise typer.Exit(explorer.return_code or 1)
 

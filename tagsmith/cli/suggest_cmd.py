@@ -352,15 +352,11 @@ def _render_matrix(console: Any, result: Any) -> None:
 
 
 def write_suggest_csv(path: Path, result: Any) -> None:
-    import csv
-    import io
+    from tagsmith.fileio import write_csv
 
-    from tagsmith.fileio import atomic_write_text
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    rows: list[list[object]] = []
     neigh = [n.tag for n in result.neighbors]
-    w.writerow(
+    header = (
         [
             "rank",
             "form",
@@ -378,7 +374,7 @@ def write_suggest_csv(path: Path, result: Any) -> None:
     )
     for i, rc in enumerate(result.candidates, start=1):
         d = rc.to_dict()
-        w.writerow(
+        rows.append(
             [
                 i,
                 d["form"],
@@ -394,7 +390,7 @@ def write_suggest_csv(path: Path, result: Any) -> None:
                 *[_num(rc.similarity.get(t)) for t in neigh],
             ]
         )
-    atomic_write_text(path, buf.getvalue())
+    write_csv(path, header, rows)
 
 
 def _num(v: float | None) -> str:

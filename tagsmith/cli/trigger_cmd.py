@@ -262,15 +262,11 @@ def _render_avoid(console: Any, result: Any, avoid: list[Any]) -> None:
 
 
 def write_trigger_csv(path: Path, result: Any) -> None:
-    import csv
-    import io
+    from tagsmith.fileio import write_csv
 
-    from tagsmith.fileio import atomic_write_text
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    rows: list[list[object]] = []
     cols = [n.tag for n in result.neighbors]
-    w.writerow(
+    header = (
         [
             "rank",
             "trigger",
@@ -287,7 +283,7 @@ def write_trigger_csv(path: Path, result: Any) -> None:
     )
     for i, fam in enumerate(result.families, start=1):
         for m in fam.members + ([fam.held_out] if fam.held_out is not None else []):
-            w.writerow(
+            rows.append(
                 [
                     i,
                     fam.stem,
@@ -302,5 +298,5 @@ def write_trigger_csv(path: Path, result: Any) -> None:
                     *[_num(m.similarity.get(c)) for c in cols],
                 ]
             )
-    atomic_write_text(path, buf.getvalue())
+    write_csv(path, header, rows)
 

@@ -3,6 +3,7 @@ and shapes, and the check that a set of tensors forms one. Pure: no torch."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -77,8 +78,16 @@ def encoder_config_from_shapes(
     cfg = dict(folder_config or {})
     required = [TOKEN_EMBEDDING, POSITION_EMBEDDING, "final_layer_norm.weight",
                 "final_layer_norm.bias"]
-    layers = sorted({int(m.group(1)) for k in shapes if (m := _LAYER_KEY.match(k))})
-    n_layers = (layers[-1] + 1) if layers else 0
+    # The layer count comes from the layers that exist, never from the largest number a key
+    # names: a header naming layer 99999999 must not make tagsmith list 1.6e9 tensor names.
+    layers = {int(m.group(1)) for k in shapes if (m := _LAYER_KEY.match(k))}
+    n_layers = next(i for i in range(len(layers) + 1) if i not in layers)
+    if n_layers < len(layers):
+        stray = max(layers)
+        raise UnsupportedModelError(
+            f"'{name}' has an incomplete text encoder: it has tensors for layer {stray:,} but "
+            f"none for layer {n_layers}; the file may be damaged or pruned."
+        )
     required += [f"encoder.layers.{i}.{p}" for i in range(n_layers) for p in _LAYER_PARAMS]
     missing = [k for k in required if k not in shapes]
     if missing or n_layers == 0:
@@ -112,7 +121,19 @@ def encoder_config_from_shapes(
             "SD1.5 text encoder."
         )
     # CLIP text transformers use 64-wide heads; a config.json says so explicitly when present.
-    heads = int(cfg.get("num_attention_heads") or max(1, hidden // 64))
+    heads = _config_value(cfg, "num_attention_heads", int, max(1, hidden // 64), name)
+    eps = _config_value(cfg, "layer_norm_eps", float, 1e-5, name)
+    act = _config_value(cfg, "hidden_act", str, "quick_gelu", name)
+    if not 0 < heads <= hidden:
+        raise UnsupportedModelError(
+            f"The config.json of '{name}' declares {heads} attention heads; a CLIP text encoder "
+            f"of width {hidden} has between 1 and {hidden}."
+        )
+    if not (math.isfinite(eps) and 0 < eps < 1):
+        raise UnsupportedModelError(
+            f"The config.json of '{name}' declares layer_norm_eps {eps!r}; it must be a small "
+            "positive number (SD1.5 uses 1e-05), or every vector would be NaN or wrong."
+        )
     config = EncoderConfig(
         vocab_size=int(vocab),
         hidden_size=int(hidden),
@@ -120,8 +141,8 @@ def encoder_config_from_shapes(
         num_heads=heads,
         intermediate_size=int(intermediate),
         max_positions=int(positions),
-        hidden_act=str(cfg.get("hidden_act") or "quick_gelu"),
-        layer_norm_eps=float(cfg.get("layer_norm_eps") or 1e-5),
+        hidden_act=act,
+        layer_norm_eps=eps,
     )
     if hidden % heads:
         raise UnsupportedModelError(
@@ -139,6 +160,22 @@ def encoder_config_from_shapes(
                 f"{tuple(shapes[key])}, expected {shape}."
             )
     return config
+
+
+def _config_value(cfg: Mapping, key: str, kind: type, default: object, name: str):  # noqa: ANN202
+    """``cfg[key]`` checked to be a ``kind`` (an int for float is fine, a bool never is)."""
+    value = cfg.get(key)
+    if value is None:
+        return default
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        want = {int: "a whole number", float: "a number", str: "a string"}[kind]
+        raise UnsupportedModelError(
+            f"The config.json of '{name}' gives {key} as {value!r}, which is not {want}."
+        )
+    return value
 
 
 def expected_shapes(c: EncoderConfig) -> dict[str, tuple[int, ...]]:

@@ -32,7 +32,11 @@ import numpy as np
 from tagsmith.errors import InputError, ModelNotFoundError, UsageError
 from tagsmith.model.cache import CacheVariant, EmbeddingCache, SourceMemo
 from tagsmith.model.config import TOKEN_EMBEDDING, EncoderConfig
-from tagsmith.model.fingerprint import FINGERPRINT_VERSION, safetensors_fingerprint
+from tagsmith.model.fingerprint import (
+    FINGERPRINT_VERSION,
+    safetensors_fingerprint,
+    sample_digest,
+)
 from tagsmith.model.safetensors_file import read_tensor_array
 from tagsmith.model.sources import TextEncoderSource, model_spec_from_settings, resolve_source
 from tagsmith.paths import resolve_cache_dir
@@ -392,6 +396,7 @@ def _memo_identity(source: TextEncoderSource) -> dict[str, Any]:
         "v": FINGERPRINT_VERSION,
         "format": source.format,
         "files": source.file_stats(),
+        "samples": [sample_digest(f) for f in source.files],
         "heads": cfg.get("num_attention_heads"),
         "act": cfg.get("hidden_act"),
         "eps": cfg.get("layer_norm_eps"),

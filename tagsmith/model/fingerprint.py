@@ -36,6 +36,29 @@ class FingerprintHasher:
         return self._h.hexdigest()[:16]
 
 
+SAMPLE_BLOCKS = 256
+SAMPLE_BLOCK_BYTES = 4096
+
+
+def sample_digest(path: Path) -> str:
+    """SHA-256 of the file's first 64 KiB (a safetensors header), its last block and 256
+    evenly spaced 4 KiB blocks: ~1 MB read whatever the size. Part of the memo key, so that a
+    model rewritten in place with the same size, inode and restored mtime is hashed afresh
+    instead of being served the old model's fingerprint (and cached vectors)."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        size = fh.seek(0, 2)
+        fh.seek(0)
+        h.update(fh.read(1 << 16))
+        step = max(SAMPLE_BLOCK_BYTES, size // SAMPLE_BLOCKS)
+        for offset in range(0, size, step):
+            fh.seek(offset)
+            h.update(fh.read(SAMPLE_BLOCK_BYTES))
+        fh.seek(max(0, size - SAMPLE_BLOCK_BYTES))
+        h.update(fh.read(SAMPLE_BLOCK_BYTES))
+    return h.hexdigest()
+
+
 def fingerprint_names(tensors: Iterable[str]) -> list[str]:
     return sorted(k for k in tensors if k != POSITION_IDS)
 

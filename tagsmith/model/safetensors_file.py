@@ -4,6 +4,7 @@ tensor as a numpy array, and sniffing a file's format from its first bytes."""
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,10 @@ def sniff_format(path: Path) -> str:
     try:
         with path.open("rb") as fh:
             head = fh.read(16)
+            fh.seek(0, 2)
+            if fh.tell() > len(head):
+                fh.seek(-1, 2)
+            tail = fh.read(1)
     except OSError as exc:
         raise ModelNotFoundError(f"Cannot read '{path}': {exc.strerror or exc}.") from None
     if head.startswith(b"PK\x03\x04"):
@@ -67,6 +72,10 @@ def sniff_format(path: Path) -> str:
         (n,) = struct.unpack("<Q", head[:8])
         if 2 <= n <= _MAX_HEADER and head[8:9] == b"{":
             return "safetensors"
+    # Protocol 0/1 pickles have no header: they open with MARK, EMPTY_DICT/LIST or GLOBAL and
+    # end with STOP. Called a pickle (and then only ever opened with weights_only=True).
+    if head[:1] in (b"(", b"}", b"]", b"c") and tail == b".":
+        return "legacy-pickle"
     return "unknown"
 
 
@@ -110,7 +119,7 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
         header = json.loads(raw.decode("utf-8"))
         if not isinstance(header, dict):
             raise ValueError("not an object")
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise UnsupportedModelError(
             f"'{path}' is damaged or not a safetensors file (its header is not valid JSON)."
         ) from None
@@ -122,11 +131,12 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
     try:
         for key, info in header.items():
             dtype = str(info["dtype"])
-            shape = tuple(int(d) for d in info["shape"])
-            begin, end = (int(x) for x in info["data_offsets"])
-            if dtype not in DTYPE_SIZES or begin < 0 or end < begin:
+            shape = tuple(_dim(d) for d in info["shape"])
+            begin, end = (_dim(x) for x in info["data_offsets"])
+            if dtype not in DTYPE_SIZES or end < begin:
                 raise ValueError(key)
-            if end - begin != DTYPE_SIZES[dtype] * int(np.prod(shape, dtype=np.int64)):
+            # Python integers: a shape such as [2**62, 4] must not wrap around in int64.
+            if end - begin != DTYPE_SIZES[dtype] * math.prod(shape):
                 raise ValueError(key)
             need = max(need, end)
             tensors[key] = TensorRef(path, key, dtype, shape, data_start + begin, data_start + end)
@@ -141,6 +151,13 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
         )
     return SafetensorsHeader(tensors, metadata if isinstance(metadata, dict) else {},
                              data_start, size)
+
+
+def _dim(value: object) -> int:
+    """A size or offset from a header: a non-negative JSON integer below 2**53."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 53:
+        raise ValueError(value)
+    return value
 
 
 def read_tensor_array(ref: TensorRef) -> np.ndarray:

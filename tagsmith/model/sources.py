@@ -17,6 +17,8 @@ through (``locate_text_encoder``) live here so both formats get the same sentenc
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
@@ -24,7 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tagsmith.errors import ModelNotFoundError, UnsupportedModelError
+from tagsmith.errors import InputError, ModelNotFoundError, UnsupportedModelError
+from tagsmith.fileio import read_regular_bytes
 from tagsmith.model.config import (
     POSITION_IDS,
     TOKEN_EMBEDDING,
@@ -74,12 +77,13 @@ class TextEncoderSource:
     def name(self) -> str:
         return self.spec
 
-    def file_stats(self) -> list[tuple[str, int, int, int]]:
-        """(path, size, mtime_ns, inode) of each weight file: a cheap identity for memoising."""
+    def file_stats(self) -> list[tuple[str, int, int, int, int]]:
+        """(path, size, mtime_ns, inode, ctime_ns) of each weight file: a cheap identity for
+        memoising (ctime changes on any in-place write and cannot be set back by the writer)."""
         out = []
         for f in self.files:
             st = f.stat()
-            out.append((str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino))
+            out.append((str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
         return out
 
 
@@ -115,12 +119,33 @@ def parse_model_spec(spec: str) -> ModelSpec:
     path = Path(os.path.expanduser(text))  # leaves "~nobody" alone instead of raising
     if _exists(path):
         return ModelSpec("path", text, path)
+    broken = _broken_link(path)
+    if broken:
+        raise ModelNotFoundError(f"'{text}' is a symbolic link {broken}; give --model a real "
+                                 "checkpoint, folder or Hugging Face repo id.")
     if _HUB_ID.match(text) and not text.lower().endswith(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES):
         return ModelSpec("hub", text)
     raise ModelNotFoundError(
         f"There is no file or folder at '{text}', and it is not a Hugging Face repo id "
         "(owner/name); give a checkpoint, a diffusers folder or a repo id with --model."
     )
+
+
+def _broken_link(path: Path) -> str | None:
+    """How a symlink at ``path`` fails ("that loops", "to X, which does not exist"), or None."""
+    try:
+        if not path.is_symlink():
+            return None
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "that loops back on itself (or through too many links)"
+        with contextlib.suppress(OSError):
+            return f"to '{os.readlink(path)}', which does not exist"
+        return "that cannot be followed"
+    except ValueError:
+        return None
+    return None
 
 
 def _exists(path: Path) -> bool:
@@ -197,8 +222,8 @@ def _model_index_has(index: Path, key: str) -> bool:
     if not index.is_file():
         return False
     try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(_read_small(index))
+    except (OSError, ValueError, RecursionError, InputError):
         return False
     value = data.get(key) if isinstance(data, dict) else None
     return bool(value) and value != [None, None]
@@ -209,17 +234,26 @@ def _read_folder_config(folder: Path, spec: str) -> dict | None:
     if not cfg_path.is_file():
         return None
     try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        cfg = json.loads(_read_small(cfg_path))
+    except (OSError, ValueError, RecursionError, InputError) as exc:
         raise UnsupportedModelError(
             f"The config.json in '{spec}' cannot be read as JSON ({exc.__class__.__name__})."
         ) from None
     if not isinstance(cfg, dict):
         raise UnsupportedModelError(f"The config.json in '{spec}' is not a JSON object.")
     model_type = str(cfg.get("model_type", ""))
-    archs = [str(a) for a in cfg.get("architectures") or []]
+    archs_value = cfg.get("architectures") or []
+    if not isinstance(archs_value, list):
+        raise UnsupportedModelError(
+            f"The config.json in '{spec}' gives architectures as {archs_value!r}, not a list."
+        )
+    archs = [str(a) for a in archs_value]
     if model_type == "clip" or "CLIPModel" in archs:
         text_cfg = cfg.get("text_config") or {}
+        if not isinstance(text_cfg, dict):
+            raise UnsupportedModelError(
+                f"The config.json in '{spec}' gives text_config as {text_cfg!r}, not an object."
+            )
         return {**text_cfg, "model_type": "clip_text_model", "_from_clip_model": True}
     if model_type in ("clip_vision_model",) or (archs and all("Vision" in a for a in archs)):
         raise UnsupportedModelError(
@@ -253,12 +287,19 @@ def _source_from_folder(
     return replace(src, kind=kind, description=desc)
 
 
+def _read_small(path: Path) -> bytes:
+    """A JSON side file (config, index): a regular file of at most 64 MiB."""
+    return read_regular_bytes(path, limit=64 << 20, what="JSON file")
+
+
 def _source_from_sharded(spec: str, index: Path, cfg: dict | None) -> TextEncoderSource:
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError):
+        weight_map = json.loads(_read_small(index))["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not an object")
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, InputError):
         raise UnsupportedModelError(
-            f"The shard index '{index}' cannot be read (expected a weight_map)."
+            f"The shard index '{index}' cannot be read (expected a weight_map object)."
         ) from None
     shards = sorted({index.parent / str(v) for v in weight_map.values()})
     headers = {}

@@ -23,7 +23,6 @@ as ``RowProblem`` with their 1-based physical line number. Tags that normalise t
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import itertools
 import math
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tagsmith.errors import FileFormatError, InputError
+from tagsmith.fileio import MAX_LIST_BYTES, bomless_utf16, gunzip_bounded, read_regular_bytes
 from tagsmith.text.tokenizer import normalize_tag
 
 VOCAB_ENV = "TAGSMITH_VOCAB"
@@ -217,12 +217,12 @@ def _read_text(path: Path) -> str:
     if path.is_dir():
         raise InputError(f"{path} is a directory, not a vocabulary file.")
     try:
-        data = path.read_bytes()
+        data = read_regular_bytes(path, limit=MAX_LIST_BYTES, what="vocabulary")
     except OSError as exc:
         raise InputError(f"Cannot read vocabulary file {path}: {exc.strerror or exc}.") from exc
     if data.startswith(_GZIP_MAGIC):
         try:
-            data = gzip.decompress(data)
+            data = gunzip_bounded(data, limit=MAX_LIST_BYTES, label=f"The vocabulary {path}")
         except (OSError, EOFError, zlib.error) as exc:
             raise FileFormatError(
                 f"{path} looks gzip-compressed but cannot be decompressed ({exc})."
@@ -232,6 +232,11 @@ def _read_text(path: Path) -> str:
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise FileFormatError(f"{path} is UTF-16 text; save it as UTF-8 and try again.")
     if b"\x00" in data:
+        if bomless_utf16(data):
+            raise FileFormatError(
+                f"{path} is UTF-16 text without a byte-order mark; save it as UTF-8 and try "
+                "again."
+            )
         raise FileFormatError(f"{path} is a binary file, not {_FORMAT_HINT}.")
     try:
         return data.decode("utf-8-sig")

@@ -211,6 +211,10 @@ class RankingScreen(Screen[None]):
     def _show_error(self, message: str) -> None:
         self._progress = ""
         self.error = message
+        if self.source is getattr(self.app, "source", None):
+            # What the user asked for failed (a refused checkpoint, a bad file): the app still
+            # shows the sentence, and quitting exits non-zero, as the plain commands do.
+            self.app.failure = message
         ranking = self.query_one(RankingView)
         ranking.loading = False
         self._show_message(message, error=True)
@@ -452,6 +456,7 @@ class ExploreApp(App[list[str]]):
         self._model_loader = model_loader
         self._model_lock = threading.Lock()
         self._model: tuple[Any, str | None] | None = None
+        self.failure: str | None = None  # the first screen's load error, if any
 
     def on_mount(self) -> None:
         self.push_screen(RankingScreen(self.source))
@@ -497,4 +502,4 @@ class ExploreApp(App[list[str]]):
                                     table.notices if table else []))
 
     async def action_quit(self) -> None:
-        self.exit(list(self.marked))
+        self.exit(list(self.marked), return_code=1 if self.failure else 0)

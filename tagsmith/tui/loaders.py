@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from tagsmith.errors import FileFormatError, InputError
+from tagsmith.fileio import require_regular_file
 from tagsmith.text.tokenizer import WORD_END
 from tagsmith.tui.table import (
     BOOL,
@@ -54,6 +55,7 @@ def check_score_path(path: Path) -> None:
         raise InputError(f"{path} does not exist; give a score file written by tagsmith score.")
     if path.is_dir():
         raise InputError(f"{path} is a folder; give a score file (.csv, .jsonl or .parquet).")
+    require_regular_file(path, "score file")
     try:
         with path.open("rb") as fh:
             fh.read(1)

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from tagsmith.fileio import csv_value
+
 # Rows shown while the rest of a big text file is still being read.
 FIRST_CHUNK_ROWS = 2_000
 _NUMERIC = ("count", "category", "n_tokens", "shares_token_count", "leak_similarity",
@@ -178,7 +180,8 @@ def _csv_columns(header: list[str], rows: list[list[str]], complete: bool) -> Sc
         i = index.get(name)
         return cols[i] if i is not None else [""] * len(rows)
 
-    text = {name: list(column(name)) for name in _TEXT}
+    # Cells a spreadsheet would run as formulas were written with a leading apostrophe.
+    text = {name: [csv_value(v) for v in column(name)] for name in _TEXT}
     numbers = _rounded({name: _numbers(column(name)) for name in _NUMERIC})
     raw_neighbors = column("neighbors")
 

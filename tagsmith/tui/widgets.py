@@ -27,6 +27,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widgets import Input, Static
 
+from tagsmith.text.display import shown
 from tagsmith.tui.table import Column, RowDetail, Table, TableView
 
 MARK = "\u25cf"  # ●
@@ -266,7 +267,7 @@ class RankingView(ScrollView, can_focus=True):
         return self._join_cells(segs, scrolling, width, style)
 
     def _cell(self, table: Table, c: Column, row: int, style: Style) -> Segment:
-        text = table.cell(c, row)
+        text = shown(table.cell(c, row))  # tags from strangers: escapes made visible
         cell_style = style
         if c.kind == "bool" and text:
             cell_style = style + self._style(
@@ -376,19 +377,19 @@ def render_pieces(tokens: tuple[str, ...]) -> Text:
 def render_detail(d: RowDetail) -> Group:
     from tagsmith.text.tokenizer import piece_text
 
-    head = Text(d.title, style="bold")
+    head = Text(shown(d.title), style="bold")
     for label, value in d.facts:
         head.append("  ")
         if label:
             head.append(f"{label} ", style="dim")
-        head.append(value)
+        head.append(shown(value))
     lines: list[Text] = [head]
     toks = Text("tokens  ", style="dim")
     toks.append_text(render_pieces(d.tokens))
     lines.append(toks)
     words = Text("words   ", style="dim")
-    shown = [w for w in d.words if not w.punctuation]
-    for i, w in enumerate(shown):
+    visible = [w for w in d.words if not w.punctuation]
+    for i, w in enumerate(visible):
         if i:
             words.append("  ")
         if w.known:
@@ -415,7 +416,7 @@ def render_detail(d: RowDetail) -> Group:
             bar.stylize(ROLE_STYLES.get(n.role, ""))
             line.append_text(bar)
             line.append(f" {n.similarity:5.2f} " if n.similarity is not None else "   \u2014  ")
-            line.append(n.tag)
+            line.append(shown(n.tag))
             if n.note:
                 line.append(f"  {n.note}", style="dim")
             line.no_wrap = True
