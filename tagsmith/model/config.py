@@ -50,9 +50,14 @@ class EncoderConfig:
     max_positions: int = CLIP_POSITIONS
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
+    projection_dim: int = 0  # SDXL's CLIP-G: text_projection (pooled output); 0 = none
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        # projection_dim only when set, so SD1.5 fingerprints (which hash this) stay as they were
+        d = dict(self.__dict__)
+        if not d["projection_dim"]:
+            del d["projection_dim"]
+        return d
 
     def layers_for(self, clip_skip: int) -> int:
         """How many layers clip skip N runs: hidden_states[-N] is the output of layer L-N+1."""
@@ -68,12 +73,23 @@ class EncoderConfig:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
+TEXT_PROJECTION = "text_projection.weight"
+
+
 def encoder_config_from_shapes(
-    shapes: Mapping[str, tuple[int, ...]], folder_config: Mapping | None, name: str
+    shapes: Mapping[str, tuple[int, ...]],
+    folder_config: Mapping | None,
+    name: str,
+    *,
+    family: str = "SD1.5",
+    default_act: str = "quick_gelu",
 ) -> EncoderConfig:
     """Architecture from canonical tensor shapes (config.json supplies heads and activation).
 
     Checks that every tensor a CLIP text transformer needs is there with a consistent shape.
+    ``family`` "SD1.5" also refuses the widths of other families' encoders; a family that
+    reads several encoders (SDXL) checks each one's width itself. ``default_act`` is the
+    activation when no config.json says (single files carry none).
     """
     cfg = dict(folder_config or {})
     required = [TOKEN_EMBEDDING, POSITION_EMBEDDING, "final_layer_norm.weight",
@@ -100,12 +116,12 @@ def encoder_config_from_shapes(
     vocab, hidden = shapes[TOKEN_EMBEDDING]
     positions = shapes[POSITION_EMBEDDING][0]
     intermediate = shapes["encoder.layers.0.mlp.fc1.weight"][0]
-    if hidden == 1024:
+    if family == "SD1.5" and hidden == 1024:
         raise UnsupportedModelError(
             f"'{name}' is an SD 2.x text encoder (OpenCLIP ViT-H, width 1024); tagsmith needs "
             "SD1.5's CLIP ViT-L encoder (width 768)."
         )
-    if hidden == 1280:
+    if family == "SD1.5" and hidden == 1280:
         raise UnsupportedModelError(
             f"'{name}' is an SDXL second text encoder (OpenCLIP ViT-bigG, width 1280); tagsmith "
             "needs SD1.5's CLIP ViT-L encoder (width 768)."
@@ -113,17 +129,17 @@ def encoder_config_from_shapes(
     if vocab != CLIP_VOCAB_SIZE:
         raise UnsupportedModelError(
             f"'{name}' has a vocabulary of {vocab:,} tokens, not CLIP's {CLIP_VOCAB_SIZE:,}; it "
-            "is not an SD1.5 text encoder."
+            f"is not an {family} text encoder."
         )
     if positions != CLIP_POSITIONS:
         raise UnsupportedModelError(
-            f"'{name}' has {positions} positions, not SD1.5's {CLIP_POSITIONS}; it is not an "
-            "SD1.5 text encoder."
+            f"'{name}' has {positions} positions, not {family}'s {CLIP_POSITIONS}; it is not an "
+            f"{family} text encoder."
         )
     # CLIP text transformers use 64-wide heads; a config.json says so explicitly when present.
     heads = _config_value(cfg, "num_attention_heads", int, max(1, hidden // 64), name)
     eps = _config_value(cfg, "layer_norm_eps", float, 1e-5, name)
-    act = _config_value(cfg, "hidden_act", str, "quick_gelu", name)
+    act = _config_value(cfg, "hidden_act", str, default_act, name)
     if not 0 < heads <= hidden:
         raise UnsupportedModelError(
             f"The config.json of '{name}' declares {heads} attention heads; a CLIP text encoder "
@@ -143,6 +159,7 @@ def encoder_config_from_shapes(
         max_positions=int(positions),
         hidden_act=act,
         layer_norm_eps=eps,
+        projection_dim=int(shapes[TEXT_PROJECTION][0]) if TEXT_PROJECTION in shapes else 0,
     )
     if hidden % heads:
         raise UnsupportedModelError(
@@ -150,7 +167,8 @@ def encoder_config_from_shapes(
         )
     if config.hidden_act not in ("quick_gelu", "gelu"):
         raise UnsupportedModelError(
-            f"'{name}' uses the activation '{config.hidden_act}'; SD1.5's encoder uses quick_gelu."
+            f"'{name}' uses the activation '{config.hidden_act}'; CLIP text encoders use "
+            "quick_gelu or gelu."
         )
     expected = expected_shapes(config)
     for key, shape in expected.items():
@@ -199,4 +217,28 @@ def expected_shapes(c: EncoderConfig) -> dict[str, tuple[int, ...]]:
         shapes[f"{p}mlp.fc1.bias"] = (i,)
         shapes[f"{p}mlp.fc2.weight"] = (h, i)
         shapes[f"{p}mlp.fc2.bias"] = (h,)
+    if c.projection_dim:
+        shapes[TEXT_PROJECTION] = (c.projection_dim, h)
     return shapes
+
+
+@dataclass(frozen=True)
+class ConditioningRule:
+    """Which hidden state a family's UNet reads, and whether the final layer norm is applied.
+
+    SD1.5 (A1111/kohya/ComfyUI): clip skip N = hidden_states[-N] then the final layer norm.
+    SDXL (Stability's sd_xl_base.yaml, Forge ``-max(clip_skip, 2)``, ComfyUI
+    ``layer_norm_hidden_state=False``): at least the penultimate layer, no final layer norm.
+    """
+
+    min_clip_skip: int = 1
+    final_norm: bool = True
+
+    def layers(self, config: EncoderConfig, clip_skip: int) -> int:
+        return config.layers_for(max(clip_skip, self.min_clip_skip))
+
+
+SD15_RULE = ConditioningRule()
+
+
+SDXL_RULE = ConditioningRule(min_clip_skip=2, final_norm=False)

@@ -1,4 +1,5 @@
-"""Tag vectors from the user's own SD1.5 text encoder: the one façade the rest of tagsmith uses.
+"""Tag vectors from the user's own SD1.5 or SDXL text encoder(s): the one façade the rest of
+tagsmith uses.
 
 ``open_embedder(EncoderSettings(...))`` resolves the model now (so a bad ``--model`` fails at
 once, with one sentence) and returns a ``TagEmbedder``; the weights are loaded, and torch
@@ -14,6 +15,12 @@ Representations (``EncoderSettings.representation``):
   seen through CLIP's contrastive objective; the UNet sees it only as one of 77 states (plus the
   EOS padding copies), so it says less about what a tag does to the image.
 - per-token states (``TagEmbedder.token_states``): the full (n_tokens, 768) matrix per tag.
+- ``pooled`` (SDXL only): CLIP-G's projected pooled vector, the UNet's extra ``y`` input.
+
+SDXL (``tagsmith.model.sdxl``): vectors are CLIP-L's and CLIP-G's states side by side, 2048
+wide, as the UNet's cross-attention reads them (``encoder`` "l" or "g" keeps one side).
+``combine`` "balanced" scales each side to the same length, so a cosine is the mean of the two
+encoders' cosines instead of the UNet's view, where G's 1280 wider dimensions weigh more.
 
 ``context`` ("1girl, solo, {}") embeds the tag after the tags before it, as SD sees it in a
 prompt; the vector still covers only the tag's own tokens. Because attention is causal, text
@@ -44,7 +51,9 @@ from tagsmith.text.tokenizer import BOS_ID, CHUNK_LENGTH, EOS_ID
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
-REPRESENTATIONS = ("tag", "eos")
+REPRESENTATIONS = ("tag", "eos", "pooled")
+ENCODERS = ("auto", "l", "g")
+COMBINES = ("concat", "balanced")
 CONTEXT_SLOT = "{}"
 MAX_CLIP_SKIP = 12
 
@@ -59,6 +68,8 @@ class EncoderSettings:
     context: str | None = None  # "1girl, solo, {}": the tag is embedded at {} in this prompt
     cache_dir: Path | None = None  # None -> $TAGSMITH_CACHE_DIR or the platform cache dir
     use_cache: bool = True
+    encoder: str = "auto"  # SDXL: auto (both, 2048 wide) | l | g
+    combine: str = "concat"  # SDXL, both encoders: concat (the UNet's view) | balanced
 
     def validated(self) -> EncoderSettings:
         """The same settings, normalised; UsageError (one sentence) for a bad value."""
@@ -71,8 +82,14 @@ class EncoderSettings:
             raise UsageError(f"Unknown dtype '{self.dtype}'; use one of {', '.join(DTYPES)}.")
         if rep not in REPRESENTATIONS:
             raise UsageError(
-                f"Unknown representation '{self.representation}'; use tag or eos."
+                f"Unknown representation '{self.representation}'; use tag, eos or pooled."
             )
+        encoder = (self.encoder or "auto").lower()
+        combine = (self.combine or "concat").lower()
+        if encoder not in ENCODERS:
+            raise UsageError(f"Unknown encoder '{self.encoder}'; use auto, l or g.")
+        if combine not in COMBINES:
+            raise UsageError(f"Unknown combine '{self.combine}'; use concat or balanced.")
         if not isinstance(self.clip_skip, int) or not 1 <= self.clip_skip <= MAX_CLIP_SKIP:
             raise UsageError(
                 f"Clip skip must be a whole number from 1 to {MAX_CLIP_SKIP} (A1111 numbering: "
@@ -90,7 +107,7 @@ class EncoderSettings:
         cache_dir = Path(self.cache_dir).expanduser() if self.cache_dir else None
         return replace(
             self, device=device, dtype=dtype, representation=rep, context=context,
-            cache_dir=cache_dir,
+            cache_dir=cache_dir, encoder=encoder, combine=combine,
         )
 
     @property
@@ -131,11 +148,18 @@ class TagEmbedder:
         preloaded: dict | None = None,
         cache_dir: Path | None = None,
     ) -> None:
-        assert source.config is not None
         self.settings = settings
         self.source = source
+        self.family = source.family
+        self._model_fingerprint = fingerprint
+        self._parts = source.encoders()
+        self._selected = _selected_parts(settings, source)
+        self._config: EncoderConfig = self._parts[self._selected[0]].config  # type: ignore[assignment]
         self._fingerprint = fingerprint
-        self._config: EncoderConfig = source.config
+        if source.parts is not None:
+            from tagsmith.model.sdxl import selection_key
+
+            self._fingerprint = selection_key(fingerprint, self._selected, settings.representation)
         self._preloaded = preloaded  # tensors torch.load gave while inspecting a .ckpt
         self._encoder: Any = None  # encoder.ClipTextEncoder or encoder_np.NumpyTextEncoder
         self._expected_positions = 0
@@ -155,7 +179,20 @@ class TagEmbedder:
 
     @property
     def dim(self) -> int:
-        return self._config.hidden_size
+        if self.settings.representation == "pooled":
+            return self._config.projection_dim
+        return sum(self._parts[p].config.hidden_size for p in self._selected)  # type: ignore[union-attr]
+
+    def similarity_parts(self) -> dict[str, slice]:
+        """Where each encoder sits in a vector, when it holds more than one (SDXL): analysis
+        reports each encoder's similarity from these."""
+        if len(self._selected) < 2 or self.settings.representation == "pooled":
+            return {}
+        from tagsmith.model.sdxl import similarity_parts
+
+        return similarity_parts(
+            {p: self._parts[p].config.hidden_size for p in self._selected}  # type: ignore[union-attr]
+        )
 
     @property
     def config(self) -> EncoderConfig:
@@ -185,6 +222,10 @@ class TagEmbedder:
             device, dtype = self.settings.device, self.settings.precision
         return {
             "fingerprint": self.fingerprint,
+            "model_fingerprint": self._model_fingerprint,
+            "family": self.family,
+            "encoders": [_PART_LABELS[p] for p in self._selected],
+            "combine": self.settings.combine if self.similarity_parts() else None,
             "source": self.source.spec,
             "description": self.source.description,
             "clip_skip": self.settings.clip_skip,
@@ -214,7 +255,15 @@ class TagEmbedder:
             return current
         if want == "numpy" and not self._numpy_possible():
             raise UsageError("The numpy encoder needs fp32 safetensors weights on the CPU.")
-        if want == "numpy":
+        if self.source.parts is not None:
+            from tagsmith.model.sdxl import load_sdxl_encoder
+
+            self._encoder = load_sdxl_encoder(
+                self.source, self._selected, backend=want, device=self.settings.device,
+                dtype=self.settings.dtype, tensors=self._preloaded if want == "torch" else None,
+            )
+            self._preloaded = None
+        elif want == "numpy":
             self._encoder = encoder_np.load_numpy_encoder(self.source)
         else:
             from tagsmith.model.encoder import load_text_encoder
@@ -240,9 +289,10 @@ class TagEmbedder:
 
         s = self.settings
         on_cpu = s.device == "cpu" or (s.device == "auto" and not gpu_possible())
+        parts = [self._parts[p] for p in self._selected]
         return (
-            on_cpu and s.dtype in ("auto", "fp32") and self.source.tensors is not None
-            and self._preloaded is None and encoder_np.supports(self._config)
+            on_cpu and s.dtype in ("auto", "fp32") and self._preloaded is None
+            and all(p.tensors is not None and encoder_np.supports(p.config) for p in parts)
         )
 
     def _backend_for(self, positions: int | None, current: Any, is_numpy: bool) -> str:
@@ -277,7 +327,7 @@ class TagEmbedder:
             if len(self._prefix_ids) >= CHUNK_LENGTH:
                 raise UsageError(
                     f"The context before {CONTEXT_SLOT} is {len(self._prefix_ids)} tokens, which "
-                    f"leaves no room for the tag in SD1.5's {CHUNK_LENGTH}-token chunk."
+                    f"leaves no room for the tag in {self.family}'s {CHUNK_LENGTH}-token chunk."
                 )
         return self._prefix_ids, self._suffix_ids
 
@@ -294,7 +344,7 @@ class TagEmbedder:
                 raise InputError(f"Cannot embed {text!r}: it has no tokens.")
             if len(ids) > room:
                 truncated += 1
-            if self.settings.representation == "eos" and not tokens_only:
+            if self.settings.representation in ("eos", "pooled") and not tokens_only:
                 # SD truncates the prompt at 75 tokens, then EOS
                 seqs.append((list(ids) + suffix_ids)[:room] + [EOS_ID])
             else:
@@ -303,7 +353,8 @@ class TagEmbedder:
         if truncated:
             note = (
                 f"{truncated} tag{'s are' if truncated > 1 else ' is'} longer than the {room} "
-                f"tokens SD1.5 reads in one chunk{' after the context' if prefix_ids else ''}; "
+                f"tokens {self.family} reads in one chunk"
+                f"{' after the context' if prefix_ids else ''}; "
                 "vectors cover the tokens that fit."
             )
             if note not in self._notes:
@@ -327,7 +378,7 @@ class TagEmbedder:
         if missing:
             seqs = self._sequences(missing)
             enc = self.encoder(positions=self._job_positions(seqs))
-            pool = "last" if self.settings.representation == "eos" else "mean"
+            pool = {"eos": "last", "pooled": "pooled"}.get(self.settings.representation, "mean")
             prefix_ids, _ = self._context_ids()
             for idx, vectors in enc.encode(
                 seqs, prefix=[BOS_ID, *prefix_ids], clip_skip=self.settings.clip_skip, pool=pool
@@ -341,6 +392,11 @@ class TagEmbedder:
                     progress(done, total)
         for row, text in enumerate(texts):
             out[row] = found[text]
+        parts = self.similarity_parts()
+        if parts and self.settings.combine == "balanced":
+            from tagsmith.model.sdxl import balance
+
+            out = balance(out, parts)
         return out
 
     def token_states(self, texts: Sequence[str]) -> list[np.ndarray]:
@@ -368,12 +424,14 @@ class TagEmbedder:
             if isinstance(table, np.ndarray):
                 return table
             return table.float().cpu().numpy()
-        if self.source.tensors is not None:
-            return read_tensor_array(self.source.tensors[TOKEN_EMBEDDING]).astype(
+        first = self._parts[self._selected[0]]
+        if first.tensors is not None:
+            return read_tensor_array(first.tensors[TOKEN_EMBEDDING]).astype(
                 np.float32, copy=False
             )
         if self._preloaded is not None:
-            return self._preloaded[TOKEN_EMBEDDING].float().numpy().copy()
+            pre = self._preloaded[self._selected[0]] if self.source.parts else self._preloaded
+            return pre[TOKEN_EMBEDDING].float().numpy().copy()
         return self.encoder().token_embedding.float().cpu().numpy()
 
     def close(self) -> None:
@@ -388,6 +446,26 @@ class TagEmbedder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_PART_LABELS = {"l": "CLIP-L", "g": "CLIP-G"}
+
+
+def _selected_parts(settings: EncoderSettings, source: TextEncoderSource) -> tuple[str, ...]:
+    """Which encoders the vectors come from; UsageError when the model lacks the one asked."""
+    if source.parts is None:
+        if settings.encoder == "g" or settings.representation == "pooled":
+            what = "--encoder g" if settings.encoder == "g" else "the pooled representation"
+            raise UsageError(
+                f"{what} needs an SDXL model (CLIP-G); '{source.spec}' is an SD1.5 model with "
+                "CLIP-L only."
+            )
+        return ("l",)
+    if settings.representation == "pooled":
+        if settings.encoder == "l":
+            raise UsageError("SDXL's pooled vector comes from CLIP-G; use --encoder g or auto.")
+        return ("g",)
+    return ("l", "g") if settings.encoder == "auto" else (settings.encoder,)
 
 
 def _memo_identity(source: TextEncoderSource) -> dict[str, Any]:
@@ -418,6 +496,7 @@ def open_embedder(settings: EncoderSettings) -> TagEmbedder:
     remembered = memo.get(identity) if memo is not None else None
     preloaded = None
     if source.format == "pickle":
+        # an SDXL .ckpt (rare) is inspected every time: its memo records no configs
         if remembered is not None and "config" in remembered:
             source = replace(
                 source, config=EncoderConfig.from_dict(remembered["config"]),
@@ -433,8 +512,7 @@ def open_embedder(settings: EncoderSettings) -> TagEmbedder:
             source, fingerprint, preloaded = (
                 inspection.source, inspection.fingerprint, inspection.tensors,
             )
-            if memo is not None:
-                assert source.config is not None
+            if memo is not None and source.config is not None:
                 memo.put(identity, {
                     "fingerprint": fingerprint, "config": source.config.to_dict(),
                     "notes": list(source.notes), "stored_dtype": source.stored_dtype,
@@ -447,11 +525,11 @@ def open_embedder(settings: EncoderSettings) -> TagEmbedder:
             fingerprint = safetensors_fingerprint(source)
             if memo is not None:
                 memo.put(identity, {"fingerprint": fingerprint})
-    assert source.config is not None
-    if settings.clip_skip > source.config.num_layers:
+    layers = min(p.config.num_layers for p in source.encoders().values())  # type: ignore[union-attr]
+    if settings.clip_skip > layers:
         raise UsageError(
             f"Clip skip {settings.clip_skip} needs at least {settings.clip_skip} layers, but "
-            f"this text encoder has {source.config.num_layers}."
+            f"this text encoder has {layers}."
         )
     return TagEmbedder(settings, source, fingerprint, preloaded=preloaded, cache_dir=cache_dir)
 
@@ -490,7 +568,7 @@ def gpu_possible() -> bool:
     return shutil.which("nvidia-smi") is not None
 
 
-NO_MODEL_NOTICE = "Token analysis only; similarity needs the SD1.5 text encoder. {why}"
+NO_MODEL_NOTICE = "Token analysis only; similarity needs the model's text encoder. {why}"
 
 
 def open_model(

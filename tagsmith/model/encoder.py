@@ -40,7 +40,10 @@ from tagsmith.errors import ModelError, UnsafeCheckpointError, UnsupportedModelE
 from tagsmith.model.config import (
     POSITION_EMBEDDING,
     POSITION_IDS,
+    SD15_RULE,
+    TEXT_PROJECTION,
     TOKEN_EMBEDDING,
+    ConditioningRule,
     EncoderConfig,
     encoder_config_from_shapes,
 )
@@ -125,7 +128,13 @@ def read_safetensors_tensors(
             handle = _safe_open_pread(safe_open, file)
             with handle as fh:
                 for name, key in names:
-                    t = fh.get_tensor(key)
+                    ref = source.tensors[name]
+                    if ref.rows is not None:  # part of a fused tensor (OpenCLIP's in_proj)
+                        t = fh.get_slice(key)[ref.rows[0]:ref.rows[1]]
+                    else:
+                        t = fh.get_tensor(key)
+                    if ref.transposed:
+                        t = t.t().contiguous()
                     out[name] = t if dtype is None or t.dtype == dtype else t.to(dtype)
         except ModelError:
             raise
@@ -253,7 +262,7 @@ def _state_dict_of(obj: object) -> dict[str, torch.Tensor]:
 class PickleInspection:
     source: TextEncoderSource  # with config, notes, description filled in
     fingerprint: str
-    tensors: dict[str, torch.Tensor]  # canonical name -> tensor (memory-mapped when possible)
+    tensors: dict  # canonical name -> tensor (memory-mapped when possible); SDXL: per part
 
 
 def inspect_pickle(source: TextEncoderSource) -> PickleInspection:
@@ -263,6 +272,10 @@ def inspect_pickle(source: TextEncoderSource) -> PickleInspection:
     if not state:
         raise UnsupportedModelError(f"'{path}' holds no tensors (no state_dict was found).")
     shapes = {k: tuple(v.shape) for k, v in state.items()}
+    from tagsmith.model import sdxl
+
+    if sdxl.is_sdxl_single_file(shapes):
+        return PickleInspection(*sdxl.pickle_parts(source, state, tensors_fingerprint))
     prefix = locate_text_encoder(shapes, str(path))
     canonical = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     config = encoder_config_from_shapes(
@@ -342,8 +355,10 @@ class ClipTextEncoder:
         *,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        rule: ConditioningRule = SD15_RULE,
     ) -> None:
         self.config = config
+        self.rule = rule
         self.device = torch.device(device)
         self.dtype = dtype
 
@@ -377,6 +392,7 @@ class ClipTextEncoder:
                 layer.fc2_w = layer.fc2_w / 1.702
         self.final_ln_w = take("final_layer_norm.weight")
         self.final_ln_b = take("final_layer_norm.bias")
+        self.text_projection = take(TEXT_PROJECTION) if config.projection_dim else None
         self._prefixes: dict[tuple[tuple[int, ...], int], PrefixState] = {}
         self.positions_run = 0  # positions encode() has run (benchmarks read it)
 
@@ -385,7 +401,12 @@ class ClipTextEncoder:
         return self.config.hidden_size
 
     def layers_for(self, clip_skip: int) -> int:
-        return self.config.layers_for(clip_skip)
+        return self.rule.layers(self.config, clip_skip)
+
+    def projection_t(self) -> np.ndarray:
+        """(H, P) float32: the pooled output's projection, for x @ W^T."""
+        assert self.text_projection is not None
+        return self.text_projection.float().cpu().numpy().T
 
     # -- core ---------------------------------------------------------------------------------
     def _embed(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
@@ -447,7 +468,7 @@ class ClipTextEncoder:
         """(B, L, H) states SD's UNet sees for full sequences (BOS first), clip skip applied."""
         ids = ids.to(self.device)
         x = self._run(self._embed(ids), self.layers_for(clip_skip))
-        return self.final_norm(x)
+        return self.final_norm(x) if self.rule.final_norm else x
 
     @torch.inference_mode()
     def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
@@ -459,9 +480,13 @@ class ClipTextEncoder:
         return out
 
     @torch.inference_mode()
-    def prefix_state(self, prefix_ids: Sequence[int], clip_skip: int) -> PrefixState:
-        """Keys/values of the shared prefix (must start with BOS), computed once and kept."""
-        n_layers = self.layers_for(clip_skip)
+    def prefix_state(
+        self, prefix_ids: Sequence[int], clip_skip: int, *, n_layers: int | None = None
+    ) -> PrefixState:
+        """Keys/values of the shared prefix (must start with BOS), computed once and kept.
+        ``n_layers`` overrides the clip-skip rule (SDXL's pooled output runs every layer)."""
+        if n_layers is None:
+            n_layers = self.layers_for(clip_skip)
         key = (tuple(prefix_ids), n_layers)
         state = self._prefixes.get(key)
         if state is None:
@@ -482,7 +507,17 @@ class ClipTextEncoder:
             return min(16384, 2048 * max(1, torch.get_num_threads()))
         return 32768
 
-    def _run_tree(self, tree: PrefixTree, prefix: PrefixState) -> torch.Tensor:
+    @torch.inference_mode()
+    def tree_states(
+        self, tree: PrefixTree, prefix: PrefixState, *, final_norm: bool | None = None
+    ) -> np.ndarray:
+        """(N, H) float32 states of every node of ``tree`` after ``prefix``, as the family's
+        rule gives them (``final_norm`` overrides whether the final layer norm is applied)."""
+        return self._run_tree(tree, prefix, final_norm).float().cpu().numpy()
+
+    def _run_tree(
+        self, tree: PrefixTree, prefix: PrefixState, final_norm: bool | None = None
+    ) -> torch.Tensor:
         """Final-normed states (N, H) of every node of ``tree``, placed after ``prefix``.
 
         Layer by layer over all nodes at once (big GEMMs); attention per depth, where every
@@ -530,7 +565,8 @@ class ClipTextEncoder:
             h = self._act(F.linear(h, lw.fc1_w, lw.fc1_b))
             x.add_(lw.fc2_b).addmm_(h, lw.fc2_w.t())
         self.positions_run += n
-        return self.final_norm(x)
+        normed = self.rule.final_norm if final_norm is None else final_norm
+        return self.final_norm(x) if normed else x
 
     @torch.inference_mode()
     def encode(
@@ -554,7 +590,7 @@ class ClipTextEncoder:
         """
         state = self.prefix_state(prefix, clip_skip)
         yield from encode_trees(
-            sequences, lambda tree: self._run_tree(tree, state).float().cpu().numpy(),
+            sequences, lambda tree: self.tree_states(tree, state),
             budget=token_budget or self.default_token_budget(), pool=pool,
             prefix_length=len(state.ids), max_positions=self.config.max_positions,
         )
@@ -566,8 +602,10 @@ def load_text_encoder(
     device: str = "auto",
     dtype: str = "auto",
     tensors: dict[str, torch.Tensor] | None = None,
+    rule: ConditioningRule = SD15_RULE,
 ) -> ClipTextEncoder:
-    """Build the encoder from a resolved source (``tensors``: already-loaded pickle weights)."""
+    """Build the encoder from a resolved source (``tensors``: already-loaded pickle weights,
+    canonical names; a LoRA merge can change them before this call)."""
     dev = select_device(device)
     dt = select_dtype(dtype, dev)
     if tensors is None:
@@ -579,4 +617,4 @@ def load_text_encoder(
     assert source.config is not None
     tensors = dict(tensors)
     tensors.pop(POSITION_IDS, None)
-    return ClipTextEncoder(source.config, tensors, device=dev, dtype=dt)
+    return ClipTextEncoder(source.config, tensors, device=dev, dtype=dt, rule=rule)

@@ -1,4 +1,4 @@
-"""SD1.5's CLIP text encoder in numpy, for small jobs on a CPU: no torch import.
+"""CLIP text encoders (SD1.5's, SDXL's L and G) in numpy, for small CPU jobs: no torch import.
 
 Importing torch costs ~1.5 s on a 2-core machine, more than encoding the ~60 forms and
 neighbours of one ``tagsmith suggest`` takes. For such jobs (a few thousand positions, fp32 on
@@ -16,7 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tagsmith.model.config import POSITION_EMBEDDING, POSITION_IDS, TOKEN_EMBEDDING, EncoderConfig
+from tagsmith.model.config import (
+    POSITION_EMBEDDING,
+    POSITION_IDS,
+    SD15_RULE,
+    TEXT_PROJECTION,
+    TOKEN_EMBEDDING,
+    ConditioningRule,
+    EncoderConfig,
+)
 from tagsmith.model.prefix_tree import encode_trees
 from tagsmith.model.safetensors_file import read_tensor_array
 from tagsmith.model.sources import TextEncoderSource
@@ -49,8 +57,31 @@ class _Prefix:
 
 
 def supports(config: EncoderConfig) -> bool:
-    """Whether this forward pass covers the architecture (SD1.5's quick_gelu CLIP does)."""
-    return config.hidden_act == "quick_gelu" and config.hidden_size % config.num_heads == 0
+    """Whether this forward pass covers the architecture (quick_gelu CLIP-L, gelu CLIP-G)."""
+    return config.hidden_act in ("quick_gelu", "gelu") and config.hidden_size % config.num_heads == 0
+
+
+# Abramowitz & Stegun 7.1.26: |error| <= 1.5e-7, below float32's own rounding at these sizes.
+_ERF_P = np.float32(0.3275911)
+_ERF_A = tuple(np.float32(a) for a in (
+    1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592,
+))
+
+
+def gelu(h: np.ndarray) -> np.ndarray:
+    """Exact (erf) GELU in place, as torch's ``F.gelu`` and OpenCLIP-G's ``nn.GELU``."""
+    z = np.abs(h) * np.float32(0.5**0.5)
+    t = 1.0 / (1.0 + _ERF_P * z)
+    poly = _ERF_A[0] * t
+    for a in _ERF_A[1:]:
+        poly += a
+        poly *= t
+    erf = 1.0 - poly * np.exp(-z * z)
+    np.copysign(erf, h, out=erf)
+    erf += 1.0
+    erf *= np.float32(0.5)
+    h *= erf
+    return h
 
 
 class NumpyTextEncoder:
@@ -59,10 +90,17 @@ class NumpyTextEncoder:
     device = "cpu"
     dtype_label = "fp32"
 
-    def __init__(self, config: EncoderConfig, tensors: Mapping[str, np.ndarray]) -> None:
+    def __init__(
+        self,
+        config: EncoderConfig,
+        tensors: Mapping[str, np.ndarray],
+        *,
+        rule: ConditioningRule = SD15_RULE,
+    ) -> None:
         if not supports(config):
             raise ValueError(f"the numpy encoder does not cover hidden_act {config.hidden_act!r}")
         self.config = config
+        self.rule = rule
 
         def take(name: str) -> np.ndarray:
             return np.ascontiguousarray(tensors[name], dtype=np.float32)
@@ -90,6 +128,7 @@ class NumpyTextEncoder:
             )
         self.final_ln_w = take("final_layer_norm.weight")
         self.final_ln_b = take("final_layer_norm.bias")
+        self.text_projection = take(TEXT_PROJECTION) if config.projection_dim else None
         self._prefixes: dict[tuple[tuple[int, ...], int], _Prefix] = {}
         self.positions_run = 0
 
@@ -98,7 +137,14 @@ class NumpyTextEncoder:
         return self.config.hidden_size
 
     def layers_for(self, clip_skip: int) -> int:
-        return self.config.layers_for(clip_skip)
+        return self.rule.layers(self.config, clip_skip)
+
+    def projection_t(self) -> np.ndarray:
+        assert self.text_projection is not None
+        return self.text_projection.T
+
+    def default_token_budget(self) -> int:
+        return SMALL_JOB_POSITIONS
 
     # -- forward ----------------------------------------------------------------------------
     def _layer_norm(self, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -118,6 +164,7 @@ class NumpyTextEncoder:
         prefix: _Prefix | None,
         n_layers: int,
         collect_kv: list | None = None,
+        final_norm: bool = True,
     ) -> np.ndarray:
         """Final-normed states of nodes ordered by depth; ``groups`` gives, per depth, the
         node range and its (rows, context) indices into [prefix keys; node keys]."""
@@ -154,15 +201,20 @@ class NumpyTextEncoder:
             x += lw.out_b
             h = self._layer_norm(x, lw.ln2_w, lw.ln2_b) @ lw.fc1_wt
             h += lw.fc1_b
-            # quick_gelu: h * sigmoid(1.702 h)
-            h /= 1.0 + np.exp(np.float32(-1.702) * h)
+            if c.hidden_act == "gelu":
+                gelu(h)
+            else:  # quick_gelu: h * sigmoid(1.702 h)
+                h /= 1.0 + np.exp(np.float32(-1.702) * h)
             x += h @ lw.fc2_wt
             x += lw.fc2_b
         self.positions_run += n
-        return self._layer_norm(x, self.final_ln_w, self.final_ln_b)
+        return self._layer_norm(x, self.final_ln_w, self.final_ln_b) if final_norm else x
 
-    def prefix_state(self, prefix_ids: Sequence[int], clip_skip: int) -> _Prefix:
-        n_layers = self.layers_for(clip_skip)
+    def prefix_state(
+        self, prefix_ids: Sequence[int], clip_skip: int, *, n_layers: int | None = None
+    ) -> _Prefix:
+        if n_layers is None:
+            n_layers = self.layers_for(clip_skip)
         key = (tuple(prefix_ids), n_layers)
         state = self._prefixes.get(key)
         if state is None:
@@ -174,6 +226,13 @@ class NumpyTextEncoder:
             state = _Prefix(tuple(prefix_ids), n_layers, kv)
             self._prefixes[key] = state
         return state
+
+    def tree_states(self, tree, prefix: _Prefix, *, final_norm: bool | None = None) -> np.ndarray:  # noqa: ANN001
+        """Same contract as ``ClipTextEncoder.tree_states``."""
+        p = len(prefix.ids)
+        normed = self.rule.final_norm if final_norm is None else final_norm
+        return self._run(tree.tokens, tree.depths + (p - 1), tree.contexts(p), prefix,
+                         prefix.n_layers, final_norm=normed)
 
     def encode(
         self,
@@ -188,20 +247,28 @@ class NumpyTextEncoder:
         state = self.prefix_state(prefix, clip_skip)
         p = len(state.ids)
         yield from encode_trees(
-            sequences,
-            lambda tree: self._run(
-                tree.tokens, tree.depths + (p - 1), tree.contexts(p), state, state.n_layers
-            ),
+            sequences, lambda tree: self.tree_states(tree, state),
             budget=token_budget or SMALL_JOB_POSITIONS, pool=pool, prefix_length=p,
             max_positions=self.config.max_positions,
         )
 
 
-def load_numpy_encoder(source: TextEncoderSource) -> NumpyTextEncoder:
-    """Read a safetensors source's encoder weights without torch (fp16/bf16 widened)."""
-    assert source.tensors is not None and source.config is not None
-    tensors = {
+def read_numpy_tensors(source: TextEncoderSource) -> dict[str, np.ndarray]:
+    """A safetensors source's encoder weights by canonical name, without torch."""
+    assert source.tensors is not None
+    return {
         name: read_tensor_array(ref) for name, ref in source.tensors.items()
         if name != POSITION_IDS
     }
-    return NumpyTextEncoder(source.config, tensors)
+
+
+def load_numpy_encoder(
+    source: TextEncoderSource, *, rule: ConditioningRule = SD15_RULE,
+    tensors: Mapping[str, np.ndarray] | None = None,
+) -> NumpyTextEncoder:
+    """Read a safetensors source's encoder weights without torch (fp16/bf16 widened);
+    ``tensors`` (canonical name -> array) replaces them, e.g. after merging a LoRA."""
+    assert source.config is not None
+    if tensors is None:
+        tensors = read_numpy_tensors(source)
+    return NumpyTextEncoder(source.config, tensors, rule=rule)

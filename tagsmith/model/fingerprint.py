@@ -8,7 +8,10 @@ import mmap
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+
 from tagsmith.model.config import POSITION_IDS, EncoderConfig
+from tagsmith.model.safetensors_file import DTYPE_SIZES
 from tagsmith.model.sources import TextEncoderSource
 
 FINGERPRINT_VERSION = "tagsmith-te-1"
@@ -64,7 +67,12 @@ def fingerprint_names(tensors: Iterable[str]) -> list[str]:
 
 
 def safetensors_fingerprint(source: TextEncoderSource) -> str:
-    """Hash the encoder's tensors straight from the memory-mapped file(s) (~0.3 s per 500 MB)."""
+    """Hash the encoder's tensors straight from the memory-mapped file(s) (~0.3 s per 500 MB).
+    An SDXL source hashes both encoders (``sdxl.sdxl_fingerprint``)."""
+    if source.parts is not None:
+        from tagsmith.model.sdxl import sdxl_fingerprint
+
+        return sdxl_fingerprint({k: safetensors_fingerprint(p) for k, p in source.parts.items()})
     assert source.tensors is not None and source.config is not None
     hasher = FingerprintHasher(source.config)
     maps: dict[Path, mmap.mmap] = {}
@@ -78,7 +86,15 @@ def safetensors_fingerprint(source: TextEncoderSource) -> str:
                 maps[ref.file] = mm
             view = memoryview(mm)[ref.start:ref.end]
             try:
-                hasher.update(name, ref.dtype, ref.shape, view)
+                if ref.transposed:
+                    # hash the canonical (transposed) bytes, as a diffusers folder stores them
+                    size = DTYPE_SIZES[ref.dtype]
+                    raw = np.frombuffer(view, dtype=f"<u{size}" if size > 1 else "u1")
+                    data = np.ascontiguousarray(raw.reshape(tuple(reversed(ref.shape))).T)
+                    del raw
+                    hasher.update(name, ref.dtype, ref.shape, data.tobytes())
+                else:
+                    hasher.update(name, ref.dtype, ref.shape, view)
             finally:
                 view.release()
     finally:

@@ -17,6 +17,10 @@ _HUB_LAYOUTS = (
 )
 
 
+# SDXL repos: the second encoder (OpenCLIP-G as CLIPTextModelWithProjection).
+SECOND_ENCODER = (("text_encoder_2/", "diffusers text_encoder_2"),)
+
+
 _HUB_WEIGHTS_CACHED = ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin",
                        "pytorch_model.fp16.bin")
 
@@ -53,15 +57,19 @@ def resolve_hub(
     download: bool = True,
     fetch: Callable[[str, str, Path], Path] | None = None,
     list_files: Callable[[str], list[str]] | None = None,
-) -> tuple[Path, Path, str]:
+    layouts: tuple[tuple[str, str], ...] = _HUB_LAYOUTS,
+    required: bool = True,
+) -> tuple[Path, Path, str] | None:
     """(folder holding the encoder, its weights file, a note) for a hub repo.
 
     Looks in the local HF cache first, so nothing is downloaded when the encoder is cached.
     Otherwise downloads only the encoder's config and weights (fp16 variant when the repo has
     one), unless HF_HUB_OFFLINE is set. ``fetch``/``list_files`` replace the network in tests.
+    ``layouts`` are the subfolders tried; with ``required`` False a repo without them gives
+    None (an SD1.5 repo has no text_encoder_2).
     """
     cache_dir = hub_cache_dir()
-    for sub, what in _HUB_LAYOUTS:
+    for sub, what in layouts:
         for w in _HUB_WEIGHTS_CACHED:
             weights = _cached_hub_file(repo_id, sub + w, cache_dir)
             if weights is not None:
@@ -71,6 +79,8 @@ def resolve_hub(
         "give a local checkpoint or diffusers folder with --model PATH or the TAGSMITH_MODEL "
         "environment variable"
     )
+    if (hub_offline() or not download) and not required:
+        return None
     if hub_offline() or not download:
         raise ModelNotFoundError(
             f"The model '{repo_id}' is not in the Hugging Face cache ({cache_dir}) and "
@@ -84,7 +94,7 @@ def resolve_hub(
         raise ModelNotFoundError(
             f"Could not reach the Hugging Face Hub for '{repo_id}' ({_hub_error(exc)}); {hint}."
         ) from None
-    for sub, what in _HUB_LAYOUTS:
+    for sub, what in layouts:
         weights_name = next((sub + w for w in _HUB_WEIGHTS_DOWNLOAD if sub + w in files), None)
         if weights_name is None:
             continue
@@ -99,6 +109,8 @@ def resolve_hub(
         weights = paths[-1]
         variant = "fp16 variant" if ".fp16." in weights_name else Path(weights_name).name
         return weights.parent, weights, f"{what}, {variant}, downloaded"
+    if not required:
+        return None
     raise UnsupportedModelError(
         f"The Hugging Face repo '{repo_id}' has no CLIP text encoder weights (looked for "
         "text_encoder/model.safetensors and model.safetensors)."

@@ -43,12 +43,7 @@ def locate_text_encoder(shapes: Mapping[str, tuple[int, ...]], name: str) -> str
     keys = list(shapes)
     if not keys:
         raise UnsupportedModelError(f"'{name}' holds no tensors at all.")
-    if any(k.startswith("conditioner.embedders.") for k in keys):
-        raise UnsupportedModelError(
-            f"'{name}' is an SDXL checkpoint (two text encoders, CLIP ViT-L and OpenCLIP "
-            "ViT-bigG); tagsmith measures SD1.5's CLIP ViT-L encoder, so give an SD1.5 "
-            "checkpoint."
-        )
+    _refuse_other_families(shapes, keys, name)
     openclip = "token_embedding.weight" in shapes and any(
         k.startswith("transformer.resblocks.") for k in keys
     )
@@ -56,8 +51,8 @@ def locate_text_encoder(shapes: Mapping[str, tuple[int, ...]], name: str) -> str
         width = _openclip_width(shapes)
         raise UnsupportedModelError(
             f"'{name}' is an SD 2.x checkpoint (its text encoder is OpenCLIP ViT-H"
-            f"{f', width {width}' if width else ''}); tagsmith needs an SD1.5 checkpoint, whose "
-            "encoder is CLIP ViT-L under cond_stage_model.transformer."
+            f"{f', width {width}' if width else ''}); {_READS}, so give an SD1.5 or SDXL "
+            "checkpoint."
         )
     prefixes = sorted({k[: -len(TOKEN_EMBEDDING)] for k in keys if k.endswith(TOKEN_EMBEDDING)})
     if len(prefixes) == 1:
@@ -98,6 +93,37 @@ def locate_text_encoder(shapes: Mapping[str, tuple[int, ...]], name: str) -> str
         f"{examples}) is an SD1.5 encoder key such as "
         "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight."
     )
+
+
+_READS = "tagsmith reads SD1.5 (CLIP-L) and SDXL (CLIP-L + OpenCLIP-G) text encoders"
+
+
+def _refuse_other_families(
+    shapes: Mapping[str, tuple[int, ...]], keys: list[str], name: str
+) -> None:
+    """One sentence for the checkpoints of families tagsmith does not read (A1111's
+    ``guess_model_config_from_state_dict`` and ComfyUI's ``detect_unet_config`` keys)."""
+    if "conditioner.embedders.0.model.ln_final.weight" in shapes:
+        raise UnsupportedModelError(
+            f"'{name}' is an SDXL refiner (OpenCLIP-G only, no CLIP-L); it refines images but "
+            f"is not prompted with tags on its own, and {_READS}: give the SDXL base model "
+            "(or the Pony/Illustrious/NoobAI checkpoint) instead."
+        )
+    if any(".joint_blocks." in k or k.startswith("text_encoders.t5xxl") for k in keys):
+        raise UnsupportedModelError(
+            f"'{name}' is an SD3 (MMDiT) checkpoint, whose prompts go through CLIP-L, CLIP-G and "
+            f"T5; {_READS}."
+        )
+    if any(".double_blocks." in k or k.startswith("double_blocks.") for k in keys):
+        raise UnsupportedModelError(
+            f"'{name}' is a Flux checkpoint (T5 and CLIP-L text encoders, no UNet); {_READS}."
+        )
+    if any(k.startswith("conditioner.embedders.") for k in keys):
+        raise UnsupportedModelError(
+            f"'{name}' has SDXL-style conditioner.embedders but not both SDXL text encoders "
+            "(CLIP-L under conditioner.embedders.0.transformer.text_model., OpenCLIP-G under "
+            "conditioner.embedders.1.model.); the file may be pruned or from another family."
+        )
 
 
 def _openclip_width(shapes: Mapping[str, tuple[int, ...]]) -> int | None:

@@ -49,6 +49,22 @@ class TensorRef:
     shape: tuple[int, ...]
     start: int  # absolute byte offsets in the file
     end: int
+    # A canonical tensor can be part of a stored one (OpenCLIP's fused q/k/v ``in_proj``: rows
+    # [a, b) of ``key``, bytes already narrowed) or its transpose (OpenCLIP's bare
+    # ``text_projection`` is used as x @ P, a Linear weight is P^T); ``shape`` is canonical.
+    rows: tuple[int, int] | None = None
+    transposed: bool = False
+
+    def part(self, rows: tuple[int, int]) -> TensorRef:
+        """Rows [a, b) of this (row-major) tensor, without reading it."""
+        a, b = rows
+        row_bytes = (self.end - self.start) // self.shape[0]
+        return TensorRef(self.file, self.key, self.dtype, (b - a, *self.shape[1:]),
+                         self.start + a * row_bytes, self.start + b * row_bytes, rows)
+
+    def transpose(self) -> TensorRef:
+        return TensorRef(self.file, self.key, self.dtype, tuple(reversed(self.shape)),
+                         self.start, self.end, self.rows, not self.transposed)
 
 
 def sniff_format(path: Path) -> str:
@@ -181,4 +197,6 @@ def read_tensor_array(ref: TensorRef) -> np.ndarray:
             arr = np.fromfile(fh, dtype=np_dtype, count=count)
     if arr.size != count:
         raise UnsupportedModelError(f"'{ref.file}' is truncated inside tensor {ref.key}.")
+    if ref.transposed:
+        return arr.reshape(tuple(reversed(ref.shape))).T
     return arr.reshape(ref.shape)

@@ -4,8 +4,12 @@
 
 - a Hugging Face repo id (default ``stable-diffusion-v1-5/stable-diffusion-v1-5``), read from the
   local HF cache and downloaded only when missing (text encoder files only);
-- a diffusers pipeline folder (its ``text_encoder/``) or a CLIPTextModel / CLIPModel folder;
-- a single-file SD1.5 checkpoint (``.safetensors``; ``.ckpt``/``.pt``/``.bin`` pickles).
+- a diffusers pipeline folder (its ``text_encoder/``, and ``text_encoder_2/`` for SDXL) or a
+  CLIPTextModel / CLIPModel folder;
+- a single-file SD1.5 or SDXL checkpoint (``.safetensors``; ``.ckpt``/``.pt``/``.bin`` pickles).
+
+An SDXL model is one source with two ``parts`` ("l": CLIP-L, "g": OpenCLIP-G), each a source
+of its own under canonical CLIPTextModel names (``tagsmith.model.sdxl``).
 
 ``resolve_source`` turns that into a ``TextEncoderSource``: the weight files, where the encoder's
 tensors sit in them, the architecture, and notes for the user. Safetensors headers are parsed
@@ -30,11 +34,12 @@ from tagsmith.errors import InputError, ModelNotFoundError, UnsupportedModelErro
 from tagsmith.fileio import read_regular_bytes
 from tagsmith.model.config import (
     POSITION_IDS,
+    TEXT_PROJECTION,
     TOKEN_EMBEDDING,
     EncoderConfig,
     encoder_config_from_shapes,
 )
-from tagsmith.model.hub import resolve_hub
+from tagsmith.model.hub import SECOND_ENCODER, resolve_hub
 from tagsmith.model.layouts import layout_description, locate_text_encoder, position_ids_note
 from tagsmith.model.safetensors_file import (
     DTYPE_NAMES,
@@ -72,10 +77,16 @@ class TextEncoderSource:
     notes: tuple[str, ...] = ()
     stored_dtype: str | None = None  # fp32 | fp16 | bf16
     folder_config: Mapping | None = field(default=None, repr=False)  # config.json, if any
+    family: str = "SD1.5"  # SD1.5 | SDXL
+    parts: Mapping[str, TextEncoderSource] | None = None  # SDXL: {"l": ..., "g": ...}
 
     @property
     def name(self) -> str:
         return self.spec
+
+    def encoders(self) -> dict[str, TextEncoderSource]:
+        """Each text encoder by part name: {"l": self} for SD1.5, {"l", "g"} for SDXL."""
+        return dict(self.parts) if self.parts is not None else {"l": self}
 
     def file_stats(self) -> list[tuple[str, int, int, int, int]]:
         """(path, size, mtime_ns, inode, ctime_ns) of each weight file: a cheap identity for
@@ -164,8 +175,24 @@ def resolve_source(model: str | None = None, *, download: bool = True) -> TextEn
     spec_text = model_spec_from_settings(model)
     spec = parse_model_spec(spec_text)
     if spec.kind == "hub":
-        folder, weights, note = resolve_hub(spec.value, download=download)
-        src = _source_from_folder(spec_text, folder, weights=weights, kind="hub")
+        found = resolve_hub(spec.value, download=download)
+        assert found is not None  # required: raises instead
+        folder, weights, note = found
+        second = None
+        if folder.name == "text_encoder" and (
+            (folder.parent / "text_encoder_2").is_dir()
+            or _model_index_has(folder.parent / "model_index.json", "text_encoder_2")
+            or "downloaded" in note
+        ):
+            second = resolve_hub(spec.value, download=download, layouts=SECOND_ENCODER,
+                                 required="downloaded" not in note)
+        if second is not None:
+            from tagsmith.model.sdxl import folder_source
+
+            src = folder_source(spec_text, folder, second[0], weights=(weights, second[1]),
+                                kind="hub")
+        else:
+            src = _source_from_folder(spec_text, folder, weights=weights, kind="hub")
         desc = f"Hugging Face model {spec.value} ({note})"
         return replace(src, description=desc)
     assert spec.path is not None
@@ -187,11 +214,18 @@ def _source_from_dir(spec: str, path: Path) -> TextEncoderSource:
     index = path / "model_index.json"
     te = path / "text_encoder"
     if index.is_file() or te.is_dir():
+        _refuse_other_pipelines(spec, index)
         if (path / "text_encoder_2").is_dir() or _model_index_has(index, "text_encoder_2"):
-            raise UnsupportedModelError(
-                f"'{spec}' is an SDXL-style diffusers pipeline (text_encoder and "
-                "text_encoder_2); tagsmith measures SD1.5's single CLIP ViT-L text encoder."
-            )
+            from tagsmith.model.sdxl import folder_source
+
+            if not te.is_dir() or not (path / "text_encoder_2").is_dir():
+                raise UnsupportedModelError(
+                    f"The SDXL diffusers folder '{spec}' needs both text_encoder/ and "
+                    "text_encoder_2/; an SDXL refiner (text_encoder_2 only) has no CLIP-L, "
+                    "so use the base model it refines."
+                )
+            src = folder_source(spec, te, path / "text_encoder_2", kind="diffusers")
+            return replace(src, description=f"SDXL diffusers pipeline {path} ({src.description})")
         if not te.is_dir():
             raise UnsupportedModelError(
                 f"The diffusers folder '{spec}' has no text_encoder/ subfolder; tagsmith "
@@ -216,6 +250,23 @@ def _source_from_dir(spec: str, path: Path) -> TextEncoderSource:
         "(text_encoder/), a CLIPTextModel folder (config.json and model.safetensors) or a "
         "single .safetensors/.ckpt file."
     )
+
+
+def _refuse_other_pipelines(spec: str, index: Path) -> None:
+    """SD3 and Flux pipelines: one sentence saying what they are and what tagsmith reads."""
+    if not index.is_file():
+        return
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    name = str(data.get("_class_name", "")) if isinstance(data, dict) else ""
+    if "StableDiffusion3" in name or "Flux" in name or "text_encoder_3" in data:
+        what = "a Flux" if "Flux" in name else "an SD3"
+        raise UnsupportedModelError(
+            f"'{spec}' is {what} pipeline ({name or 'T5 text encoder'}); tagsmith reads SD1.5 "
+            "(CLIP-L) and SDXL (CLIP-L + OpenCLIP-G) text encoders."
+        )
 
 
 def _model_index_has(index: Path, key: str) -> bool:
@@ -268,7 +319,8 @@ def _read_folder_config(folder: Path, spec: str) -> dict | None:
 
 
 def _source_from_folder(
-    spec: str, folder: Path, *, weights: Path | None = None, kind: str = "folder"
+    spec: str, folder: Path, *, weights: Path | None = None, kind: str = "folder",
+    family: str = "SD1.5",
 ) -> TextEncoderSource:
     cfg = _read_folder_config(folder, spec)
     if weights is None:
@@ -279,9 +331,9 @@ def _source_from_folder(
             "pytorch_model.bin) next to config.json."
         )
     if weights.name.endswith(".index.json"):
-        src = _source_from_sharded(spec, weights, cfg)
+        src = _source_from_sharded(spec, weights, cfg, family)
     else:
-        src = source_from_file(spec, weights, folder_config=cfg)
+        src = source_from_file(spec, weights, folder_config=cfg, family=family)
     what = "CLIPModel" if cfg and cfg.get("_from_clip_model") else "CLIPTextModel"
     desc = f"{what} folder, {src.stored_dtype or 'weights'} in {weights.name}"
     return replace(src, kind=kind, description=desc)
@@ -292,7 +344,9 @@ def _read_small(path: Path) -> bytes:
     return read_regular_bytes(path, limit=64 << 20, what="JSON file")
 
 
-def _source_from_sharded(spec: str, index: Path, cfg: dict | None) -> TextEncoderSource:
+def _source_from_sharded(
+    spec: str, index: Path, cfg: dict | None, family: str = "SD1.5"
+) -> TextEncoderSource:
     try:
         weight_map = json.loads(_read_small(index))["weight_map"]
         if not isinstance(weight_map, dict):
@@ -307,11 +361,11 @@ def _source_from_sharded(spec: str, index: Path, cfg: dict | None) -> TextEncode
         if not shard.is_file():
             raise ModelNotFoundError(f"The shard '{shard}' listed in '{index}' is missing.")
         headers.update(read_safetensors_header(shard).tensors)
-    return _safetensors_source(spec, tuple(shards), headers, cfg)
+    return _safetensors_source(spec, tuple(shards), headers, cfg, family)
 
 
 def source_from_file(
-    spec: str, path: Path, *, folder_config: Mapping | None = None
+    spec: str, path: Path, *, folder_config: Mapping | None = None, family: str = "SD1.5"
 ) -> TextEncoderSource:
     """A single weights file: safetensors is inspected now; a pickle is only recognised."""
     if not path.is_file():
@@ -320,7 +374,7 @@ def source_from_file(
     suffix = path.suffix.lower()
     if fmt == "safetensors" or (fmt == "unknown" and suffix in SAFETENSORS_SUFFIXES):
         header = read_safetensors_header(path)
-        return _safetensors_source(spec, (path,), header.tensors, folder_config)
+        return _safetensors_source(spec, (path,), header.tensors, folder_config, family)
     if fmt in ("zip-pickle", "legacy-pickle"):
         return TextEncoderSource(
             spec=spec, kind="single-file", format="pickle", files=(path,),
@@ -342,13 +396,38 @@ def _safetensors_source(
     files: tuple[Path, ...],
     tensors: Mapping[str, TensorRef],
     folder_config: Mapping | None,
+    family: str = "SD1.5",
 ) -> TextEncoderSource:
     name = str(files[0]) if len(files) == 1 else str(files[0].parent)
     shapes = {k: t.shape for k, t in tensors.items()}
+    if family == "SD1.5":
+        from tagsmith.model import sdxl
+
+        if sdxl.is_sdxl_single_file(shapes):
+            return sdxl.single_file_source(spec, files, tensors, name)
     prefix = locate_text_encoder(shapes, name)
     canonical = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
+    if family != "SD1.5" and TEXT_PROJECTION in tensors and TEXT_PROJECTION not in canonical:
+        # CLIPTextModelWithProjection keeps its projection beside text_model.
+        canonical[TEXT_PROJECTION] = tensors[TEXT_PROJECTION]
+    return part_source(spec, files, canonical, folder_config, name, prefix, family=family)
+
+
+def part_source(
+    spec: str,
+    files: tuple[Path, ...],
+    canonical: Mapping[str, TensorRef],
+    folder_config: Mapping | None,
+    name: str,
+    prefix: str,
+    *,
+    family: str = "SD1.5",
+    default_act: str = "quick_gelu",
+) -> TextEncoderSource:
+    """One text encoder whose tensors are already under canonical names: checked, described."""
     config = encoder_config_from_shapes(
-        {k: t.shape for k, t in canonical.items()}, folder_config, name
+        {k: t.shape for k, t in canonical.items()}, folder_config, name, family=family,
+        default_act=str((folder_config or {}).get("hidden_act") or default_act),
     )
     notes = []
     pos = canonical.get(POSITION_IDS)
@@ -367,5 +446,5 @@ def _safetensors_source(
         spec=spec, kind="single-file", format="safetensors", files=files,
         description=f"{layout_description(prefix)}, {stored}",
         config=config, tensors=canonical, notes=tuple(notes), stored_dtype=stored,
-        folder_config=folder_config,
+        folder_config=folder_config, family=family,
     )
