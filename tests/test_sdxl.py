@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_sdxl as xl
 import torch
 import torch.nn.functional as F
-import tiny_sdxl as xl
 
 from tagsmith.cli import run
 from tagsmith.errors import UnsupportedModelError, UsageError

@@ -162,6 +162,8 @@ class RankedCandidate:
     candidate: Candidate
     score: float | None = None
     similarity: dict[str, float] = field(default_factory=dict)
+    # SDXL: each encoder's own cosine ("l", "g"), so a user sees when L and G disagree
+    similarity_by_encoder: dict[str, dict[str, float]] = field(default_factory=dict)
     detail: CandidateScore | None = None
     reason: str = ""
 
@@ -186,8 +188,27 @@ class RankedCandidate:
             "leakage": None if d is None or d.leakage is None else round(d.leakage, 6),
             "avoid": None if d is None or d.avoid is None else round(d.avoid, 6),
             "similarity": {k: round(v, 6) for k, v in self.similarity.items()},
+            **({"similarity_by_encoder": {
+                enc: {k: round(v, 6) for k, v in sims.items()}
+                for enc, sims in self.similarity_by_encoder.items()
+            }} if self.similarity_by_encoder else {}),
             "reason": self.reason,
         }
+
+
+def encoder_similarities(
+    embedder: Any, a: np.ndarray, b: np.ndarray, names: Sequence[str]
+) -> list[dict[str, dict[str, float]]]:
+    """Per row of ``a``: {encoder: {name: cosine to that row of b}} from each encoder's own
+    dimensions (SDXL's CLIP-L and CLIP-G); empty dicts for a one-encoder model."""
+    parts = getattr(embedder, "similarity_parts", dict)()
+    if not parts:
+        return [{} for _ in range(len(a))]
+    mats = {enc: cosine_matrix(a[:, sl], b[:, sl]) for enc, sl in parts.items()}
+    return [
+        {enc: {n: float(m[i, j]) for j, n in enumerate(names)} for enc, m in mats.items()}
+        for i in range(len(a))
+    ]
 
 
 def no_progress(_: str) -> None:

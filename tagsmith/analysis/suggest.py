@@ -41,6 +41,7 @@ from tagsmith.analysis.ranking import (
     ScoreWeights,
     cosine_matrix,
     describe_kind,
+    encoder_similarities,
     known_word_share,
     known_words,
     no_progress,
@@ -185,6 +186,8 @@ def suggest(
     cand_vecs = vectors[[row[c.text] for c in candidates]]
     neigh_vecs = vectors[[row[n.tag] for n in result.neighbors]]
     sim = cosine_matrix(cand_vecs, neigh_vecs)
+    by_encoder = encoder_similarities(embedder, cand_vecs, neigh_vecs,
+                                      [n.tag for n in result.neighbors])
     roles = [n.role for n in result.neighbors]
     scores = score_candidates(
         sim,
@@ -199,6 +202,7 @@ def suggest(
         rc.score = scores[i].score
         rc.detail = scores[i]
         rc.similarity = {n.tag: float(sim[i, j]) for j, n in enumerate(result.neighbors)}
+        rc.similarity_by_encoder = by_encoder[i]
     baseline = result.candidates[0]  # the tag as written, spaced
     for rc in result.candidates:
         rc.reason = _reason(rc, baseline, result.neighbors)

@@ -33,6 +33,7 @@ from tagsmith.analysis.ranking import (
     RankedCandidate,
     ScoreWeights,
     cosine_matrix,
+    encoder_similarities,
     family_separation,
     known_word_share,
     no_progress,
@@ -250,9 +251,12 @@ def rank_triggers(
         scores = score_candidates(sim, keep_cols=keep_cols, leak_cols=leak_cols,
                                   avoid_cols=avoid_cols, reuse=[known_word_share(c) for c in cands],
                                   n_tokens=[c.n_tokens for c in cands], weights=options.weights)
-        for m, s, simrow in zip(fam.members, scores, sim):
+        by_encoder = encoder_similarities(embedder, vecs, neigh_vecs,
+                                          [n.tag for n in result.neighbors])
+        for m, s, simrow, by in zip(fam.members, scores, sim, by_encoder):
             m.score, m.detail = s.score, s
             m.similarity = {n.tag: float(v) for n, v in zip(result.neighbors, simrow)}
+            m.similarity_by_encoder = by
         fam.score = float(np.mean([s.score for s in scores]))
         if len(cands) > 1:
             sep, pair = family_separation(vecs)

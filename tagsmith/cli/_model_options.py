@@ -15,7 +15,9 @@ import typer
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
-REPRESENTATION_CHOICES = ("tag", "eos")
+REPRESENTATION_CHOICES = ("tag", "eos", "pooled")
+ENCODER_CHOICES = ("auto", "l", "g")
+COMBINE_CHOICES = ("concat", "balanced")
 
 
 def _one_of(option: str, choices: tuple[str, ...]) -> Callable[[str], str]:
@@ -38,8 +40,9 @@ ModelOption = Annotated[
         envvar="TAGSMITH_MODEL",
         metavar="MODEL",
         show_default=False,
-        help="The SD1.5 text encoder: a Hugging Face repo id, a diffusers folder, a "
-        "CLIPTextModel folder, or a single-file checkpoint (.safetensors, .ckpt). Default: "
+        help="The SD1.5 or SDXL model (Pony, Illustrious, NoobAI...): a Hugging Face repo id, "
+        "a diffusers folder, a CLIPTextModel folder, or a single-file checkpoint "
+        "(.safetensors, .ckpt). Default: "
         "$TAGSMITH_MODEL, else stable-diffusion-v1-5/stable-diffusion-v1-5 from the HF cache.",
     ),
 ]
@@ -50,7 +53,8 @@ ClipSkipOption = Annotated[
         min=1,
         max=12,
         metavar="N",
-        help="A1111 clip skip: 1 = last layer, 2 = penultimate (NovelAI-style anime models).",
+        help="A1111/Forge clip skip: 1 = last layer, 2 = penultimate (NovelAI-style anime "
+        "models). SDXL always reads at least the penultimate layer, so 1 and 2 are the same.",
     ),
 ]
 DeviceOption = Annotated[
@@ -75,10 +79,30 @@ RepresentationOption = Annotated[
     str,
     typer.Option(
         "--representation",
-        metavar="tag|eos",
+        metavar="tag|eos|pooled",
         callback=_one_of("--representation", REPRESENTATION_CHOICES),
         help="tag: mean of the tag's own token states (what "
-        "cross-attention sees); eos: the pooled EOS state.",
+        "cross-attention sees); eos: the state at EOS; pooled: SDXL's projected CLIP-G vector.",
+    ),
+]
+EncoderPartOption = Annotated[
+    str,
+    typer.Option(
+        "--encoder",
+        metavar="auto|l|g",
+        callback=_one_of("--encoder", ENCODER_CHOICES),
+        help="SDXL: auto (CLIP-L and CLIP-G side by side, 2048 wide, as the UNet reads them), "
+        "l or g (one encoder). SD1.5 has CLIP-L only.",
+    ),
+]
+CombineOption = Annotated[
+    str,
+    typer.Option(
+        "--combine",
+        metavar="concat|balanced",
+        callback=_one_of("--combine", COMBINE_CHOICES),
+        help="SDXL with both encoders: concat (cosine of the 2048-wide conditioning, the "
+        "UNet's view) or balanced (the mean of each encoder's cosine).",
     ),
 ]
 ContextOption = Annotated[
@@ -114,6 +138,8 @@ def settings_from_options(
     context: str | None = None,
     cache_dir: Path | None = None,
     no_cache: bool = False,
+    encoder: str = "auto",
+    combine: str = "concat",
 ):  # noqa: ANN201 - EncoderSettings, imported lazily
     """EncoderSettings from the shared options, checked (UsageError, exit 2, when invalid)."""
     from tagsmith.model.embedding import EncoderSettings
@@ -127,6 +153,8 @@ def settings_from_options(
         context=context,
         cache_dir=cache_dir,
         use_cache=not no_cache,
+        encoder=encoder,
+        combine=combine,
     ).validated()
 
 

@@ -12,9 +12,11 @@ from tagsmith.cli._app import app
 from tagsmith.cli._model_options import (
     CacheDirOption,
     ClipSkipOption,
+    CombineOption,
     ContextOption,
     DeviceOption,
     DtypeOption,
+    EncoderPartOption,
     ModelOption,
     NoCacheOption,
     RepresentationOption,
@@ -117,6 +119,8 @@ def dataset_command(
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     representation: RepresentationOption = "tag",
+    encoder: EncoderPartOption = "auto",
+    combine: CombineOption = "concat",
     context: ContextOption = None,
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
@@ -134,6 +138,7 @@ def dataset_command(
         embed = _LazyEmbed(settings_from_options(
             model=model, clip_skip=clip_skip, device=device, dtype=dtype,
             representation=representation, context=context, cache_dir=cache_dir,
+            encoder=encoder, combine=combine,
             no_cache=no_cache,
         ))
     ds = load_dataset(directory)
@@ -151,6 +156,8 @@ def dataset_command(
         report.embedding_note = notice
     if embed is not None and embed.embedder is not None:
         print_model_notes(embed.embedder)
+        err_console.print(f"model {embed.embedder.label()} {embed.embedder.source.spec}",
+                          style="dim", highlight=False, markup=False)
     if as_json:
         _print_json(report.to_dict())
     else:

@@ -13,9 +13,11 @@ from tagsmith.cli._app import app
 from tagsmith.cli._model_options import (
     CacheDirOption,
     ClipSkipOption,
+    CombineOption,
     ContextOption,
     DeviceOption,
     DtypeOption,
+    EncoderPartOption,
     ModelOption,
     NoCacheOption,
     RepresentationOption,
@@ -58,6 +60,8 @@ def embed_command(
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     representation: RepresentationOption = "tag",
+    encoder: EncoderPartOption = "auto",
+    combine: CombineOption = "concat",
     context: ContextOption = None,
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
@@ -73,6 +77,7 @@ def embed_command(
     settings = settings_from_options(
         model=model, clip_skip=clip_skip, device=device, dtype=dtype,
         representation=representation, context=context, cache_dir=cache_dir, no_cache=no_cache,
+        encoder=encoder, combine=combine,
     )
     given = [t for t in (tags or []) if t.strip()]
     if file is not None:
@@ -96,7 +101,8 @@ def embed_command(
     from tagsmith.text.display import shown
 
     header = shown(
-        f"model {info['fingerprint']}  {info['description']}  clip skip {info['clip_skip']}  "
+        f"model {info['label']}  {info['fingerprint']}  {info['description']}  "
+        f"clip skip {info['clip_skip']}  "
         f"{info['representation']}  {computed}"
         + (f"  context {info['context']!r}" if info["context"] else "")
     )

@@ -12,9 +12,11 @@ from tagsmith.cli._app import app
 from tagsmith.cli._model_options import (
     CacheDirOption,
     ClipSkipOption,
+    CombineOption,
     ContextOption,
     DeviceOption,
     DtypeOption,
+    EncoderPartOption,
     ModelOption,
     NoCacheOption,
     RepresentationOption,
@@ -60,6 +62,8 @@ def explore_command(
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     representation: RepresentationOption = "tag",
+    encoder: EncoderPartOption = "auto",
+    combine: CombineOption = "concat",
     context: ContextOption = None,
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
@@ -80,6 +84,7 @@ def explore_command(
     settings = settings_from_options(
         model=model, clip_skip=clip_skip, device=device, dtype=dtype,
         representation=representation, context=context, cache_dir=cache_dir, no_cache=no_cache,
+        encoder=encoder, combine=combine,
     ).validated()
     # Options that describe one tag apply to the tag given here; drill-downs get the rest.
     drill_options = SuggestOptions(vocab_path=vocab, top=top, weights=score_weights,

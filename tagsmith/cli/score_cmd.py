@@ -11,9 +11,11 @@ from tagsmith.cli._app import app
 from tagsmith.cli._model_options import (
     CacheDirOption,
     ClipSkipOption,
+    CombineOption,
     ContextOption,
     DeviceOption,
     DtypeOption,
+    EncoderPartOption,
     ModelOption,
     NoCacheOption,
     RepresentationOption,
@@ -73,6 +75,8 @@ def score_command(
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     representation: RepresentationOption = "tag",
+    encoder: EncoderPartOption = "auto",
+    combine: CombineOption = "concat",
     context: ContextOption = None,
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
@@ -110,6 +114,7 @@ def score_command(
     settings = settings_from_options(
         model=model, clip_skip=clip_skip, device=device, dtype=dtype,
         representation=representation, context=context, cache_dir=cache_dir, no_cache=no_cache,
+        encoder=encoder, combine=combine,
     )
     with err_console.status("looking for the text encoder…"):
         embedder, notice = open_model(settings, explicit=model is not None)
@@ -225,6 +230,9 @@ def _print_summary(console: Any, result: Any, output: Path, top: int) -> None:
         f"  {s.n_split:,} ({pct:.1f}%) split a word into sub-word pieces; "
         f"{s.n_tags - s.n_split:,} use only known whole-word tokens.",
     ]
+    if s.model:
+        lines.insert(1, f"  model {s.model.get('label', '?')} {s.model.get('source', '?')} · "
+                        f"clip skip {s.model.get('clip_skip')}")
     if s.filtered_out:
         lines.append(f"  {s.filtered_out:,} tags left out by --min-count/--category/--limit.")
     if s.timings:

@@ -12,9 +12,11 @@ from tagsmith.cli._app import app
 from tagsmith.cli._model_options import (
     CacheDirOption,
     ClipSkipOption,
+    CombineOption,
     ContextOption,
     DeviceOption,
     DtypeOption,
+    EncoderPartOption,
     ModelOption,
     NoCacheOption,
     RepresentationOption,
@@ -79,6 +81,8 @@ def trigger_command(
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     representation: RepresentationOption = "tag",
+    encoder: EncoderPartOption = "auto",
+    combine: CombineOption = "concat",
     context: ContextOption = None,
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
@@ -116,6 +120,7 @@ def trigger_command(
         device=device,
         dtype=dtype,
         representation=representation,
+        encoder=encoder, combine=combine,
         context=context,
         cache_dir=cache_dir,
         no_cache=no_cache,
@@ -187,7 +192,8 @@ def render_trigger(console: Any, result: Any) -> None:
     if result.model:
         m = result.model
         header.append(
-            f"\nmodel {m.get('source', '?')} · fingerprint {str(m.get('fingerprint', ''))[:12]}"
+            f"\nmodel {m.get('label', '?')} {m.get('source', '?')} · fingerprint "
+            f"{str(m.get('fingerprint', ''))[:12]}"
             f" · clip skip {m.get('clip_skip')} · {m.get('representation')} vectors",
             style="dim",
         )

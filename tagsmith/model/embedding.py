@@ -183,6 +183,17 @@ class TagEmbedder:
             return self._config.projection_dim
         return sum(self._parts[p].config.hidden_size for p in self._selected)  # type: ignore[union-attr]
 
+    def label(self) -> str:
+        """The model line's family: "SD1.5", "SDXL (CLIP-L + CLIP-G, concat)", "SDXL (CLIP-G)"."""
+        if self.source.parts is None:
+            return self.family
+        parts = " + ".join(_PART_LABELS[p] for p in self._selected)
+        if self.settings.representation == "pooled":
+            parts += ", pooled"
+        elif len(self._selected) > 1:
+            parts += f", {self.settings.combine}"
+        return f"{self.family} ({parts})"
+
     def similarity_parts(self) -> dict[str, slice]:
         """Where each encoder sits in a vector, when it holds more than one (SDXL): analysis
         reports each encoder's similarity from these."""
@@ -221,6 +232,7 @@ class TagEmbedder:
         else:
             device, dtype = self.settings.device, self.settings.precision
         return {
+            "label": self.label(),
             "fingerprint": self.fingerprint,
             "model_fingerprint": self._model_fingerprint,
             "family": self.family,

@@ -58,7 +58,8 @@ class _Prefix:
 
 def supports(config: EncoderConfig) -> bool:
     """Whether this forward pass covers the architecture (quick_gelu CLIP-L, gelu CLIP-G)."""
-    return config.hidden_act in ("quick_gelu", "gelu") and config.hidden_size % config.num_heads == 0
+    act_ok = config.hidden_act in ("quick_gelu", "gelu")
+    return act_ok and config.hidden_size % config.num_heads == 0
 
 
 # Abramowitz & Stegun 7.1.26: |error| <= 1.5e-7, below float32's own rounding at these sizes.

@@ -56,7 +56,8 @@ SDXL_FINGERPRINT_VERSION = "tagsmith-sdxl-1"
 
 def is_sdxl_single_file(keys: Sequence[str] | Mapping[str, Any]) -> bool:
     """A1111's test (``sd_models_config``): OpenCLIP-G's ln_final under embedder 1."""
-    return f"{G_PREFIX}ln_final.weight" in keys and f"{L_PREFIX}embeddings.token_embedding.weight" in keys
+    return (f"{G_PREFIX}ln_final.weight" in keys
+            and f"{L_PREFIX}embeddings.token_embedding.weight" in keys)
 
 
 # -- OpenCLIP layout -> canonical CLIPTextModel names ---------------------------------------
