@@ -116,7 +116,7 @@ def test_bad_model_files_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture) -
     import tiny_models as tm
 
     for path, message in (
-        (tm.save_sdxl_like(tmp_path / "sdxl.safetensors"), "SDXL checkpoint"),
+        (tm.save_sdxl_like(tmp_path / "sdxl.safetensors"), "not both SDXL text encoders"),
         (tm.save_lora(tmp_path / "lora.safetensors"), "LoRA"),
     ):
         assert run(["embed", "x", "-m", str(path)]) == 1

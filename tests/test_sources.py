@@ -117,7 +117,7 @@ def test_sniff_format(tiny_models, tmp_path: Path) -> None:  # noqa: ANN001
     ("build", "expected"),
     [
         (lambda t, d: t.save_sd2_like(d / "sd21.safetensors"), "SD 2.x checkpoint"),
-        (lambda t, d: t.save_sdxl_like(d / "sdxl.safetensors"), "SDXL checkpoint"),
+        (lambda t, d: t.save_sdxl_like(d / "sdxl.safetensors"), "not both SDXL text encoders"),
         (lambda t, d: t.save_lora(d / "lora.safetensors"), "is a LoRA"),
         (lambda t, d: t.save_vae(d / "vae.safetensors"), "is a VAE"),
         (lambda t, d: t.save_random_bytes(d / "noise.safetensors"), "not a safetensors file"),
@@ -201,7 +201,10 @@ def test_folders_without_an_encoder(tmp_path: Path, tiny_models) -> None:  # noq
         resolve_source(str(pipe))
     (pipe / "text_encoder").mkdir()
     (pipe / "text_encoder_2").mkdir()
-    with pytest.raises(UnsupportedModelError, match="SDXL-style diffusers pipeline"):
+    with pytest.raises(UnsupportedModelError, match="has no weights"):
+        resolve_source(str(pipe))  # an SDXL pipeline, read as one, whose folders are empty
+    (pipe / "text_encoder").rmdir()
+    with pytest.raises(UnsupportedModelError, match="SDXL refiner"):
         resolve_source(str(pipe))
     vision = tmp_path / "vision"
     vision.mkdir()

@@ -101,7 +101,7 @@ def embed_command(
     from tagsmith.text.display import shown
 
     header = shown(
-        f"model {info['label']}  {info['fingerprint']}  {info['description']}  "
+        f"model {info['fingerprint']}  {info['label']}  {info['description']}  "
         f"clip skip {info['clip_skip']}  "
         f"{info['representation']}  {computed}"
         + (f"  context {info['context']!r}" if info["context"] else "")

@@ -580,7 +580,7 @@ def gpu_possible() -> bool:
     return shutil.which("nvidia-smi") is not None
 
 
-NO_MODEL_NOTICE = "Token analysis only; similarity needs the model's text encoder. {why}"
+NO_MODEL_NOTICE = "Token analysis only; similarity needs the SD1.5 text encoder. {why}"
 
 
 def open_model(
