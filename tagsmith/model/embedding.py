@@ -434,7 +434,7 @@ class TagEmbedder:
         if self._encoder is not None:
             table = self._encoder.token_embedding
             if isinstance(table, np.ndarray):
-                return table
+                return table.astype(np.float32, copy=False)
             return table.float().cpu().numpy()
         first = self._parts[self._selected[0]]
         if first.tensors is not None:
