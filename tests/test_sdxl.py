@@ -285,3 +285,48 @@ def test_suggest_json_reports_each_encoders_similarity(layouts, capsys) -> None:
     assert set(by) == {"l", "g"} and set(by["l"]) == set(row["similarity"])
     assert run(["suggest", "mayonnaise bottle", "-m", path]) == 0
     assert "SDXL" in capsys.readouterr().out
+
+
+def test_explore_ranks_with_an_sdxl_model(layouts) -> None:  # noqa: ANN001
+    import asyncio
+
+    from test_tui import SIZE, loaded
+
+    from tagsmith.analysis.suggest import SuggestOptions, suggest
+    from tagsmith.tui.app import ExploreApp, SuggestSource
+
+    emb = open_embedder(EncoderSettings(model=layouts["single-file"], device="cpu"))
+    options = SuggestOptions(neighbors=["wine bottle"])
+    result = suggest("mayonnaise bottle", options, embedder=emb)
+    assert result.model["family"] == "SDXL"
+
+    async def go() -> None:
+        app = ExploreApp(SuggestSource("mayonnaise bottle", options),
+                         model_loader=lambda: (emb, None))
+        async with app.run_test(size=SIZE) as pilot:
+            await loaded(pilot)
+            table = app.screen.table
+            scores = [table.cell(table.column("score"), i) for i in range(len(table))]
+            assert scores == [f"{rc.score:.3f}" for rc in result.candidates]
+
+    asyncio.run(go())
+
+
+def test_trigger_score_and_dataset_run_on_sdxl(layouts, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    path = layouts["single-file"]
+    assert run(["trigger", "cross tattoo", "-p", "arm", "-p", "chest", "-m", path,
+                "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    member = data["candidates"][0]["members"][0]
+    assert data["model"]["family"] == "SDXL" and set(member["similarity_by_encoder"]) == {"l", "g"}
+    vocab = tmp_path / "tags.csv"
+    vocab.write_text("bottle,0,71684,\nwine bottle,0,6727,\nmayonnaise bottle,0,144,\n"
+                     "long hair,0,4000000,\ndark blue hair,0,16580,\n", encoding="utf-8")
+    assert run(["score", str(vocab), "-m", path, "-o", str(tmp_path / "s.csv")]) == 0
+    assert "model SDXL" in capsys.readouterr().out
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    for i in range(4):
+        (ds / f"{i}.txt").write_text("1girl, cross tattoo, arm tattoo", encoding="utf-8")
+        (ds / f"{i}.png").write_bytes(b"")
+    assert run(["dataset", str(ds), "-m", path, "--json", "--min-support", "2"]) == 0
