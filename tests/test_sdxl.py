@@ -330,3 +330,18 @@ def test_trigger_score_and_dataset_run_on_sdxl(layouts, tmp_path: Path, capsys) 
         (ds / f"{i}.txt").write_text("1girl, cross tattoo, arm tattoo", encoding="utf-8")
         (ds / f"{i}.png").write_bytes(b"")
     assert run(["dataset", str(ds), "-m", path, "--json", "--min-support", "2"]) == 0
+
+
+def test_eos_representation_is_the_conditioning_at_the_first_eos(layouts, refs) -> None:  # noqa: ANN001
+    emb = open_embedder(EncoderSettings(model=layouts["single-file"], device="cpu",
+                                        representation="eos", use_cache=False))
+    got = emb.embed(TAGS[:2])
+    for text, row in zip(TAGS[:2], got):
+        n = len(_ids(text))
+        want = []
+        with torch.no_grad():
+            for part, pad in (("l", EOS_ID), ("g", 0)):
+                seq = [BOS_ID, *_ids(text), EOS_ID] + [pad] * (75 - n)
+                hs = refs[part](torch.tensor([seq]), output_hidden_states=True).hidden_states
+                want.append(hs[-2][0, 1 + n].numpy())
+        np.testing.assert_allclose(row, np.concatenate(want), atol=TOL, rtol=0)
