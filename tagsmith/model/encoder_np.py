@@ -26,7 +26,7 @@ from tagsmith.model.config import (
     EncoderConfig,
 )
 from tagsmith.model.prefix_tree import encode_trees
-from tagsmith.model.safetensors_file import read_tensor_array
+from tagsmith.model.safetensors_file import mapped_tensor_array, read_tensor_array
 from tagsmith.model.sources import TextEncoderSource
 
 # Jobs up to this many positions run here when torch is not loaded yet (one suggest: ~300).
@@ -37,23 +37,25 @@ SMALL_JOB_POSITIONS = 4096
 class _Layer:
     ln1_w: np.ndarray
     ln1_b: np.ndarray
-    qkv_wt: np.ndarray  # (H, 3H) view: q, k, v fused, transposed for x @ W
+    qkv_w: tuple[np.ndarray, ...]  # q, k, v weights (out, in) as stored (fp32 or fp16)
     qkv_b: np.ndarray
-    out_wt: np.ndarray
+    out_w: np.ndarray
     out_b: np.ndarray
     ln2_w: np.ndarray
     ln2_b: np.ndarray
-    fc1_wt: np.ndarray
+    fc1_w: np.ndarray
     fc1_b: np.ndarray
-    fc2_wt: np.ndarray
+    fc2_w: np.ndarray
     fc2_b: np.ndarray
+    wide: tuple[np.ndarray, ...] | None = None  # fp32 (in, out) views, when stored in fp32
 
 
 @dataclass
 class _Prefix:
     ids: tuple[int, ...]
     n_layers: int
-    kv: list[tuple[np.ndarray, np.ndarray]]  # per layer, keys and values (P, heads, head_dim)
+    # per layer, keys and values (P, heads, head_dim); None until the first batch computes them
+    kv: list[tuple[np.ndarray, np.ndarray]] | None
 
 
 def supports(config: EncoderConfig) -> bool:
@@ -106,9 +108,11 @@ class NumpyTextEncoder:
         def take(name: str) -> np.ndarray:
             return np.ascontiguousarray(tensors[name], dtype=np.float32)
 
-        def t(name: str) -> np.ndarray:
-            # a transposed view: BLAS reads it as is (no copy of the weights)
-            return take(name).T
+        def w(name: str) -> np.ndarray:
+            # matrices stay as stored when fp16 (widened a layer at a time while running:
+            # SDXL's encoders are 3.3 GB in fp32, 1.6 GB as stored); otherwise fp32
+            arr = np.asarray(tensors[name])
+            return arr if arr.dtype == np.float16 else np.ascontiguousarray(arr, np.float32)
 
         # kept as stored when that is fp16 (only the rows of a job's tokens are widened, exactly):
         # SDXL's two tables are 400 MB in fp32, a tenth of the peak memory
@@ -121,22 +125,46 @@ class NumpyTextEncoder:
         for i in range(config.num_layers):
             p = f"encoder.layers.{i}."
             a = f"{p}self_attn."
-            self.layers.append(
-                _Layer(
-                    take(f"{p}layer_norm1.weight"), take(f"{p}layer_norm1.bias"),
-                    np.concatenate([take(f"{a}{n}_proj.weight") for n in "qkv"]).T,
-                    np.concatenate([take(f"{a}{n}_proj.bias") for n in "qkv"]),
-                    t(f"{a}out_proj.weight"), take(f"{a}out_proj.bias"),
-                    take(f"{p}layer_norm2.weight"), take(f"{p}layer_norm2.bias"),
-                    t(f"{p}mlp.fc1.weight"), take(f"{p}mlp.fc1.bias"),
-                    t(f"{p}mlp.fc2.weight"), take(f"{p}mlp.fc2.bias"),
-                )
+            layer = _Layer(
+                take(f"{p}layer_norm1.weight"), take(f"{p}layer_norm1.bias"),
+                tuple(w(f"{a}{n}_proj.weight") for n in "qkv"),
+                np.concatenate([take(f"{a}{n}_proj.bias") for n in "qkv"]),
+                w(f"{a}out_proj.weight"), take(f"{a}out_proj.bias"),
+                take(f"{p}layer_norm2.weight"), take(f"{p}layer_norm2.bias"),
+                w(f"{p}mlp.fc1.weight"), take(f"{p}mlp.fc1.bias"),
+                w(f"{p}mlp.fc2.weight"), take(f"{p}mlp.fc2.bias"),
             )
+            mats = (*layer.qkv_w, layer.out_w, layer.fc1_w, layer.fc2_w)
+            if all(m.dtype == np.float32 for m in mats):
+                # transposed views: BLAS reads them as they are (no copy of the weights)
+                layer.wide = (np.concatenate(layer.qkv_w).T, layer.out_w.T, layer.fc1_w.T,
+                              layer.fc2_w.T)
+                layer.qkv_w = ()
+            self.layers.append(layer)
         self.final_ln_w = take("final_layer_norm.weight")
         self.final_ln_b = take("final_layer_norm.bias")
         self.text_projection = take(TEXT_PROJECTION) if config.projection_dim else None
         self._prefixes: dict[tuple[tuple[int, ...], int], _Prefix] = {}
+        self._buffers: tuple[np.ndarray, ...] | None = None
         self.positions_run = 0
+
+    def _wide(self, lw: _Layer) -> tuple[np.ndarray, ...]:
+        """The layer's (qkv, out, fc1, fc2) weights as fp32 (in, out) views, widened from
+        fp16 into buffers every layer shares (exact: fp16 values are fp32 values)."""
+        if lw.wide is not None:
+            return lw.wide
+        if self._buffers is None:
+            h, i = self.config.hidden_size, self.config.intermediate_size
+            self._buffers = tuple(np.empty(s, np.float32) for s in ((3 * h, h), (h, h), (i, h),
+                                                                      (h, i)))
+        qkv, out, fc1, fc2 = self._buffers
+        h = self.config.hidden_size
+        for j, m in enumerate(lw.qkv_w):
+            np.copyto(qkv[j * h:(j + 1) * h], m)
+        np.copyto(out, lw.out_w)
+        np.copyto(fc1, lw.fc1_w)
+        np.copyto(fc2, lw.fc2_w)
+        return qkv.T, out.T, fc1.T, fc2.T
 
     @property
     def dim(self) -> int:
@@ -162,74 +190,96 @@ class NumpyTextEncoder:
         xc += b
         return xc
 
+    def _layer(
+        self,
+        x: np.ndarray,
+        lw: _Layer,
+        wide: tuple[np.ndarray, ...],
+        groups: list[tuple[int, int, np.ndarray]],
+        prefix_kv: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One layer over ``x`` in place; returns its keys and values (prefix first)."""
+        c = self.config
+        n, width = x.shape
+        heads = c.num_heads
+        head_dim = width // heads
+        scale = np.float32(head_dim**-0.5)
+        qkv_wt, out_wt, fc1_wt, fc2_wt = wide
+        qkv = self._layer_norm(x, lw.ln1_w, lw.ln1_b) @ qkv_wt
+        qkv += lw.qkv_b
+        qkv = qkv.reshape(n, 3, heads, head_dim)
+        q = qkv[:, 0]
+        if prefix_kv is not None and len(prefix_kv[0]):
+            keys = np.concatenate([prefix_kv[0], qkv[:, 1]])
+            values = np.concatenate([prefix_kv[1], qkv[:, 2]])
+        else:
+            keys, values = qkv[:, 1], qkv[:, 2]
+        a = np.empty((n, heads, head_dim), dtype=np.float32)
+        for start, stop, ctx in groups:
+            kk = keys[ctx]  # (rows, context, heads, head_dim)
+            scores = np.einsum("rhd,rchd->rhc", q[start:stop] * scale, kk)
+            scores -= scores.max(axis=-1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(axis=-1, keepdims=True)
+            a[start:stop] = np.einsum("rhc,rchd->rhd", scores, values[ctx])
+        x += a.reshape(n, width) @ out_wt
+        x += lw.out_b
+        h = self._layer_norm(x, lw.ln2_w, lw.ln2_b) @ fc1_wt
+        h += lw.fc1_b
+        if c.hidden_act == "gelu":
+            gelu(h)
+        else:  # quick_gelu: h * sigmoid(1.702 h)
+            h /= 1.0 + np.exp(np.float32(-1.702) * h)
+        x += h @ fc2_wt
+        x += lw.fc2_b
+        return keys, values
+
     def _run(
         self,
         tokens: np.ndarray,
         positions: np.ndarray,
         groups: list[tuple[int, int, np.ndarray]],
-        prefix: _Prefix | None,
-        n_layers: int,
-        collect_kv: list | None = None,
+        prefix: _Prefix,
         final_norm: bool = True,
     ) -> np.ndarray:
-        """Final-normed states of nodes ordered by depth; ``groups`` gives, per depth, the
-        node range and its (rows, context) indices into [prefix keys; node keys]."""
-        c = self.config
-        width, heads = c.hidden_size, c.num_heads
-        head_dim = width // heads
-        scale = np.float32(head_dim**-0.5)
-        n = len(tokens)
-        p = len(prefix.ids) if prefix is not None else 0
+        """States of nodes ordered by depth after ``prefix``; ``groups`` gives, per depth, the
+        node range and its (rows, context) indices into [prefix keys; node keys].
+
+        A prefix not computed yet runs in the same pass, layer by layer, before the nodes: each
+        layer's weights are widened from fp16 once per pass, so one pass is cheaper than two.
+        """
         x = self.token_embedding[tokens].astype(np.float32) + self.position_embedding[positions]
-        a = np.empty((n, heads, head_dim), dtype=np.float32)
-        for i in range(n_layers):
+        fresh = prefix.kv is None
+        if fresh:
+            p = len(prefix.ids)
+            xp = (self.token_embedding[list(prefix.ids)].astype(np.float32)
+                  + self.position_embedding[:p])
+            # the prefix is one causal sequence: position i sees positions 0..i
+            chain = [(i, i + 1, np.arange(i + 1)[None, :]) for i in range(p)]
+            kv: list[tuple[np.ndarray, np.ndarray]] = []
+        for i in range(prefix.n_layers):
             lw = self.layers[i]
-            qkv = self._layer_norm(x, lw.ln1_w, lw.ln1_b) @ lw.qkv_wt
-            qkv += lw.qkv_b
-            qkv = qkv.reshape(n, 3, heads, head_dim)
-            q = qkv[:, 0]
-            if prefix is not None and p:
-                pk, pv = prefix.kv[i]
-                keys = np.concatenate([pk, qkv[:, 1]])
-                values = np.concatenate([pv, qkv[:, 2]])
-            else:
-                keys, values = qkv[:, 1], qkv[:, 2]
-            if collect_kv is not None:
-                collect_kv.append((np.array(keys), np.array(values)))
-            for start, stop, ctx in groups:
-                kk = keys[ctx]  # (rows, context, heads, head_dim)
-                scores = np.einsum("rhd,rchd->rhc", q[start:stop] * scale, kk)
-                scores -= scores.max(axis=-1, keepdims=True)
-                np.exp(scores, out=scores)
-                scores /= scores.sum(axis=-1, keepdims=True)
-                a[start:stop] = np.einsum("rhc,rchd->rhd", scores, values[ctx])
-            x += a.reshape(n, width) @ lw.out_wt
-            x += lw.out_b
-            h = self._layer_norm(x, lw.ln2_w, lw.ln2_b) @ lw.fc1_wt
-            h += lw.fc1_b
-            if c.hidden_act == "gelu":
-                gelu(h)
-            else:  # quick_gelu: h * sigmoid(1.702 h)
-                h /= 1.0 + np.exp(np.float32(-1.702) * h)
-            x += h @ lw.fc2_wt
-            x += lw.fc2_b
-        self.positions_run += n
+            wide = self._wide(lw)
+            if fresh:
+                k, v = self._layer(xp, lw, wide, chain, None)
+                kv.append((np.array(k), np.array(v)))
+            self._layer(x, lw, wide, groups, kv[i] if fresh else prefix.kv[i])  # type: ignore[index]
+        if fresh:
+            prefix.kv = kv
+            self.positions_run += len(prefix.ids)
+        self.positions_run += len(tokens)
         return self._layer_norm(x, self.final_ln_w, self.final_ln_b) if final_norm else x
 
     def prefix_state(
         self, prefix_ids: Sequence[int], clip_skip: int, *, n_layers: int | None = None
     ) -> _Prefix:
+        """The shared prefix's keys/values; computed with the first batch that needs them."""
         if n_layers is None:
             n_layers = self.layers_for(clip_skip)
         key = (tuple(prefix_ids), n_layers)
         state = self._prefixes.get(key)
         if state is None:
-            ids = np.asarray(list(prefix_ids), dtype=np.int64)
-            # the prefix is one causal sequence: node i sees nodes 0..i
-            groups = [(i, i + 1, np.arange(i + 1)[None, :]) for i in range(len(ids))]
-            kv: list = []
-            self._run(ids, np.arange(len(ids)), groups, None, n_layers, collect_kv=kv)
-            state = _Prefix(tuple(prefix_ids), n_layers, kv)
+            state = _Prefix(tuple(prefix_ids), n_layers, None)
             self._prefixes[key] = state
         return state
 
@@ -238,7 +288,7 @@ class NumpyTextEncoder:
         p = len(prefix.ids)
         normed = self.rule.final_norm if final_norm is None else final_norm
         return self._run(tree.tokens, tree.depths + (p - 1), tree.contexts(p), prefix,
-                         prefix.n_layers, final_norm=normed)
+                         final_norm=normed)
 
     def encode(
         self,
@@ -281,15 +331,15 @@ def load_numpy_encoder(
 
 
 class _TensorsOnDisk(Mapping):
-    """Each tensor read when asked for and then dropped by the encoder's widening copy, so
-    loading peaks at the fp32 weights plus one tensor, not plus the whole stored copy."""
+    """Each tensor memory-mapped from the file when asked for: fp16 matrices are used where
+    they lie (widened a layer at a time), the rest widened once."""
 
     def __init__(self, source: TextEncoderSource) -> None:
         assert source.tensors is not None
         self._refs = {k: r for k, r in source.tensors.items() if k != POSITION_IDS}
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return read_tensor_array(self._refs[name])
+        return mapped_tensor_array(self._refs[name])
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._refs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,29 @@ def _dim(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 53:
         raise ValueError(value)
     return value
+
+
+_MAPS: dict[tuple, mmap.mmap] = {}
+
+
+def mapped_tensor_array(ref: TensorRef) -> np.ndarray:
+    """One fp32/fp16 tensor as a read-only array over the memory-mapped file (no copy; one
+    mapping per file, kept for the process); other dtypes are read as ``read_tensor_array``."""
+    np_dtype = {"F32": "<f4", "F16": "<f2"}.get(ref.dtype)
+    if np_dtype is None:
+        return read_tensor_array(ref)
+    st = ref.file.stat()
+    key = (str(ref.file), st.st_ino, st.st_size, st.st_mtime_ns)  # a rewritten file: a new map
+    mm = _MAPS.get(key)
+    if mm is None:
+        with ref.file.open("rb") as fh:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        _MAPS[key] = mm
+    count = int(np.prod(ref.shape, dtype=np.int64))
+    arr = np.frombuffer(mm, dtype=np_dtype, count=count, offset=ref.start)
+    if ref.transposed:
+        return arr.reshape(tuple(reversed(ref.shape))).T
+    return arr.reshape(ref.shape)
 
 
 def read_tensor_array(ref: TensorRef) -> np.ndarray:
