@@ -10,7 +10,7 @@
    index and fingerprint memo kept; target < 8 s), warm (target < 3 s), and each run's peak
    RSS (VmHWM; target < 3.5 GB while loading). The checkpoint is deleted afterwards.
 
-    .venv/bin/python benchmarks/sdxl.py [--quick] [--skip-suggest] [--workdir /tmp/x]
+    .venv/bin/python benchmarks/sdxl.py [--quick] [--skip-suggest] [--skip-encode] [--workdir DIR]
 
 Check ``df -h`` first: the checkpoint needs 6.9 GB of free disk.
 """
@@ -261,6 +261,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer tags")
     ap.add_argument("--skip-suggest", action="store_true")
+    ap.add_argument("--skip-encode", action="store_true")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tagsmith-sdxl-", dir=args.workdir))
@@ -276,7 +277,8 @@ def main() -> None:
               f"{time.perf_counter() - t:.0f} s; load: {os.getloadavg()[0]:.1f}")
         if not args.skip_suggest:
             bench_suggest(path, work)
-        bench_encode(path, l_w, g_w, 128 if args.quick else 512, 8 if args.quick else 24)
+        if not args.skip_encode:
+            bench_encode(path, l_w, g_w, 128 if args.quick else 512, 8 if args.quick else 24)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

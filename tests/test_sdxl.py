@@ -345,3 +345,30 @@ def test_eos_representation_is_the_conditioning_at_the_first_eos(layouts, refs) 
                 hs = refs[part](torch.tensor([seq]), output_hidden_states=True).hidden_states
                 want.append(hs[-2][0, 1 + n].numpy())
         np.testing.assert_allclose(row, np.concatenate(want), atol=TOL, rtol=0)
+
+
+def test_hub_download_fetches_both_encoders_only(weights, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from tagsmith.model.hub import SECOND_ENCODER, resolve_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    remote = xl.save_diffusers_folder(weights, tmp_path / "remote")
+    files = ["model_index.json", "unet/diffusion_pytorch_model.fp16.safetensors",
+             "text_encoder/config.json", "text_encoder/model.safetensors",
+             "text_encoder_2/config.json", "text_encoder_2/model.safetensors"]
+    fetched: list[str] = []
+
+    def fetch(repo_id: str, filename: str, cache_dir: Path) -> Path:
+        fetched.append(filename)
+        target = tmp_path / "dl" / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((remote / filename).read_bytes())
+        return target
+
+    found = resolve_hub("org/xl", fetch=fetch, list_files=lambda r: files,
+                        layouts=SECOND_ENCODER, required=False)
+    assert found is not None and found[1].parent.name == "text_encoder_2"
+    assert fetched == ["text_encoder_2/config.json", "text_encoder_2/model.safetensors"]
+    sd15 = [f for f in files if not f.startswith("text_encoder_2/")]
+    assert resolve_hub("org/sd15", fetch=fetch, list_files=lambda r: sd15,
+                       layouts=SECOND_ENCODER, required=False) is None
