@@ -257,10 +257,12 @@ def _refuse_other_pipelines(spec: str, index: Path) -> None:
     if not index.is_file():
         return
     try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(_read_small(index))
+    except (OSError, ValueError, RecursionError, InputError):
         return
-    name = str(data.get("_class_name", "")) if isinstance(data, dict) else ""
+    if not isinstance(data, dict):
+        return
+    name = str(data.get("_class_name", ""))
     if "StableDiffusion3" in name or "Flux" in name or "text_encoder_3" in data:
         what = "a Flux" if "Flux" in name else "an SD3"
         raise UnsupportedModelError(
