@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
-from tagsmith.errors import InputError
+from tagsmith.errors import FileFormatError, InputError
 
 MAX_LINE_CHARS = 10_000  # a "tag" longer than this is a wrong file, not a tag
 MAX_LIST_BYTES = 512 * 1024 * 1024  # one tag list or vocabulary, after decompression
@@ -58,6 +58,9 @@ def atomic_writer(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
         raise InputError(f"Cannot write {target}: {exc.strerror or exc}.") from exc
     _lock(fd)  # held until the file is closed: tells a later run this one is still alive
     try:
+        # mkstemp makes the file 0600; the rename would keep that. A new file gets the mode
+        # any program would give it (0666 less the umask), a replaced file keeps its own.
+        os.chmod(tmp, _mode_for(target))
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
@@ -280,6 +283,28 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[o
         write_csv_rows(fh, header, rows)
 
 
+def _mode_for(target: Path) -> int:
+    """The permission bits ``target`` should end up with: its old ones, or 0666 & ~umask."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; /proc gives it without that race where it exists.
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 def read_tag_lines(path: str | Path) -> list[tuple[int, str]]:
     """Non-blank lines of a UTF-8 text file (``-`` for stdin) with their 1-based line numbers.
 
@@ -309,14 +334,19 @@ def read_tag_lines(path: str | Path) -> list[tuple[int, str]]:
         return _numbered(raw_text, label)
     elif b"\x00" in raw and (codec := bomless_utf16(raw)):
         return _numbered(raw.decode(codec), label)
+    return _numbered(decode_utf8(raw, label), label)
+
+
+def decode_utf8(data: bytes, label: str) -> str:
+    """``data`` as UTF-8 (a BOM dropped), or the one sentence every reader uses to refuse it."""
     try:
-        text = raw.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise InputError(
-            f"{label} is not valid UTF-8 (line {line}); save it as UTF-8 and try again."
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise FileFormatError(
+            f"{label} is not UTF-8 text (invalid byte 0x{data[exc.start]:02x} on line {line}); "
+            "save it as UTF-8 and try again."
         ) from exc
-    return _numbered(text, label)
 
 
 def bomless_utf16(data: bytes) -> str | None:
