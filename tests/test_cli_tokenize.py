@@ -65,7 +65,7 @@ def test_invalid_utf8_names_file_and_line(tmp_path, capsys):
     f.write_bytes(b"bottle\nwine\xff bottle\n")
     assert run(["tokenize", "--file", str(f)]) == EXIT_FAILURE
     err = capsys.readouterr().err
-    assert "not valid UTF-8 (line 2)" in err and "bad.txt" in err
+    assert "not UTF-8 text (invalid byte" in err and "line 2)" in err and "bad.txt" in err
     assert "Traceback" not in err
 
 

@@ -179,7 +179,7 @@ def test_long_tags_are_cut_where_sd_cuts_them(tiny_models, reference) -> None:  
     long_tag = " ".join(["red"] * 90)
     with open_embedder(EncoderSettings(model=str(tiny_models.single_file()), use_cache=False)) as e:
         got = e.embed([long_tag])
-        assert any("longer than the 75 tokens" in n for n in e.notes)
+        assert any("exceeds the 75-token chunk" in n for n in e.notes)
     ids = torch.tensor([[BOS_ID] + [load_tokenizer().encode("red")[0]] * 75 + [EOS_ID]])
     with torch.no_grad():
         ref = reference(ids).last_hidden_state[0, 1:76].mean(0).numpy()

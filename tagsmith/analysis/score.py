@@ -175,8 +175,12 @@ def dominance(count: int | None, other_count: int | None) -> float | None:
     return min(1.0, max(0.0, math.log10(ratio) / 3)) if ratio > 1 else 0.0
 
 
-def parse_categories(values: Sequence[str]) -> set[int]:
-    """``--category`` values: numbers or Danbooru names (general, artist, copyright, ...)."""
+def parse_categories(values: Sequence[str], numbering: str = "danbooru") -> set[int]:
+    """``--category`` values: numbers or names in the list's own numbering
+    (``CATEGORY_NUMBERINGS``: Danbooru's, or e621's where species is 5 and meta 7)."""
+    from tagsmith.text.vocab import CATEGORY_NUMBERINGS
+
+    names = CATEGORY_NUMBERINGS[numbering]
     out: set[int] = set()
     for raw in values:
         for v in str(raw).split(","):
@@ -185,11 +189,14 @@ def parse_categories(values: Sequence[str]) -> set[int]:
                 continue
             if v.lstrip("-").isdigit():
                 out.add(int(v))
-            elif v in CATEGORY_NAMES:
-                out.add(CATEGORY_NAMES[v])
+            elif v in names:
+                out.add(names[v])
             else:
-                names = ", ".join(CATEGORY_NAMES)
-                raise UsageError(f"Unknown category {v!r}: give a number or one of {names}.")
+                known = ", ".join(names)
+                raise UsageError(
+                    f"Unknown category {v!r} for a list numbered like {numbering}: give a "
+                    f"number or one of {known}."
+                )
     return out
 
 
@@ -358,6 +365,7 @@ def score_vocabulary(
             embedder, [texts_all[i] for i in embed_rows], chunk_size=chunk_size or EMBED_CHUNK,
             token_ids=[all_ids[i] for i in embed_rows],
             progress=lambda d, t: progress("encode", d, t),
+            cache_progress=lambda d, t: progress("cache", d, t),
         )
         timings["encode"] = time.perf_counter() - t0
 
@@ -463,14 +471,36 @@ def embed_in_chunks(
     chunk_size: int = EMBED_CHUNK,
     token_ids: Sequence[Sequence[int]] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    cache_progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """``embedder.embed`` over ``texts`` in chunks, returned in the order of ``texts``.
 
     Texts go in the order of their token ids, so each chunk holds tags that start alike and
     the encoder runs their common starts once (``encoder.prefix_trees``); each chunk is its
     own ``embed`` call, so the cache keeps what was done when a long run is interrupted.
+    With ``cache_progress``, vectors already in the embedder's cache are read first, as their
+    own phase, and ``progress`` then counts only the tags left to encode.
     """
-    n = len(texts)
+    n_all = len(texts)
+    found: dict[str, np.ndarray] = {}
+    if cache_progress is not None and hasattr(embedder, "cached"):
+        found = embedder.cached(texts, progress=cache_progress)
+    if found:
+        todo = [i for i in range(n_all) if texts[i] not in found]
+        rest = embed_in_chunks(
+            embedder, [texts[i] for i in todo], chunk_size=chunk_size,
+            token_ids=None if token_ids is None else [token_ids[i] for i in todo],
+            progress=progress,
+        )
+        dim = next(iter(found.values())).shape[0]
+        out_all = np.empty((n_all, dim), dtype=np.float32)
+        for i in range(n_all):
+            if texts[i] in found:
+                out_all[i] = found[texts[i]]
+        if todo:
+            out_all[todo] = rest
+        return out_all
+    n = n_all
     if token_ids is None:
         from tagsmith.text.tokenizer import load_tokenizer
 

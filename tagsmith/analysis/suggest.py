@@ -50,10 +50,11 @@ from tagsmith.analysis.ranking import (
 )
 from tagsmith.errors import InputError
 from tagsmith.text.prompt import analysed_tag_text
-from tagsmith.text.tokenizer import load_tokenizer
+from tagsmith.text.tokenizer import CHUNK_LENGTH, load_tokenizer
 from tagsmith.text.variants import (
     Candidate,
     generate_forms,
+    limit_generated,
     tag_words,
 )
 
@@ -139,9 +140,8 @@ def suggest(
     if options.vocab_path is not None:
         from tagsmith.text.vocab_index import load_vocab_index
 
-        progress("reading vocabulary")
         index = load_vocab_index(options.vocab_path, cache_dir=options.cache_dir,
-                                 use_cache=options.use_cache)
+                                 use_cache=options.use_cache, progress=progress)
 
     table = None
     if embedder is not None:
@@ -154,13 +154,20 @@ def suggest(
     result = SuggestResult(
         tag=tag, text=text, model=None, neighbors=neighbors,
         candidates=[RankedCandidate(c) for c in candidates], weights=options.weights,
-        notices=list(notices), vocabulary=index.summary if index is not None else None,
+        notices=list(notices) + (index.problems if index is not None else []),
+        vocabulary=index.summary if index is not None else None,
     )
     if embedder is None:
+        long = [c for c in candidates if c.n_tokens > CHUNK_LENGTH]
+        if long:
+            # With a model the embedder says this; without one the token table must say it.
+            from tagsmith.model.embedding import long_tags_note
+
+            result.notices.append(long_tags_note(
+                [c.text for c in long], CHUNK_LENGTH, (long[0].text, long[0].n_tokens)))
         for rc in result.candidates:
             rc.reason = token_reason(rc.candidate)
-        if options.top:
-            result.candidates = result.candidates[: options.top]
+        result.candidates = limit_generated(result.candidates, options.top, _kind)
         return result
 
     # One encoder pass for everything: the forms, the neighbours so far and the shortlist the
@@ -207,10 +214,13 @@ def suggest(
     for rc in result.candidates:
         rc.reason = _reason(rc, baseline, result.neighbors)
     result.candidates.sort(key=lambda rc: -(rc.score or 0.0))
-    if options.top:
-        result.candidates = result.candidates[: options.top]
+    result.candidates = limit_generated(result.candidates, options.top, _kind)
     result.model = embedder.model_info()
     return result
+
+
+def _kind(rc: RankedCandidate) -> str:
+    return rc.candidate.kind
 
 
 def _neighbors(

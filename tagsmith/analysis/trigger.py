@@ -156,9 +156,8 @@ def rank_triggers(
     if options.vocab_path is not None:
         from tagsmith.text.vocab_index import load_vocab_index
 
-        progress("reading vocabulary")
         index = load_vocab_index(options.vocab_path, cache_dir=options.cache_dir,
-                                 use_cache=options.use_cache)
+                                 use_cache=options.use_cache, progress=progress)
     exclude = set()
     if index is not None:
         exclude = {t for t in index.texts if " " not in t}
@@ -196,7 +195,8 @@ def rank_triggers(
 
     result = TriggerResult(
         concept=concept, text=text, parts=parts, model=None, neighbors=list(neighbors.values()),
-        families=families, weights=options.weights, notices=list(notices),
+        families=families, weights=options.weights,
+        notices=list(notices) + (index.problems if index is not None else []),
         vocabulary=index.summary if index is not None else None,
     )
     if embedder is None:

@@ -4,6 +4,38 @@ from __future__ import annotations
 
 import typer
 
+
+def _plain_help_names() -> None:
+    """Help shows what a user types: no ``<bool>`` beside flags, no ``<str>`` beside arguments
+    and ``TAG`` rather than ``{tag}`` in the usage line (typer >= 0.2x writes those)."""
+    try:
+        from typer.core import TyperArgument, TyperOption
+    except ImportError:  # an older typer writes none of them
+        return
+    option_type = getattr(TyperOption, "display_type_rich", None)
+    if option_type is not None and not getattr(option_type, "_tagsmith", False):
+        def flag_type(self, ctx):  # noqa: ANN001, ANN202
+            if getattr(self, "is_flag", False) and self.metavar is None:
+                return ""
+            return option_type(self, ctx)
+
+        flag_type._tagsmith = True  # type: ignore[attr-defined]
+        TyperOption.display_type_rich = flag_type
+    if hasattr(TyperArgument, "display_type_rich"):
+        TyperArgument.display_type_rich = lambda self, ctx: None
+    if hasattr(TyperArgument, "_usage_display_name"):
+        def usage_name(self) -> str:  # noqa: ANN001
+            name = self.metavar or self.name.upper()
+            if name.startswith("["):  # the metavar says it all, e.g. [TAG]...
+                return name
+            name = name if self.required else f"[{name}]"
+            return name + ("..." if self.nargs != 1 and not name.endswith("...") else "")
+
+        TyperArgument._usage_display_name = usage_name
+
+
+_plain_help_names()
+
 app = typer.Typer(
     name="tagsmith",
     help=(

@@ -42,8 +42,8 @@ ModelOption = Annotated[
         show_default=False,
         help="The SD1.5 or SDXL model (Pony, Illustrious, NoobAI...): a Hugging Face repo id, "
         "a diffusers folder, a CLIPTextModel folder, or a single-file checkpoint "
-        "(.safetensors, .ckpt). Default: "
-        "$TAGSMITH_MODEL, else stable-diffusion-v1-5/stable-diffusion-v1-5 from the HF cache.",
+        "(.safetensors, .ckpt). Default: $TAGSMITH_MODEL, else SD1.5 itself "
+        "(stable-diffusion-v1-5) from the Hugging Face cache.",
     ),
 ]
 ClipSkipOption = Annotated[

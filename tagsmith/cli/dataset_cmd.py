@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -29,13 +28,9 @@ DIFF_FILES_BEFORE_WRITE = 20  # a real run shows this many files' diffs; --dry-r
 
 
 def _print_json(data: object) -> None:
-    # Plain json, not rich's print_json: a big dataset's report is megabytes, which rich
-    # takes a minute to re-parse and highlight.
-    text = json.dumps(data, ensure_ascii=False, indent=2)
-    # A file name that is not valid UTF-8 holds lone surrogates, which cannot be encoded: they
-    # become JSON's own \udcXX escapes (json.loads gives the same name back).
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    sys.stdout.write(text + "\n")
+    from tagsmith.cli._json import write_json
+
+    write_json(data)
 
 
 def _pct(x: float) -> str:

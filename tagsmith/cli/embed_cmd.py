@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Annotated
@@ -79,7 +78,9 @@ def embed_command(
         representation=representation, context=context, cache_dir=cache_dir, no_cache=no_cache,
         encoder=encoder, combine=combine,
     )
-    given = [t for t in (tags or []) if t.strip()]
+    from tagsmith.cli.tokenize_cmd import check_tag_arguments
+
+    given = check_tag_arguments(tags)
     if file is not None:
         given += _tags_from_file(file)
     if not given:
@@ -108,13 +109,14 @@ def embed_command(
     )
     if as_json:
         typer.echo(header, err=True)
-        typer.echo(_json_rows(given, texts, vectors))
+        _write_vectors_json(given, texts, vectors)
         return
     if output is not None:
-        from tagsmith.fileio import atomic_write_bytes, atomic_writer
+        from tagsmith.fileio import atomic_writer
 
         if output.suffix.lower() == ".json":
-            atomic_write_bytes(output, _json_rows(given, texts, vectors).encode("utf-8"))
+            with atomic_writer(output, "w", encoding="utf-8") as fh:
+                _write_vectors_json(given, texts, vectors, fh)
         else:
             import numpy as np
 
@@ -139,42 +141,30 @@ def _tags_from_file(path: Path) -> list[str]:
     if vocab.format == "plain":
         # every line is a row of output, duplicates included, in file order
         return [line.strip() for _, line in read_tag_lines(path)]
-    for problem in vocab.problems[:5]:
-        err_console.print(f"Skipped {path}: {problem}", style="yellow", highlight=False,
-                          markup=False)
-    if len(vocab.problems) > 5:
-        err_console.print(f"Skipped {len(vocab.problems) - 5} more bad rows.", style="yellow",
-                          highlight=False, markup=False)
+    from tagsmith.text.vocab import problem_lines
+
+    for line in problem_lines(vocab.problems):
+        err_console.print(f"{path}: {line}", style="yellow", highlight=False, markup=False)
     return [e.tag for e in vocab.entries]
 
 
 def _embed_with_progress(embedder, texts: list[str], err_console):  # noqa: ANN001, ANN202
-    if len(texts) < 512 or not err_console.is_terminal:
-        return embedder.embed(texts)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from tagsmith.cli._progress import Progress
 
-    with Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-        TimeRemainingColumn(), console=err_console, transient=True,
-    ) as bar:
-        task = bar.add_task("embedding", total=len(set(texts)))
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        return embedder.embed(texts, progress=progress)
+    with Progress(err_console, labels={"embed": "embedding"}) as bar:
+        return embedder.embed(texts, progress=lambda done, total: bar.count("embed", done, total))
 
 
-def _json_rows(tags: list[str], texts: list[str], vectors) -> str:  # noqa: ANN001
-    # %.9g round-trips float32 exactly and keeps the file a third the size of repr(float64).
-    rows = []
-    for tag, text, vec in zip(tags, texts, vectors):
+def _write_vectors_json(tags: list[str], texts: list[str], vectors, stream=None) -> None:  # noqa: ANN001
+    from tagsmith.cli._json import dumps, write_json
+
+    def encode(row) -> str:  # noqa: ANN001
+        tag, text, vec = row
+        # %.9g round-trips float32 exactly and keeps the file a third the size of repr(float64).
         numbers = ",".join(f"{x:.9g}" if math.isfinite(x) else "null" for x in vec.tolist())
-        rows.append(
-            f'{{"tag": {json.dumps(tag, ensure_ascii=False)}, '
-            f'"text": {json.dumps(text, ensure_ascii=False)}, "vector": [{numbers}]}}'
-        )
-    return "[\n" + ",\n".join(rows) + "\n]"
+        return f'{{"tag": {dumps(tag)}, "text": {dumps(text)}, "vector": [{numbers}]}}'
+
+    write_json(zip(tags, texts, vectors), stream, encode=encode)
 
 
 def _print_preview(console, tags: list[str], vectors) -> None:  # noqa: ANN001

@@ -77,6 +77,7 @@ def explore_command(
     from tagsmith.analysis.ranking import ScoreWeights
     from tagsmith.analysis.suggest import SuggestOptions
     from tagsmith.cli._model_options import settings_from_options
+    from tagsmith.cli.tokenize_cmd import check_option_values as given
     from tagsmith.tui.loaders import check_score_path, looks_like_score_file
 
     score_weights = ScoreWeights.parse(weights) if weights else ScoreWeights()
@@ -98,11 +99,13 @@ def explore_command(
     else:
         if not target.strip():
             raise InputError("The tag is empty; give a tag such as \"mayonnaise bottle\".")
+        _refuse_other_files(target)
         from tagsmith.tui.app import SuggestSource
 
         source = SuggestSource(target, SuggestOptions(
-            neighbors=neighbor or [], avoid=avoid or [], keep=keep or [],
-            candidates=candidate or [], vocab_path=vocab, top=top, weights=score_weights,
+            neighbors=given("--neighbor", neighbor), avoid=given("--avoid", avoid),
+            keep=given("--keep", keep), candidates=given("--candidate", candidate),
+            vocab_path=vocab, top=top, weights=score_weights,
             cache_dir=cache_dir, use_cache=not no_cache,
         ))
     _require_terminal()
@@ -128,6 +131,21 @@ def explore_command(
         err_console.print(f"Error: {explorer.failure}", style="red", highlight=False, markup=False)
     if explorer.return_code not in (None, 0):
         raise typer.Exit(explorer.return_code or 1)
+
+
+def _refuse_other_files(target: str) -> None:
+    """An argument naming an existing file that is not a score file is a mistake, not a tag."""
+    path = Path(target).expanduser()
+    try:
+        exists = path.exists()
+    except (OSError, ValueError):  # a "tag" too long or odd to be a path
+        return
+    if exists:
+        what = "a folder" if path.is_dir() else "a file"
+        raise InputError(
+            f"{target} is {what}, not a score file: explore opens what tagsmith score writes "
+            "(.csv, .jsonl, .parquet), or ranks the forms of a tag given as text."
+        )
 
 
 def _require_terminal() -> None:

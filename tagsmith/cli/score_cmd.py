@@ -23,7 +23,6 @@ from tagsmith.cli._model_options import (
 )
 
 PHASE_LABELS = {"tokenize": "tokenize", "encode": "encode", "neighbors": "neighbours"}
-MAX_PROBLEMS_SHOWN = 5
 
 
 @app.command("score")
@@ -58,9 +57,16 @@ def score_command(
     category: Annotated[
         list[str] | None,
         typer.Option("--category", "-c", show_default=False, metavar="CAT",
-                     help="Only these categories: a number or general, artist, copyright, "
-                     "character, meta (repeatable, or comma-separated)."),
+                     help="Only these categories: a number or a name (Danbooru lists: general, "
+                     "artist, copyright, character, meta; e621 lists also species, invalid, "
+                     "lore), repeatable or comma-separated."),
     ] = None,
+    numbering: Annotated[
+        str,
+        typer.Option("--numbering", metavar="auto|danbooru|e621",
+                     help="Whose category numbers the list uses; auto: e621 when the file is "
+                     "named so or uses 6, 7 or 8, else Danbooru."),
+    ] = "auto",
     limit: Annotated[
         int | None,
         typer.Option("--limit", "-n", min=1, show_default=False, metavar="N",
@@ -102,31 +108,46 @@ def score_command(
     out_parent = output.parent if str(output.parent) else Path(".")
     if not out_parent.is_dir():
         raise UsageError(f"Cannot write {output}: the folder {out_parent} does not exist.")
-    categories = parse_categories(category or [])
+    numbering = numbering.lower()
+    if numbering not in ("auto", "danbooru", "e621"):
+        raise UsageError(f"--numbering {numbering!r} is not one of auto, danbooru, e621.")
+    for scheme in ("danbooru", "e621"):  # a name unknown to both fails before any reading
+        try:
+            parse_categories(category or [], scheme)
+            break
+        except UsageError:
+            if scheme == "e621":
+                raise
 
-    with err_console.status("reading the vocabulary…"):
+    from tagsmith.cli._progress import Progress
+
+    with Progress(err_console) as step:
+        step(f"reading the vocabulary {path.name}")
         vocabulary = read_vocabulary(path)
     err_console.print(vocabulary.summary() + ".", highlight=False, markup=False)
     for note in vocabulary.notes:
         err_console.print(f"Note: {note}", highlight=False, markup=False)
     _print_problems(err_console, vocabulary.problems)
+    if numbering == "auto":
+        numbering = vocabulary.numbering
+    categories = parse_categories(category or [], numbering)
 
     settings = settings_from_options(
         model=model, clip_skip=clip_skip, device=device, dtype=dtype,
         representation=representation, context=context, cache_dir=cache_dir, no_cache=no_cache,
         encoder=encoder, combine=combine,
     )
-    with err_console.status("looking for the text encoder…"):
+    with Progress(err_console) as step:
+        step("looking for the text encoder")
         embedder, notice = open_model(settings, explicit=model is not None)
     if notice:
         err_console.print(f"Note: {notice}", style="yellow", highlight=False, markup=False)
 
-    bars = _PhaseBars(err_console)
     try:
-        with bars:
+        with Progress(err_console, labels=PHASE_LABELS) as bars:
             result = score_vocabulary(
                 vocabulary, embedder, k=neighbors, min_count=min_count,
-                categories=categories or None, limit=limit, progress=bars.update,
+                categories=categories or None, limit=limit, progress=bars.count,
             )
     except KeyboardInterrupt:
         if embedder is not None and not no_cache:
@@ -148,70 +169,10 @@ def score_command(
 
 
 def _print_problems(err_console: Any, problems: list) -> None:
-    if not problems:
-        return
-    for p in problems[:MAX_PROBLEMS_SHOWN]:
-        err_console.print(f"  skipped {p}", highlight=False, markup=False, style="yellow")
-    if len(problems) > MAX_PROBLEMS_SHOWN:
-        more = len(problems) - MAX_PROBLEMS_SHOWN
-        err_console.print(f"  … and {more:,} more bad rows", highlight=False, style="yellow")
+    from tagsmith.text.vocab import problem_lines
 
-
-class _PhaseBars:
-    """One rich progress bar per phase, created when the phase reports first."""
-
-    def __init__(self, err_console: Any) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("{task.description:<10}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            _rate_column(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=False,
-        )
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> _PhaseBars:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
-
-    def update(self, phase: str, done: int, total: int) -> None:
-        task = self.tasks.get(phase)
-        if task is None:
-            task = self.progress.add_task(PHASE_LABELS.get(phase, phase), total=total)
-            self.tasks[phase] = task
-        self.progress.update(task, completed=done, total=total)
-
-
-def _rate_column() -> Any:
-    from rich.progress import ProgressColumn
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        """Tags per second, as rich smooths it over recent updates."""
-
-        def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            if speed is None:
-                return Text("     - tags/s", style="progress.data.speed")
-            return Text(f"{speed:>6,.0f} tags/s", style="progress.data.speed")
-
-    return RateColumn()
+    for line in problem_lines(problems):
+        err_console.print(f"  {line}", highlight=False, markup=False, style="yellow")
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:

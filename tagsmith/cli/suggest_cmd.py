@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -71,14 +70,21 @@ VocabOption = Annotated[
         "--vocab",
         metavar="PATH",
         envvar="TAGSMITH_VOCAB",
-        help="Tag list: tagcomplete CSV (e.g. "
-        "extensions/a1111-sd-webui-tagcomplete/tags/danbooru.csv), WD14 "
-        "selected_tags.csv, or one tag per line. Default: $TAGSMITH_VOCAB.",
+        help="Tag list: tagcomplete's CSV (tags/danbooru.csv in its extension folder), a "
+        "WD14 selected_tags.csv, or one tag per line. Default: $TAGSMITH_VOCAB.",
         show_default=False,
     ),
 ]
 TopOption = Annotated[
     int, typer.Option("--top", metavar="N", help="Show this many candidates.", min=1)
+]
+SubstituteTopOption = Annotated[
+    int,
+    typer.Option(
+        "--top", metavar="N", min=1,
+        help="Show this many substituted forms; the tag's own spaced, hyphen, underscore and "
+        "joined forms and every --candidate are always shown, ranked in place.",
+    ),
 ]
 WeightsOption = Annotated[
     str | None,
@@ -130,7 +136,7 @@ def suggest_command(
     keep: KeepOption = None,
     candidate: CandidateOption = None,
     vocab: VocabOption = None,
-    top: TopOption = 10,
+    top: SubstituteTopOption = 10,
     weights: WeightsOption = None,
     dataset: DatasetOption = None,
     as_json: JsonOption = False,
@@ -154,16 +160,17 @@ def suggest_command(
     from tagsmith.analysis.ranking import ScoreWeights
     from tagsmith.analysis.suggest import SuggestOptions, suggest
     from tagsmith.cli._console import console, err_console
+    from tagsmith.cli.tokenize_cmd import check_option_values as given
     from tagsmith.model.embedding import open_model
 
-    avoid_tags = list(avoid or [])
+    avoid_tags = given("--avoid", avoid)
     if dataset is not None:
         avoid_tags += _dataset_avoid(dataset, tag)
     options = SuggestOptions(
-        neighbors=neighbor or [],
+        neighbors=given("--neighbor", neighbor),
         avoid=avoid_tags,
-        keep=keep or [],
-        candidates=candidate or [],
+        keep=given("--keep", keep),
+        candidates=given("--candidate", candidate),
         vocab_path=vocab,
         top=top,
         weights=ScoreWeights.parse(weights) if weights else ScoreWeights(),
@@ -181,7 +188,9 @@ def suggest_command(
         cache_dir=cache_dir,
         no_cache=no_cache,
     )
-    with _status(err_console, as_json) as status:
+    from tagsmith.cli._progress import Progress
+
+    with Progress(err_console) as status:
         status("looking for the text encoder")
         embedder, notice = open_model(settings, explicit=model is not None)
         result = suggest(
@@ -204,10 +213,15 @@ def suggest_command(
             col_roles=roles,
         )
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+        from tagsmith.cli._json import write_json
+
+        write_json(result.to_dict())
     else:
         render_suggest(console, result)
-    for n in result.notices:
+    notes = list(result.notices)
+    if embedder is not None:
+        notes += [n for n in embedder.notes if n not in notes]
+    for n in notes:
         err_console.print(f"Note: {n}", style="yellow", highlight=False, markup=False)
     if plot is not None and not result.has_similarity:
         err_console.print(
@@ -221,29 +235,6 @@ def _dataset_avoid(dataset: Path, tag: str) -> list[str]:
     from tagsmith.captions.cooccurrence import correlated_tags
 
     return correlated_tags(dataset, tag)
-
-
-class _status:
-    """A spinner on stderr while slow work runs (silent in --json mode and when piped)."""
-
-    def __init__(self, err_console: Any, quiet: bool) -> None:
-        self._console = err_console
-        self._quiet = quiet or not err_console.is_terminal
-        self._status: Any = None
-
-    def __enter__(self):  # noqa: ANN204
-        if not self._quiet:
-            self._status = self._console.status("starting")
-            self._status.__enter__()
-        return self.update
-
-    def update(self, message: str) -> None:
-        if self._status is not None:
-            self._status.update(message + "…")
-
-    def __exit__(self, *exc: object) -> None:
-        if self._status is not None:
-            self._status.__exit__(*exc)
 
 
 def heat_style(value: float, lo: float, hi: float, *, good_high: bool) -> str:

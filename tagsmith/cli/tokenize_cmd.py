@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -14,14 +13,29 @@ from tagsmith.errors import InputError, UsageError
 PIECE_STYLES = ("bold cyan", "bold magenta", "bold green", "bold yellow")
 
 
+def check_tag_arguments(tags: list[str] | None) -> list[str]:
+    """Tag arguments as given; an empty one is a bad argument (exit 2) in every command."""
+    for i, tag in enumerate(tags or [], start=1):
+        if not tag.strip():
+            raise UsageError(f"Tag {i} is empty; give a tag with at least one visible character.")
+    return list(tags or [])
+
+
+def check_option_values(option: str, values: list[str] | None) -> list[str]:
+    """Values of a repeatable tag option; ``--candidate ""`` is refused, never ignored."""
+    for value in values or []:
+        if not value.strip():
+            raise UsageError(f"{option} is empty; give it a tag with at least one visible "
+                             "character, or leave the option out.")
+    return list(values or [])
+
+
 def gather_tags(tags: list[str] | None, file: Path | None) -> list[tuple[str, str]]:
     """(label, tag) pairs from arguments and --file, in order; labels name where a tag came from."""
     from tagsmith.fileio import read_tag_lines
 
     out: list[tuple[str, str]] = []
-    for i, tag in enumerate(tags or [], start=1):
-        if not tag.strip():
-            raise InputError(f"Tag {i} is empty; give a tag with at least one visible character.")
+    for i, tag in enumerate(check_tag_arguments(tags), start=1):
         out.append((f"argument {i}", tag))
     if file is not None:
         name = "standard input" if str(file) == "-" else str(file)
@@ -130,14 +144,19 @@ def tokenize_command(
     from tagsmith.text.prompt import analyze_tags, tag_warnings
 
     analyses = analyze_tags([t for _, t in pairs], underscores=underscores)
+    from tagsmith.text.tokenizer import shorten
+
     warnings = []
     for (label, _), a in zip(pairs, analyses):
+        # Shortened: a 300-token tag repeated in full would bury the sentence.
         if not a.ids:
-            warnings.append(f"{label} ('{a.tag}') is empty once prompt syntax is removed")
-        warnings.extend(f"{label} ('{a.tag}') {w}" for w in tag_warnings(a))
+            warnings.append(f"{label} ('{shorten(a.tag)}') is empty once prompt syntax is removed")
+        warnings.extend(f"{label} ('{shorten(a.tag)}') {w}" for w in tag_warnings(a))
 
     if as_json:
-        console.print_json(json.dumps([a.to_dict() for a in analyses], ensure_ascii=False))
+        from tagsmith.cli._json import write_json
+
+        write_json(a.to_dict() for a in analyses)
     else:
         from rich.table import Table
         from rich.text import Text
@@ -195,7 +214,9 @@ def _tokenize_prompt(
                     "scheduled": t.scheduled,
                 }
             )
-        console.print_json(json.dumps(rows, ensure_ascii=False))
+        from tagsmith.cli._json import write_json
+
+        write_json(rows)
         _warn_prompt(layout)
         return
     total = layout.n_tokens

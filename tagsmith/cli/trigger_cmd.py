@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,7 +33,6 @@ from tagsmith.cli.suggest_cmd import (
     VocabOption,
     WeightsOption,
     _num,
-    _status,
     heat_style,
 )
 
@@ -94,20 +92,21 @@ def trigger_command(
     """
     from tagsmith.analysis.trigger import TriggerOptions, rank_triggers
     from tagsmith.cli._console import console, err_console
+    from tagsmith.cli.tokenize_cmd import check_option_values as given
     from tagsmith.model.embedding import open_model
 
-    avoid_tags = list(avoid or [])
+    avoid_tags = given("--avoid", avoid)
     if dataset is not None:
         from tagsmith.captions.cooccurrence import correlated_tags
 
         avoid_tags += correlated_tags(dataset, concept)
     base = TriggerOptions()
     options = TriggerOptions(
-        parts=part or [],
-        held_out=held_out,
+        parts=given("--part", part),
+        held_out=None if held_out is None else given("--held-out", [held_out])[0],
         avoid=avoid_tags,
-        neighbors=neighbor or [],
-        candidates=candidate or [],
+        neighbors=given("--neighbor", neighbor),
+        candidates=given("--candidate", candidate),
         vocab_path=vocab,
         top=top,
         weights=_weights(weights, base.weights),
@@ -125,7 +124,9 @@ def trigger_command(
         cache_dir=cache_dir,
         no_cache=no_cache,
     )
-    with _status(err_console, as_json) as status:
+    from tagsmith.cli._progress import Progress
+
+    with Progress(err_console) as status:
         status("looking for the text encoder")
         embedder, notice = open_model(settings, explicit=model is not None)
         result = rank_triggers(
@@ -147,10 +148,15 @@ def trigger_command(
             col_roles=[n.role for n in result.neighbors],
         )
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+        from tagsmith.cli._json import write_json
+
+        write_json(result.to_dict())
     else:
         render_trigger(console, result)
-    for n in result.notices:
+    notes = list(result.notices)
+    if embedder is not None:
+        notes += [n for n in embedder.notes if n not in notes]
+    for n in notes:
         err_console.print(f"Note: {n}", style="yellow", highlight=False, markup=False)
 
 

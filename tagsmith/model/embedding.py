@@ -136,6 +136,22 @@ def split_context(context: str | None) -> tuple[str, str]:
 ProgressFn = Callable[[int, int], None]
 
 
+def long_tags_note(texts: set[str] | Sequence[str], room: int, first: tuple[str, int],
+                   family: str = "SD1.5") -> str:
+    """One short sentence about tags longer than SD's chunk, naming the first one shortened."""
+    from tagsmith.text.tokenizer import shorten
+
+    tag, n = first
+    others = len(texts) - 1
+    who = f"'{shorten(tag)}' ({n} tokens)"
+    if others:
+        who += f" and {others} more tag{'s' if others > 1 else ''}"
+    verb = "exceed" if others else "exceeds"
+    limit = (f"the {room}-token chunk {family} reads" if room >= CHUNK_LENGTH
+             else f"the {room} tokens the context leaves in {family}'s {CHUNK_LENGTH}-token chunk")
+    return f"{who} {verb} {limit}; only the first {room} tokens count."
+
+
 class TagEmbedder:
     """Vectors for tag texts from one resolved text encoder; see ``open_embedder``."""
 
@@ -166,6 +182,10 @@ class TagEmbedder:
         self._cache_dir = cache_dir
         self._cache: EmbeddingCache | None = None
         self._notes: list[str] = list(source.notes)
+        # Tags longer than SD's chunk: counted over the embedder's life, told once (see notes).
+        self._long: set[str] = set()
+        self._long_first: tuple[str, int] = ("", 0)
+        self._long_room = CHUNK_LENGTH
         prefix, suffix = split_context(settings.context)
         self._context_prefix = prefix
         self._context_suffix = suffix
@@ -217,6 +237,9 @@ class TagEmbedder:
     def notes(self) -> list[str]:
         """Things the user should know (repaired position_ids, truncated tags, cache repairs)."""
         notes = list(self._notes)
+        if self._long:
+            notes.append(long_tags_note(self._long, self._long_room, self._long_first,
+                                        family=self.family))
         if self._cache is not None:
             notes += [n for n in self._cache.notes if n not in notes]
         return notes
@@ -350,28 +373,51 @@ class TagEmbedder:
         prefix_ids, suffix_ids = self._context_ids()
         room = CHUNK_LENGTH - len(prefix_ids)
         seqs: list[list[int]] = []
-        truncated = 0
         for text, ids in zip(texts, load_tokenizer().encode_batch(list(texts))):
             if not ids:
                 raise InputError(f"Cannot embed {text!r}: it has no tokens.")
             if len(ids) > room:
-                truncated += 1
+                self._note_long(text, len(ids), room)
             if self.settings.representation in ("eos", "pooled") and not tokens_only:
                 # SD truncates the prompt at 75 tokens, then EOS
                 seqs.append((list(ids) + suffix_ids)[:room] + [EOS_ID])
             else:
                 # causal attention: nothing after the tag changes its states, so stop there
                 seqs.append(list(ids)[:room])
-        if truncated:
-            note = (
-                f"{truncated} tag{'s are' if truncated > 1 else ' is'} longer than the {room} "
-                f"tokens {self.family} reads in one chunk"
-                f"{' after the context' if prefix_ids else ''}; "
-                "vectors cover the tokens that fit."
-            )
-            if note not in self._notes:
-                self._notes.append(note)
         return seqs
+
+    def _note_long(self, text: str, n_tokens: int, room: int) -> None:
+        if not self._long:
+            self._long_first = (text, n_tokens)
+        self._long.add(text)
+        self._long_room = room
+
+    def _check_lengths(self, texts: Sequence[str]) -> None:
+        from tagsmith.text.tokenizer import load_tokenizer
+
+        room = CHUNK_LENGTH - len(self._context_ids()[0])
+        for text, ids in zip(texts, load_tokenizer().encode_batch(list(texts))):
+            if len(ids) > room:
+                self._note_long(text, len(ids), room)
+
+    def cached(self, texts: Sequence[str], *, progress: ProgressFn | None = None,
+               chunk: int = 8192) -> dict[str, np.ndarray]:
+        """The vectors of ``texts`` already in the cache (never loads the model).
+
+        A resumed run reads these first, as a phase of its own, so that the encoder's progress
+        and rate then count only the tags it really encodes.
+        """
+        unique = list(dict.fromkeys(texts))
+        cache = self._open_cache() if self.settings.use_cache else None
+        found: dict[str, np.ndarray] = {}
+        if cache is None:
+            return found
+        variant = self._variant()
+        for start in range(0, len(unique), chunk):
+            found.update(cache.get_many(variant, unique[start:start + chunk]))
+            if progress is not None:
+                progress(min(start + chunk, len(unique)), len(unique))
+        return found
 
     def embed(self, texts: Sequence[str], *, progress: ProgressFn | None = None) -> np.ndarray:
         """(len(texts), dim) float32 in input order. Cache hits never load the model."""
@@ -384,6 +430,8 @@ class TagEmbedder:
         cache = self._open_cache() if self.settings.use_cache else None
         found: dict[str, np.ndarray] = cache.get_many(variant, unique) if cache else {}
         done, total = len(found), len(unique)
+        if found:
+            self._check_lengths(list(found))  # the misses are checked as they are encoded
         if progress is not None:
             progress(done, total)
         missing = [t for t in unique if t not in found]

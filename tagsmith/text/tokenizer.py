@@ -205,6 +205,12 @@ def _byte_decoder() -> dict[str, int]:
     return _BYTE_DECODER
 
 
+def shorten(text: str, width: int = 32) -> str:
+    """``text`` cut to ``width`` characters with an ellipsis, for messages about long tags."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+
+
 def piece_text(piece: str) -> str:
     """Human-readable text of a vocabulary piece: bytes decoded, ``</w>`` removed."""
     if piece in ("<|startoftext|>", "<|endoftext|>"):

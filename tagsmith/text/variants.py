@@ -10,8 +10,9 @@ table (``mayonnaise container``, ``mayonnaise-jar``). Everything here is pure Py
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -182,6 +183,9 @@ def generate_forms(
     """
     words = tag_words(tag)
     forms: list[_Form] = [_Form(f, kind) for f, kind in spelling_forms(words)]
+    # The user's own forms come before substitutions: a substitution that happens to spell
+    # the same ids must not take the user's form's place (and its protection from --top).
+    forms.extend(_Form(f.strip(), USER) for f in user_forms if f.strip())
     if table is not None and words:
         positions = (
             list(substitute_words)
@@ -202,8 +206,26 @@ def generate_forms(
                 else:
                     forms.append(_Form(" ".join(new), kind, words[pos], repl))
                     forms.append(_Form("-".join(new), kind, words[pos], repl))
-    forms.extend(_Form(f.strip(), USER) for f in user_forms if f.strip())
     return _analyse_unique(forms, tok)
+
+
+# Forms a user always sees, whatever --top says: the tag's own spellings and their own forms.
+ALWAYS_SHOWN = frozenset({SPACED, HYPHEN, UNDERSCORE, JOINED, USER})
+
+
+def limit_generated(items: Sequence, top: int | None,
+                    kind: Callable[[Any], str] = lambda item: item.kind) -> list:
+    """``items`` in their order, keeping every ALWAYS_SHOWN form and the first ``top`` others."""
+    if not top:
+        return list(items)
+    out, generated = [], 0
+    for item in items:
+        if kind(item) in ALWAYS_SHOWN:
+            out.append(item)
+        elif generated < top:
+            out.append(item)
+            generated += 1
+    return out
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tagsmith.errors import FileFormatError, InputError
-from tagsmith.fileio import MAX_LIST_BYTES, bomless_utf16, gunzip_bounded, read_regular_bytes
+from tagsmith.fileio import (
+    MAX_LIST_BYTES,
+    bomless_utf16,
+    decode_utf8,
+    gunzip_bounded,
+    read_regular_bytes,
+)
+from tagsmith.text.prompt import strip_tag_syntax
 from tagsmith.text.tokenizer import normalize_tag
 
 VOCAB_ENV = "TAGSMITH_VOCAB"
@@ -85,6 +92,16 @@ class RowProblem:
         return f"line {self.line}: {self.message}"
 
 
+# How tag lists number their categories. tagcomplete's danbooru.csv and WD14 files use
+# Danbooru's numbers; tagcomplete's e621.csv uses e621's, where 5 is species, not meta.
+CATEGORY_NUMBERINGS: dict[str, dict[str, int]] = {
+    "danbooru": {"general": 0, "artist": 1, "copyright": 3, "character": 4, "meta": 5},
+    "e621": {"general": 0, "artist": 1, "copyright": 3, "character": 4, "species": 5,
+             "invalid": 6, "meta": 7, "lore": 8},
+}
+_E621_ONLY = frozenset({6, 7, 8})
+
+
 @dataclass
 class Vocabulary:
     """The tags read from one file, in file order, one entry per normalised text."""
@@ -110,6 +127,16 @@ class Vocabulary:
     def texts(self) -> list[str]:
         return [e.text for e in self.entries]
 
+    @property
+    def numbering(self) -> str:
+        """Whose category numbers the file uses: "e621" when it is named so or uses e621's
+        own numbers (6 invalid, 7 meta, 8 lore), else "danbooru"."""
+        if self.path is not None and "e621" in self.path.name.lower():
+            return "e621"
+        if any(e.category in _E621_ONLY for e in self.entries):
+            return "e621"
+        return "danbooru"
+
     def summary(self) -> str:
         """One line for users: how many tags, merged duplicates and skipped rows."""
         name = self.path.name if self.path else "vocabulary"
@@ -121,6 +148,17 @@ class Vocabulary:
             n = len(self.problems)
             parts.append(f"{n:,} bad row{'s' if n != 1 else ''} skipped")
         return ", ".join(parts)
+
+
+PROBLEMS_SHOWN = 5
+
+
+def problem_lines(problems: list[RowProblem], shown: int = PROBLEMS_SHOWN) -> list[str]:
+    """What every command says about skipped rows: the first few by line, then a count."""
+    out = [f"skipped {p}" for p in problems[:shown]]
+    if len(problems) > shown:
+        out.append(f"… and {len(problems) - shown:,} more bad rows")
+    return out
 
 
 def default_vocab_path() -> Path | None:
@@ -161,13 +199,16 @@ def parse_vocabulary(
         layout.tag_col, layout.category_col, layout.count_col, layout.aliases_col
     )
     min_cols, max_cols = layout.min_cols, layout.max_cols
+    # A plain list is often copied from prompts: `(maid:1.2)` is the tag maid, as tokenize
+    # reads it. (CSV tag lists hold tag names, where parentheses are part of the name.)
+    plain = layout.format == "plain"
     for line, row in itertools.chain(head, records):
         # Fast path for well-formed rows (all of a real tag list); anything unusual, including
         # every kind of bad row, goes through _parse_row, which explains the problem.
         entry = None
         n = len(row)
         if min_cols <= n <= max_cols:
-            tag = row[tag_col].strip()
+            tag = strip_tag_syntax(row[tag_col].strip()) if plain else row[tag_col].strip()
             try:
                 category = int(row[cat_col]) if cat_col is not None and cat_col < n else None
                 count = int(row[count_col]) if count_col is not None and count_col < n else None
@@ -238,13 +279,7 @@ def _read_text(path: Path) -> str:
                 "again."
             )
         raise FileFormatError(f"{path} is a binary file, not {_FORMAT_HINT}.")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise FileFormatError(
-            f"{path} is not UTF-8 text (invalid byte 0x{data[exc.start]:02x} on line {line})."
-        ) from exc
+    return decode_utf8(data, str(path))
 
 
 # -- rows ------------------------------------------------------------------------------------
@@ -409,6 +444,8 @@ def _parse_row(
         problems.append(RowProblem(line, f"expected {expected} columns, found {n}{hint}"))
         return None
     tag = row[layout.tag_col].strip()
+    if layout.format == "plain":
+        tag = strip_tag_syntax(tag)
     if not tag:
         problems.append(RowProblem(line, "empty tag"))
         return None
@@ -469,6 +506,8 @@ def _normalize(tag: str, underscores: bool) -> str:
     turns underscores into spaces and collapses whitespace; ``str.split`` splits on exactly
     the characters ``re``'s ``\\s`` matches, so the result is identical (a test checks it).
     """
+    if "\ufeff" in tag:  # a BOM left inside the file (files joined with cat) is no character
+        tag = tag.replace("\ufeff", "")
     if len(tag) <= 5 or "\\" in tag:
         return normalize_tag(tag, underscores=underscores)
     if underscores:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +20,9 @@ import numpy as np
 from tagsmith import __version__
 from tagsmith.fileio import atomic_write_bytes
 from tagsmith.paths import resolve_cache_dir
-from tagsmith.text.vocab import Vocabulary, read_vocabulary
+from tagsmith.text.vocab import Vocabulary, problem_lines, read_vocabulary
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: the bad rows' lines are kept
 
 
 @dataclass
@@ -35,6 +36,7 @@ class VocabIndex:
     token_ids: np.ndarray  # int32, concatenated ids (no BOS/EOS)
     format: str = "plain"
     summary: str = ""
+    problems: list[str] = field(default_factory=list)  # problem_lines() of the bad rows
     cache_file: Path | None = field(default=None, repr=False)  # where it is cached, if it is
     _row_of: dict[str, int] | None = field(default=None, repr=False)
     _by_token: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
@@ -91,7 +93,8 @@ class VocabIndex:
         cats = np.array([-1 if e.category is None else e.category for e in vocab.entries],
                         dtype=np.int16)
         return cls(texts=texts, counts=counts, categories=cats, indptr=indptr, token_ids=flat,
-                   format=vocab.format, summary=vocab.summary())
+                   format=vocab.format, summary=vocab.summary(),
+                   problems=problem_lines(vocab.problems))
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -103,7 +106,8 @@ class VocabIndex:
             categories=self.categories,
             indptr=self.indptr,
             token_ids=self.token_ids,
-            meta=np.frombuffer(f"{self.format}\n{self.summary}".encode(), dtype=np.uint8),
+            meta=np.frombuffer("\n".join([self.format, self.summary, *self.problems]).encode(),
+                               dtype=np.uint8),
         )
         return buf.getvalue()
 
@@ -113,11 +117,11 @@ class VocabIndex:
             if int(z["version"][0]) != _FORMAT_VERSION:
                 raise ValueError("old format")
             texts = z["texts"].tobytes().decode("utf-8").split("\n")
-            fmt, _, summary = z["meta"].tobytes().decode("utf-8").partition("\n")
+            fmt, summary, *problems = z["meta"].tobytes().decode("utf-8").split("\n")
             index = cls(
                 texts=texts if texts != [""] else [],
                 counts=z["counts"], categories=z["categories"], indptr=z["indptr"],
-                token_ids=z["token_ids"], format=fmt, summary=summary,
+                token_ids=z["token_ids"], format=fmt, summary=summary, problems=problems,
             )
         if len(index.indptr) != len(index.texts) + 1 or len(index.counts) != len(index.texts):
             raise ValueError("inconsistent arrays")
@@ -141,11 +145,17 @@ def _word_end_table() -> np.ndarray:
 
 
 def load_vocab_index(
-    path: str | Path, *, cache_dir: Path | None = None, use_cache: bool = True
+    path: str | Path, *, cache_dir: Path | None = None, use_cache: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> VocabIndex:
-    """The vocabulary at ``path`` with token ids, from the cache when it is fresh."""
+    """The vocabulary at ``path`` with token ids, from the cache when it is fresh.
+
+    ``progress`` hears which of the two it is doing (building takes seconds for a big list).
+    """
     p = Path(path)
+    say = progress or (lambda message: None)
     if not use_cache or not p.is_file():
+        say(f"reading the vocabulary {p.name} and tokenizing its tags")
         return VocabIndex.from_vocabulary(read_vocabulary(p))
     st = p.stat()
     key = hashlib.sha256(
@@ -153,12 +163,14 @@ def load_vocab_index(
     ).hexdigest()[:24]
     cached = resolve_cache_dir(cache_dir) / "vocab" / f"{key}.npz"
     if cached.is_file():
+        say(f"reading the vocabulary index of {p.name}")
         try:
             index = VocabIndex.from_file(cached)
             index.cache_file = cached
             return index
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError):
             pass  # damaged or stale: rebuild below
+    say(f"building the vocabulary index of {p.name} (once per file, cached afterwards)")
     index = VocabIndex.from_vocabulary(read_vocabulary(p))
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
