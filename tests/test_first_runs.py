@@ -143,7 +143,8 @@ def test_explore_refuses_a_file_that_is_not_a_score_file(tmp_path: Path, capsys,
     assert "forms.png is a file, not a score file" in err
 
 
-@pytest.mark.parametrize("command", [["tokenize"], ["embed"]])
+@pytest.mark.parametrize("command", [["tokenize"], ["embed"], ["suggest"], ["trigger"],
+                                     ["explore"]])
 def test_an_empty_tag_argument_is_the_same_bad_argument_everywhere(command: list[str],
                                                                   capsys) -> None:  # noqa: ANN001
     assert run([*command, ""]) == EXIT_USAGE

@@ -146,11 +146,12 @@ def test_explicit_missing_model_is_an_error(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["suggest", ""], EXIT_FAILURE, "empty"),
+        (["suggest", ""], EXIT_USAGE, "Tag 1 is empty"),
+        (["trigger", " "], EXIT_USAGE, "Tag 1 is empty"),
         (["suggest", "bottle", "--vocab", "/nonexistent/tags.csv"], EXIT_FAILURE, "not"),
         (["suggest", "bottle", "--weights", "bogus=1"], EXIT_USAGE, "Unknown weight"),
         (["suggest", "bottle", "--weights", "leakage=x"], EXIT_USAGE, "must be a number"),
-        (["trigger", "cross tattoo", "--part", ""], EXIT_FAILURE, "--part is empty"),
+        (["trigger", "cross tattoo", "--part", ""], EXIT_USAGE, "--part is empty"),
     ],
 )
 def test_bad_input(args, code, message, capsys):

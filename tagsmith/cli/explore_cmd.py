@@ -78,6 +78,7 @@ def explore_command(
     from tagsmith.analysis.suggest import SuggestOptions
     from tagsmith.cli._model_options import settings_from_options
     from tagsmith.cli.tokenize_cmd import check_option_values as given
+    from tagsmith.cli.tokenize_cmd import check_tag_arguments
     from tagsmith.tui.loaders import check_score_path, looks_like_score_file
 
     score_weights = ScoreWeights.parse(weights) if weights else ScoreWeights()
@@ -97,8 +98,7 @@ def explore_command(
 
         source: object = ScoreSource(path)
     else:
-        if not target.strip():
-            raise InputError("The tag is empty; give a tag such as \"mayonnaise bottle\".")
+        check_tag_arguments([target])
         _refuse_other_files(target)
         from tagsmith.tui.app import SuggestSource
 

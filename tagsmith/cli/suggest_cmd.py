@@ -161,8 +161,10 @@ def suggest_command(
     from tagsmith.analysis.suggest import SuggestOptions, suggest
     from tagsmith.cli._console import console, err_console
     from tagsmith.cli.tokenize_cmd import check_option_values as given
+    from tagsmith.cli.tokenize_cmd import check_tag_arguments
     from tagsmith.model.embedding import open_model
 
+    check_tag_arguments([tag])
     avoid_tags = given("--avoid", avoid)
     if dataset is not None:
         avoid_tags += _dataset_avoid(dataset, tag)

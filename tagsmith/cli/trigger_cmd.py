@@ -93,8 +93,10 @@ def trigger_command(
     from tagsmith.analysis.trigger import TriggerOptions, rank_triggers
     from tagsmith.cli._console import console, err_console
     from tagsmith.cli.tokenize_cmd import check_option_values as given
+    from tagsmith.cli.tokenize_cmd import check_tag_arguments
     from tagsmith.model.embedding import open_model
 
+    check_tag_arguments([concept])
     avoid_tags = given("--avoid", avoid)
     if dataset is not None:
         from tagsmith.captions.cooccurrence import correlated_tags
@@ -208,26 +210,31 @@ def render_trigger(console: Any, result: Any) -> None:
     console.print(header)
     table = Table(header_style="bold", pad_edge=False)
     table.add_column("#", justify="right", style="dim")
-    table.add_column("trigger", overflow="fold")
-    table.add_column("tokens", overflow="fold")
+    # Each member and its tokens share one row of a grid, so that however narrow the terminal
+    # and however the cells wrap, a token list stays beside the member it belongs to.
+    table.add_column("trigger  ·  tokens", overflow="fold", ratio=3)
     if result.has_similarity:
         table.add_column("score", justify="right")
         table.add_column("apart", justify="right")
-    table.add_column("reason", overflow="fold", ratio=1)
+    table.add_column("reason", overflow="fold", ratio=2)
     for i, fam in enumerate(result.families, start=1):
-        forms = Text(
-            "\n".join(m.form for m in fam.members),
-            style="bold green" if i == 1 and result.has_similarity else "",
-        )
+        best = i == 1 and result.has_similarity
+        members = Table.grid(padding=(0, 1))
+        longest = max(len(m.form) for m in fam.members)
+        members.add_column(overflow="fold", min_width=min(longest, 22))
+        members.add_column(overflow="fold", ratio=1)
+        for m in fam.members:
+            members.add_row(Text(m.form, style="bold green" if best else ""),
+                            render_pieces(m.candidate.tokens))
         if fam.held_out is not None:
-            forms.append(f"\n{fam.held_out.form} (held out)", style="dim")
-        pieces = Text("\n").join(render_pieces(m.candidate.tokens) for m in fam.members)
-        cells = [str(i), forms, pieces]
+            members.add_row(Text(f"{fam.held_out.form} (held out)", style="dim"),
+                            render_pieces(fam.held_out.candidate.tokens))
+        cells: list[Any] = [str(i), members]
         if result.has_similarity:
             cells.append(f"{fam.score:+.3f}")
             cells.append("" if fam.separation is None else f"{fam.separation:.2f}")
         cells.append(Text(fam.reason, style="" if i == 1 else "dim"))
-        table.add_row(*cells)
+        table.add_row(*cells, end_section=True)
     console.print(table)
     if result.has_similarity and result.families:
         best = result.families[0]

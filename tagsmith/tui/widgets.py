@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rich.cells import cell_len, set_cell_size
 from rich.console import Group
@@ -374,16 +374,47 @@ def render_pieces(tokens: tuple[str, ...]) -> Text:
     return text
 
 
+class FlowLine:
+    """Pieces of text side by side, wrapped only between pieces: ``3 tokens`` never splits
+    into ``3`` at the end of one line and ``tokens`` on the next."""
+
+    def __init__(self, pieces: list[Text], gap: int = 2, style: str = "") -> None:
+        self.pieces = pieces
+        self.gap = gap
+        self.style = style
+
+    def __rich_measure__(self, console: Any, options: Any) -> Any:
+        from rich.measure import Measurement
+
+        widest = max((p.cell_len for p in self.pieces), default=0)
+        total = sum(p.cell_len for p in self.pieces) + self.gap * max(0, len(self.pieces) - 1)
+        return Measurement(min(widest, options.max_width), min(total, options.max_width))
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        width = max(1, options.max_width)
+        line = Text(style=self.style)
+        for piece in self.pieces:
+            if line.cell_len and line.cell_len + self.gap + piece.cell_len > width:
+                yield line
+                line = Text(style=self.style)
+            if line.cell_len:
+                line.append(" " * self.gap)
+            line.append_text(piece)
+        if line.cell_len:
+            yield line
+
+
 def render_detail(d: RowDetail) -> Group:
     from tagsmith.text.tokenizer import piece_text
 
-    head = Text(shown(d.title), style="bold")
+    pieces = [Text(shown(d.title))]
     for label, value in d.facts:
-        head.append("  ")
+        fact = Text()
         if label:
-            head.append(f"{label} ", style="dim")
-        head.append(shown(value))
-    lines: list[Text] = [head]
+            fact.append(f"{label} ", style="dim")
+        fact.append(shown(value))
+        pieces.append(fact)
+    lines: list[Any] = [FlowLine(pieces, style="bold")]
     toks = Text("tokens  ", style="dim")
     toks.append_text(render_pieces(d.tokens))
     lines.append(toks)
