@@ -72,8 +72,8 @@ def test_invalid_utf8_names_file_and_line(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["tokenize", ""], EXIT_FAILURE, "Tag 1 is empty"),
-        (["tokenize", "a", "   "], EXIT_FAILURE, "Tag 2 is empty"),
+        (["tokenize", ""], EXIT_USAGE, "Tag 1 is empty"),
+        (["tokenize", "a", "   "], EXIT_USAGE, "Tag 2 is empty"),
         (["tokenize"], EXIT_USAGE, "Give at least one tag"),
         (["tokenize", "--file", "/nonexistent/tags.txt"], EXIT_FAILURE, "does not exist"),
         (["tokenize", "--bogus"], EXIT_USAGE, "No such option"),

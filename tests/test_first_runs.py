@@ -254,7 +254,9 @@ def test_e621_detected_from_the_file_name(tmp_path: Path) -> None:
                                      "explore", "dataset", "retag"])
 @pytest.mark.parametrize("width", [80, 120])
 def test_help_shows_what_a_user_types(command: str, width: int, monkeypatch, capsys) -> None:  # noqa: ANN001
-    monkeypatch.setenv("COLUMNS", str(width))
+    import tagsmith.cli._console  # noqa: F401 - its consoles keep the suite's width, not this one
+
+    monkeypatch.setenv("COLUMNS", str(width))  # typer draws help on a console of its own
     assert run([command, "--help"] if command else ["--help"]) == EXIT_OK
     out = capsys.readouterr().out
     assert "<bool>" not in out and "<str>" not in out and "<int>" not in out

@@ -108,7 +108,7 @@ def embed_command(
         + (f"  context {info['context']!r}" if info["context"] else "")
     )
     if as_json:
-        typer.echo(header, err=True)
+        err_console.print(header, highlight=False, markup=False)
         _write_vectors_json(given, texts, vectors)
         return
     if output is not None:
@@ -122,10 +122,11 @@ def embed_command(
 
             with atomic_writer(output, "wb") as fh:
                 np.save(fh, vectors)
-        typer.echo(header)
+        console.print(header, highlight=False, markup=False)
         typer.echo(shown(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 to {output}"))
         return
-    typer.echo(header)
+    # rich wraps the long header between words at the terminal's width
+    console.print(header, highlight=False, markup=False)
     _print_preview(console, given, vectors)
 
 
