@@ -15,7 +15,7 @@ from rich.cells import cell_len
 
 from tagsmith.cli import EXIT_OK, run
 
-SNAPSHOTS = Path(__file__).parent / "__snapshots__" / "cli"
+SNAPSHOTS = Path(__file__).parent / "cli_snapshots"  # not __snapshots__: the SVG plugin prunes that
 WIDTHS = (80, 120)
 
 
