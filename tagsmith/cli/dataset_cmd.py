@@ -196,16 +196,21 @@ def _print_report(report, *, top: int) -> None:  # noqa: ANN001 - DatasetReport
     if report.weighted:
         table.add_column("per epoch", justify="right")
     table.add_column("tokens", justify="right")
-    table.add_column("cut (as written / shuffled)", justify="right")
+    shown = report.tags[:top]
+    # An empty column still costs its header's width: at 80 columns that squeezes the tags.
+    show_cut = any(t.cut_rate_file_order or t.cut_rate_shuffled for t in shown)
+    if show_cut:
+        table.add_column("cut (as written / shuffled)", justify="right")
     table.add_column("written as", overflow="fold", style="dim")
-    for t in report.tags[:top]:
+    for t in shown:
         row = [t.tag, str(t.captions), _pct(t.share)]
         if report.weighted:
             row.append(_pct(t.weighted_share))
-        cut = ""
-        if t.cut_rate_file_order or t.cut_rate_shuffled:
-            cut = f"{_pct(t.cut_rate_file_order)} / {_pct(t.cut_rate_shuffled)}"
-        row += [str(t.n_tokens), cut, " | ".join(t.forms) if t.forms != [t.tag] else ""]
+        row.append(str(t.n_tokens))
+        if show_cut:
+            row.append(f"{_pct(t.cut_rate_file_order)} / {_pct(t.cut_rate_shuffled)}"
+                       if t.cut_rate_file_order or t.cut_rate_shuffled else "")
+        row.append(" | ".join(t.forms) if t.forms != [t.tag] else "")
         table.add_row(*[Text(c) for c in row])
     console.print(table)
     if len(report.tags) > top:
