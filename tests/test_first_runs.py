@@ -83,6 +83,18 @@ def test_resumed_score_reads_the_cache_as_its_own_phase(tmp_path: Path, tiny_mod
     assert "tagsmith: encode: 4 tags…" in err
 
 
+def test_dataset_says_what_it_reads(tmp_path: Path, no_delay, capsys) -> None:  # noqa: ANN001
+    folder = tmp_path / "ds" / "3_x"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes(b"")
+        (folder / f"{i}.txt").write_text("1girl, maid", encoding="utf-8")
+    assert run(["dataset", str(tmp_path / "ds"), "--no-model", "--json"]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "tagsmith: reading the captions in" in err
+    assert "tagsmith: counting tags and pairs in 3 captions…" in err
+
+
 # -- suggest shows what the user came to compare ------------------------------------------------
 
 

@@ -136,13 +136,18 @@ def dataset_command(
             encoder=encoder, combine=combine,
             no_cache=no_cache,
         ))
-    ds = load_dataset(directory)
+    from tagsmith.cli._progress import Progress
+
     try:
-        report = report_from_dataset(
-            ds, keep_tokens=keep_tokens, min_support=min_support, min_score=min_score,
-            max_q=max_q, embed=embed, max_token_length=max_token_length,
-            keep_tokens_separator=keep_tokens_separator,
-        )
+        with Progress(err_console) as step:
+            step(f"reading the captions in {directory}")
+            ds = load_dataset(directory)
+            step(f"counting tags and pairs in {len(ds.captions):,} captions")
+            report = report_from_dataset(
+                ds, keep_tokens=keep_tokens, min_support=min_support, min_score=min_score,
+                max_q=max_q, embed=embed, max_token_length=max_token_length,
+                keep_tokens_separator=keep_tokens_separator,
+            )
     finally:
         if embed is not None:
             embed.close()
