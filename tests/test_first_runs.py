@@ -275,3 +275,11 @@ def test_help_shows_what_a_user_types(command: str, width: int, monkeypatch, cap
     usage = next(line for line in out.splitlines() if "Usage:" in line)
     assert "{" not in usage
     assert "…" not in out  # nothing cut off: every default and path is readable
+
+
+def test_progress_lines_defuse_terminal_escapes_in_names() -> None:
+    console, buf = _piped()
+    with Progress(console, delay=0) as say:
+        say("reading the captions in evil\x1b[2Jdir [bold]x[/bold]")
+    line = buf.getvalue()
+    assert "\x1b" not in line and "[bold]x[/bold]" in line

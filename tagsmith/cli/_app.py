@@ -32,6 +32,28 @@ def _plain_help_names() -> None:
             return name + ("..." if self.nargs != 1 and not name.endswith("...") else "")
 
         TyperArgument._usage_display_name = usage_name
+    _fold_long_option_names()
+
+
+def _fold_long_option_names() -> None:
+    """A long option name (``--underscores-as-spaces``) breaks onto a second line at 80 columns
+    instead of being cut to ``--underscores-as-s…``."""
+    try:
+        from typer import rich_utils
+    except ImportError:
+        return
+    for name in ("highlighter", "negative_highlighter"):
+        inner = getattr(rich_utils, name, None)
+        if inner is None or getattr(inner, "_tagsmith", False):
+            continue
+
+        def folding(text, _inner=inner):  # noqa: ANN001, ANN202
+            out = _inner(text)
+            out.overflow = "fold"
+            return out
+
+        folding._tagsmith = True  # type: ignore[attr-defined]
+        setattr(rich_utils, name, folding)
 
 
 _plain_help_names()

@@ -47,10 +47,12 @@ class Progress:
         """A new phase without a count ("reading the vocabulary")."""
         if self.interactive:
             live = self._ensure_live()
+            from tagsmith.text.display import shown
+
             if self._step_task is None:
-                self._step_task = live.add_task(message + "…", total=None, kind="step")
+                self._step_task = live.add_task(shown(message) + "…", total=None, kind="step")
             else:
-                live.update(self._step_task, description=message + "…")
+                live.update(self._step_task, description=shown(message) + "…")
             return
         self._begin(message, message)
 
@@ -115,8 +117,10 @@ class Progress:
         self._write(line)
 
     def _write(self, line: str) -> None:
-        try:
-            self.console.file.write(f"tagsmith: {line}…\n")
+        from tagsmith.text.display import shown
+
+        try:  # a folder or file name in the line may hold terminal escapes: shown() defuses them
+            self.console.file.write(f"tagsmith: {shown(line)}…\n")
             self.console.file.flush()
         except (OSError, ValueError):
             pass  # stderr closed: progress is not worth an error
@@ -171,7 +175,7 @@ def _rich_progress(console: Any, unit: str) -> Any:
 
     return RichProgress(
         SpinnerColumn(finished_text="✓"),
-        TextColumn("{task.description:<10}"),
+        TextColumn("{task.description:<10}", markup=False),
         OnlyCounted(BarColumn()),
         OnlyCounted(MofNCompleteColumn()),
         OnlyCounted(Rate()),
