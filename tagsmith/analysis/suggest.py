@@ -51,7 +51,7 @@ from tagsmith.analysis.ranking import (
     token_reason,
 )
 from tagsmith.errors import InputError
-from tagsmith.model.calibration import Baseline, top_share
+from tagsmith.model.calibration import Baseline, percentile_note, top_share
 from tagsmith.text.prompt import analysed_tag_text
 from tagsmith.text.tokenizer import load_tokenizer
 from tagsmith.text.variants import (
@@ -322,24 +322,24 @@ def _reason(
                 word = "less" if delta > 0 else "more"
                 bits.append(f"{abs(delta):.2f} {word} like '{name}' "
                             f"({top_share(tagged.percentile[name], short=True)} -> "
-                            f"{top_share(rc.percentile[name], short=True)} of random pairs)")
+                            f"{top_share(rc.percentile[name], short=True)} among random pairs)")
     if d.leak_neighbor is not None and (
         base_d is None or d.leak_neighbor != base_d.leak_neighbor
     ) and rc is not tagged:
         name = neighbors[d.leak_neighbor].tag
-        bits.append(f"now closest to '{name}' ({d.leakage:.2f}, "
-                    f"{top_share(rc.percentile[name], short=True)})")
+        p = rc.percentile[name]
+        where = f", {top_share(p, short=True)}" if p >= 50 else ""
+        bits.append(f"now closest to '{name}' ({d.leakage:.2f}{where})")
     if d.fidelity is not None:
         keep = [n.tag for n in neighbors if n.role == "keep"]
         label = keep[0] if len(keep) == 1 else "the kept meaning"
         shown = f"{d.fidelity:.2f} like '{label}'"
         if len(keep) == 1:
-            shown += f" ({top_share(rc.percentile[label], short=True)})"
+            shown += percentile_note(rc.percentile[label])
         bits.append(shown)
     if d.avoid is not None and d.avoid_neighbor is not None:
         name = neighbors[d.avoid_neighbor].tag
-        bits.append(f"{d.avoid:.2f} like avoided '{name}' "
-                    f"({top_share(rc.percentile[name], short=True)})")
+        bits.append(f"{d.avoid:.2f} like avoided '{name}'{percentile_note(rc.percentile[name])}")
     extra = c.n_tokens - tagged.candidate.n_tokens
     if extra:
         bits.append(f"{'+' if extra > 0 else '-'}{abs(extra)} token{'s' if abs(extra) > 1 else ''}")

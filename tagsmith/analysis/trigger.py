@@ -47,7 +47,7 @@ from tagsmith.analysis.ranking import (
     token_reason,
 )
 from tagsmith.errors import InputError
-from tagsmith.model.calibration import Baseline, top_share
+from tagsmith.model.calibration import Baseline, percentile_note
 from tagsmith.text.prompt import analysed_tag_text
 from tagsmith.text.tokenizer import load_tokenizer
 from tagsmith.text.variants import (
@@ -348,32 +348,32 @@ def _default_held_out(parts: list[str], table: np.ndarray, tok: Any) -> str | No
 
 
 def _family_reason(fam: TriggerFamily, neighbors: list[Neighbor], baseline: Baseline) -> str:
-    def top(sim: float) -> str:
-        return top_share(baseline.percentile(sim), short=True)
+    def note(sim: float) -> str:
+        return percentile_note(baseline.percentile(sim))
 
     bits = []
     scores = [m.detail for m in fam.members if m.detail is not None]
     if scores and scores[0].fidelity is not None:
         fid = float(np.mean([s.fidelity for s in scores if s.fidelity is not None]))
-        bits.append(f"{fid:.2f} like '{neighbors[0].tag}' ({top(fid)})")
+        bits.append(f"{fid:.2f} like '{neighbors[0].tag}'{note(fid)}")
     worst = max(
         (s for s in scores if s.leakage is not None), key=lambda s: s.leakage or 0.0, default=None
     )
     if worst is not None and worst.leak_neighbor is not None:
         bits.append(f"closest existing tag '{neighbors[worst.leak_neighbor].tag}' "
-                    f"({worst.leakage:.2f}, {top(worst.leakage)})")
+                    f"({worst.leakage:.2f}){note(worst.leakage)}")
     av = max((s for s in scores if s.avoid is not None), key=lambda s: s.avoid or 0.0,
              default=None)
     if av is not None and av.avoid_neighbor is not None:
-        bits.append(f"{av.avoid:.2f} like avoided '{neighbors[av.avoid_neighbor].tag}' "
-                    f"({top(av.avoid)})")
+        bits.append(f"{av.avoid:.2f} like avoided '{neighbors[av.avoid_neighbor].tag}'"
+                    f"{note(av.avoid)}")
     if fam.separation is not None and fam.closest_pair:
         a, b = fam.closest_pair
-        bits.append(f"members {fam.separation:.2f} apart at least ({a} vs {b}: "
-                    f"{top(1.0 - fam.separation)})")
+        bits.append(f"members {fam.separation:.2f} apart at least ({a} vs {b})"
+                    f"{note(1.0 - fam.separation)}")
     if fam.held_out is not None and fam.held_out_similarity is not None:
         bits.append(f"held-out '{fam.held_out.form}' {fam.held_out_similarity:.2f} like the "
-                    f"family ({top(fam.held_out_similarity)})")
+                    f"family{note(fam.held_out_similarity)}")
     reuse = _known_share(fam)
     if fam.kind == TRIGGER_RARE:
         lead = f"rare token '{fam.stem}'"

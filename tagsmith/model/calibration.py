@@ -298,10 +298,15 @@ def top_share(pct: float, *, short: bool = False) -> str:
     pair") nor "top 70%" (that reads "below the median pair")."""
     top = 100.0 - pct
     if top < 0.05:
-        return "above every random pair"
+        return "above all" if short else "above every random pair"
     if top > 50:
-        return "below the median pair"
+        return "below median" if short else "below the median pair"
     return f"top {_share(top)}" + ("" if short else " of random pairs")
+
+
+def percentile_note(pct: float) -> str:
+    """`` (top 3%)`` after a similarity in the top quarter of random pairs, else ""."""
+    return "" if pct != pct or pct < 75.0 else f" ({top_share(pct, short=True)})"
 
 
 def _share(top: float) -> str:
