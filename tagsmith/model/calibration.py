@@ -104,6 +104,13 @@ class Baseline:
     def is_tie(self, a: float, b: float) -> bool:
         return abs(float(a) - float(b)) < self.tie
 
+    def describe(self) -> str:
+        """One line for people: what the numbers are measured against."""
+        q99 = float(np.quantile(self.pair_similarities, 0.99)) if len(
+            self.pair_similarities) else float("nan")
+        return (f"similarity: centred cosine, baseline of {self.reference} (random pair "
+                f"{self.median:.2f}, top 1% > {q99:.2f}, ties < {self.tie:.2f})")
+
     def summary(self) -> dict[str, Any]:
         """What ``--json`` says about the baseline."""
         q = np.quantile(self.pair_similarities, [0.5, 0.9, 0.99]) if len(
