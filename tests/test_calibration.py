@@ -198,6 +198,22 @@ def test_per_encoder_baselines_for_concatenated_vectors() -> None:
     assert set(b.summary()["encoders"]) == {"clip_l", "clip_g"}
 
 
+def test_per_encoder_baselines_are_cached_too(tmp_path: Path) -> None:
+    class TwoEncoders(PlantedEmbedder):
+        def encoder_slices(self):  # noqa: ANN202
+            return {"clip_l": (0, 24), "clip_g": (24, DIM)}
+
+    emb = TwoEncoders(seed=4)
+    built = model_baseline(emb, emb.texts[:100], cache_dir=tmp_path)
+    read = model_baseline(emb, emb.texts[:100], cache_dir=tmp_path)
+    assert len(emb.calls) == 1 and set(read.encoders) == {"clip_l", "clip_g"}
+    assert read.slices == {"clip_l": (0, 24), "clip_g": (24, DIM)}
+    for k in ("clip_l", "clip_g"):
+        np.testing.assert_array_equal(built.encoder(k).mean, read.encoder(k).mean)
+        np.testing.assert_array_equal(built.encoder(k).pair_similarities,
+                                      read.encoder(k).pair_similarities)
+
+
 def test_vocabulary_reference_is_the_most_frequent_tags() -> None:
     texts = [f"t{i}" for i in range(30)]
     counts = np.arange(30)
