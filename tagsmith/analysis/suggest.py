@@ -299,8 +299,8 @@ def _reason(
     """One line from the numbers: what the form changes, and what that buys, read against the
     model's random tag pairs. Differences within ``baseline.tie`` are ties.
 
-    ``swaps 'bottle' for 'container': 0.31 less like 'wine bottle' (top 1% -> top 40% of random
-    tag pairs), 0.62 like 'mayonnaise' (top 2%)``
+    ``swaps 'bottle' for 'container': 0.31 less like 'wine bottle' (among random pairs: top 1%
+    -> top 40%), 0.62 like 'mayonnaise' (top 2%)``
     """
     c, d = rc.candidate, rc.detail
     if d is None:
@@ -320,9 +320,9 @@ def _reason(
                 bits.append(f"ties the tag on '{name}' ({now:.2f})")
             else:
                 word = "less" if delta > 0 else "more"
-                bits.append(f"{abs(delta):.2f} {word} like '{name}' "
-                            f"({top_share(tagged.percentile[name], short=True)} -> "
-                            f"{top_share(rc.percentile[name], short=True)} among random pairs)")
+                bits.append(f"{abs(delta):.2f} {word} like '{name}' (among random pairs: "
+                            f"{top_share(tagged.percentile[name], short=True)} -> "
+                            f"{top_share(rc.percentile[name], short=True)})")
     if d.leak_neighbor is not None and (
         base_d is None or d.leak_neighbor != base_d.leak_neighbor
     ) and rc is not tagged:

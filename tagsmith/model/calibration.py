@@ -217,11 +217,7 @@ def model_baseline(
     from the cache when it was built before, else built from one ``embed`` pass and cached.
 
     ``cache_dir`` defaults to the embedder's own (none: nothing is written)."""
-    from tagsmith.text.tokenizer import load_tokenizer
-
     texts = list(dict.fromkeys(reference if reference is not None else common_tags()))
-    # A text with no tokens (only characters the cleaner drops) has no vector.
-    texts = [t for t, ids in zip(texts, load_tokenizer().encode_batch(texts)) if ids]
     if label is None:
         label = (f"{len(texts)} common tags shipped with tagsmith" if reference is None
                  else f"{len(texts)} reference tags")
@@ -233,6 +229,10 @@ def model_baseline(
         cached = _load(path, label)
         if cached is not None:
             return cached
+    from tagsmith.text.tokenizer import load_tokenizer
+
+    # A text with no tokens (only characters the cleaner drops) has no vector.
+    texts = [t for t, ids in zip(texts, load_tokenizer().encode_batch(texts)) if ids]
     slices = encoder_slices(embedder)
     vectors = np.asarray(embedder.embed(texts), dtype=np.float32)
     baseline = build_baseline(vectors, reference=label, slices=slices)
@@ -305,7 +305,7 @@ def top_share(pct: float, *, short: bool = False) -> str:
     pair") nor "top 70%" (that reads "below the median pair")."""
     top = 100.0 - pct
     if top < 0.05:
-        return "above all" if short else "above every random pair"
+        return "above every pair" if short else "above every random pair"
     if top > 50:
         return "below median" if short else "below the median pair"
     return f"top {_share(top)}" + ("" if short else " of random pairs")
