@@ -270,3 +270,45 @@ def test_percentile_words_never_say_top_zero() -> None:
     assert top_share(20.0) == "below the median pair"
     for p in np.linspace(0, 100, 1001):
         assert "top 0%" not in top_share(float(p)) and "top 0.0%" not in top_share(float(p))
+
+
+# -- the plot and explore read the calibrated numbers -----------------------------------------
+
+
+def test_plot_colours_by_role_around_the_baseline(tmp_path: Path) -> None:
+    from tagsmith.analysis.plot import plot_similarity, role_signed
+
+    m = np.array([[0.8, 0.8, 0.8], [-0.1, -0.1, np.nan]])
+    good = role_signed(m, ["keep", "leak", "avoid"], centre=-0.1)
+    # High on keep helps (green, > 0); high on leak or avoid hurts (red, < 0); the typical
+    # random pair is the neutral middle.
+    assert good[0, 0] == pytest.approx(0.9) and good[0, 1] == pytest.approx(-0.9)
+    assert good[0, 2] == pytest.approx(-0.9) and good[1, 0] == 0 and good[1, 1] == 0
+    assert np.isnan(good[1, 2])
+    out = plot_similarity(tmp_path / "m.png", ["a", "b"], ["k", "l", "v"], m, title="t",
+                          col_roles=["keep", "leak", "avoid"], row_scores=[0.5, None],
+                          centre=-0.1)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_explore_filters_on_percentiles(tmp_path: Path) -> None:
+    from tagsmith.analysis.score import score_vocabulary
+    from tagsmith.text.vocab import read_vocabulary
+    from tagsmith.tui.loaders import score_table
+    from tagsmith.tui.table import filter_mask, parse_filter
+
+    vocab = tmp_path / "v.csv"
+    vocab.write_text("".join(f"{t},0,{1000 - i},\n" for i, t in enumerate(
+        ["bottle", "wine_bottle", "water_bottle", "holding_bottle", "long_hair", "short_hair",
+         "hair_ribbon", "red_hair", "blue_eyes", "red_eyes", "cross_tattoo", "tattoo"])),
+        encoding="utf-8")
+    rows = score_vocabulary(read_vocabulary(vocab), BagOfTokensEmbedder(random_table(16, 2)),
+                            k=2).rows
+    table = score_table(rows, "v.csv")
+    assert {"leak_percentile", "nearest_percentile"} <= {c.key for c in table.columns}
+    f = parse_filter("leakpct>50", table)
+    assert not f.errors and not f.lookalikes and f.conditions
+    mask = filter_mask(f, table, lambda: np.zeros(len(rows), dtype=bool))
+    want = {r.text for r in rows if r.leak_percentile is not None and r.leak_percentile > 50}
+    got = {t for t, keep in zip(table.values["tag"], mask) if keep}
+    assert got == want and want

@@ -15,6 +15,14 @@ _FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 _ROLE_COLOURS = {"keep": "#1b7f3b", "leak": "#b3261e", "avoid": "#8e24aa"}
 
 
+def role_signed(matrix: np.ndarray, roles: Sequence[str], centre: float = 0.0) -> np.ndarray:
+    """How good each cell is for its form: its distance from ``centre`` (the model's typical
+    random pair), positive where that helps (a ``keep`` column above it) and negative where it
+    hurts (a ``leak`` or ``avoid`` column above it). NaN stays NaN."""
+    sign = np.array([1.0 if r == "keep" else -1.0 for r in roles], dtype=np.float64)
+    return (np.asarray(matrix, dtype=np.float64) - centre) * sign[None, :]
+
+
 def plot_similarity(
     path: str | Path,
     rows: list[str],
@@ -47,9 +55,7 @@ def plot_similarity(
 
     n_rows, n_cols = matrix.shape
     roles = list(col_roles) if col_roles else ["leak"] * n_cols
-    sign = np.array([1.0 if r == "keep" else -1.0 for r in roles], dtype=np.float64)
-    # How good each cell is for the form: distance from the baseline, flipped where high hurts.
-    good = (np.asarray(matrix, dtype=np.float64) - centre) * sign[None, :]
+    good = role_signed(matrix, roles, centre)
     finite = good[np.isfinite(good)]
     lim = max(float(np.abs(finite).max()) if finite.size else 0.0, 0.05)
     width = min(5 + 1.0 * n_cols, 30)

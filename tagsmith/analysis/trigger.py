@@ -47,7 +47,7 @@ from tagsmith.analysis.ranking import (
     token_reason,
 )
 from tagsmith.errors import InputError
-from tagsmith.model.calibration import Baseline, percentile_note
+from tagsmith.model.calibration import Baseline, closeness, percentile_note
 from tagsmith.text.prompt import analysed_tag_text
 from tagsmith.text.tokenizer import load_tokenizer
 from tagsmith.text.variants import (
@@ -369,8 +369,9 @@ def _family_reason(fam: TriggerFamily, neighbors: list[Neighbor], baseline: Base
                     f"{note(av.avoid)}")
     if fam.separation is not None and fam.closest_pair:
         a, b = fam.closest_pair
-        bits.append(f"members {fam.separation:.2f} apart at least ({a} vs {b})"
-                    f"{note(1.0 - fam.separation)}")
+        pct = baseline.percentile(1.0 - fam.separation)
+        close = f": {closeness(pct)}" if pct >= 75.0 else ""
+        bits.append(f"members {fam.separation:.2f} apart at least ({a} vs {b}{close})")
     if fam.held_out is not None and fam.held_out_similarity is not None:
         bits.append(f"held-out '{fam.held_out.form}' {fam.held_out_similarity:.2f} like the "
                     f"family{note(fam.held_out_similarity)}")
