@@ -200,8 +200,8 @@ def test_per_encoder_baselines_for_concatenated_vectors() -> None:
 
 def test_per_encoder_baselines_are_cached_too(tmp_path: Path) -> None:
     class TwoEncoders(PlantedEmbedder):
-        def encoder_slices(self):  # noqa: ANN202
-            return {"clip_l": (0, 24), "clip_g": (24, DIM)}
+        def similarity_parts(self):  # noqa: ANN202 - as TagEmbedder names SDXL's parts
+            return {"clip_l": slice(0, 24), "clip_g": slice(24, DIM)}
 
     emb = TwoEncoders(seed=4)
     built = model_baseline(emb, emb.texts[:100], cache_dir=tmp_path)
