@@ -312,3 +312,21 @@ def test_explore_filters_on_percentiles(tmp_path: Path) -> None:
     want = {r.text for r in rows if r.leak_percentile is not None and r.leak_percentile > 50}
     got = {t for t, keep in zip(table.values["tag"], mask) if keep}
     assert got == want and want
+
+
+def test_each_encoder_similarity_is_centred_on_its_own_baseline() -> None:
+    class TwoPart(BagOfTokensEmbedder):
+        def similarity_parts(self):  # noqa: ANN202 - as TagEmbedder names SDXL's parts
+            return {"l": slice(0, 12), "g": slice(12, 32)}
+
+    table = random_table(32, seed=6) + 2.0  # a common offset, so centring matters
+    emb = TwoPart(table)
+    result = suggest("mayonnaise bottle", SuggestOptions(neighbors=["wine bottle"]), embedder=emb)
+    rc = next(c for c in result.candidates if c.form == "mayonnaise bottle")
+    ref = emb.embed(common_tags())
+    a, b = emb.embed(["mayonnaise bottle", "wine bottle"])
+    for enc, sl in (("l", slice(0, 12)), ("g", slice(12, 32))):
+        mean = ref[:, sl].mean(axis=0)
+        x, y = a[sl] - mean, b[sl] - mean
+        want = float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
+        assert rc.similarity_by_encoder[enc]["wine bottle"] == pytest.approx(want, abs=1e-5)
