@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,7 @@ def test_no_model_found_is_a_one_line_notice(tmp_path, capsys, monkeypatch):
 
 
 def test_model_column_with_a_tiny_encoder(tmp_path, capsys, tiny_model):
+    from tagsmith.model.calibration import common_tags, ordinal, top_share
     from tagsmith.model.embedding import EncoderSettings, open_embedder
 
     root = make_dataset(tmp_path / "ds")
@@ -105,15 +107,27 @@ def test_model_column_with_a_tiny_encoder(tmp_path, capsys, tiny_model):
     cluster = next(c for c in data["clusters"] if "school uniform" in c["tags"])
     emb = cluster["embedding"]
     (pair,) = emb["pairs"]
-    # Independent check: the façade's own vectors, cosine by hand.
+    # Independent check: the façade's own vectors, centred on the mean of the shipped common
+    # tags (the model's baseline without a vocabulary), cosine by hand; raw: plain cosine.
     with open_embedder(EncoderSettings(model=str(tiny_model), use_cache=False)) as embedder:
         a, b = embedder.embed([pair["a"], pair["b"]])
+        mean = embedder.embed(common_tags()).mean(axis=0)
+    assert pair["raw"] == pytest.approx(
+        float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))), abs=1e-4)
+    a, b = a - mean, b - mean
     cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
     assert pair["cosine"] == pytest.approx(cos, abs=1e-4)
     assert 0 <= pair["percentile"] <= 100
     assert emb["collision"] == (pair["percentile"] >= 95)
     assert run(["dataset", str(root), "-m", str(tiny_model), "--no-cache"]) == EXIT_OK
-    assert "in the model" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "in the model" in out
+    # The percentile in words: "81st pct", never "81th pct"; "top 3%", never "top 0%".
+    if emb["collision"]:
+        assert top_share(pair["percentile"]) in out
+    else:
+        assert f"{ordinal(int(pair['percentile']))} pct" in out
+    assert "top 0%" not in out and not re.search(r"(?<!1)[123]th pct", out)
 
 
 def test_bad_model_option_fails_even_without_clusters(tmp_path, capsys):

@@ -32,6 +32,7 @@ from tagsmith.analysis.score_io import (
 )
 from tagsmith.cli import run
 from tagsmith.errors import FileFormatError, InputError, UsageError
+from tagsmith.model.calibration import common_tags
 from tagsmith.text.tokenizer import load_tokenizer
 from tagsmith.text.vocab import Vocabulary, read_vocabulary
 
@@ -136,12 +137,17 @@ def test_score_rows_against_hand_computation(vocab, fake: BagOfTokensEmbedder) -
     assert may.head_token == "bottle</w>"
     assert may.shares_token_with == "bottle" and may.shares_token_count == 71684
 
-    # Independent numbers: the fake encoder's vectors, cosine in float64.
-    vec = {t: fake.embed([t])[0] for t in rows}
+    # Independent numbers: the fake encoder's vectors less their mean over the reference set
+    # (this vocabulary's tags: fewer than REFERENCE_TAGS), cosine in float64.
+    raw = {t: fake.embed([t])[0].astype(np.float64) for t in rows}
+    mean = np.mean(list(raw.values()), axis=0)
+    vec = {t: v - mean for t, v in raw.items()}
     leak = float(unit(vec["mayonnaise bottle"]) @ unit(vec["bottle"]))
     assert may.leak_similarity == pytest.approx(leak, abs=1e-4)
+    assert may.leak_similarity_raw == pytest.approx(
+        float(unit(raw["mayonnaise bottle"]) @ unit(raw["bottle"])), abs=1e-4)
     dom = math.log10(71684 / 144) / 3
-    assert may.leak_risk == pytest.approx(leak * dom, abs=2e-4)
+    assert may.leak_risk == pytest.approx(max(leak, 0) * dom, abs=2e-4)
     assert may.dominance == pytest.approx(dom)
 
     texts = list(rows)
@@ -153,6 +159,12 @@ def test_score_rows_against_hand_computation(vocab, fake: BagOfTokensEmbedder) -
     assert [n.tag for n in may.neighbors] == [res.rows[j].tag for j in order]
     assert [n.similarity for n in may.neighbors] == pytest.approx(sims[i, order], abs=1e-4)
     assert may.distinctiveness == pytest.approx(1 - sims[i, order].mean(), abs=1e-4)
+    # Percentiles: the share of the baseline's random reference pairs below the similarity.
+    pairs = [float(unit(vec[a]) @ unit(vec[b])) for k, a in enumerate(texts) for b in texts[k + 1:]]
+    assert may.leak_percentile == pytest.approx(100 * np.mean(np.array(pairs) < leak), abs=0.01)
+    # (within one pair: the nearest pair is itself one of the pairs, equal up to rounding)
+    assert may.nearest_percentile == pytest.approx(
+        100 * np.mean(np.array(pairs) < sims[i, order[0]]), abs=100 / len(pairs) + 0.01)
 
     # Partners: the most frequent other tag with the head token; "bottle" itself has the
     # token alone, so its partner is the next most frequent, holding_bottle.
@@ -195,7 +207,9 @@ def test_filters_and_partners_from_whole_vocabulary(vocab, fake: BagOfTokensEmbe
     # The partner (144 posts) lies outside the selection and is still embedded.
     may = res.rows[3]
     assert may.shares_token_with == "mayonnaise_bottle" and may.shares_token_count == 144
-    leak = float(unit(fake.embed(["mayonnaise"])[0]) @ unit(fake.embed(["mayonnaise bottle"])[0]))
+    mean = fake.embed([e.text for e in vocab.entries]).mean(axis=0)  # the reference: all tags
+    leak = float(unit(fake.embed(["mayonnaise"])[0] - mean)
+                 @ unit(fake.embed(["mayonnaise bottle"])[0] - mean))
     assert may.leak_similarity == pytest.approx(leak, abs=1e-4)
     assert may.leak_risk == 0.0  # the partner is rarer
     # Neighbours come from the selection only.
@@ -394,6 +408,7 @@ def test_real_encoder_numbers(vocab, tiny_model: Path) -> None:
     texts = [r.text for r in res.rows]
     # Vectors from a fresh embedder, one call, no chunking: the reference.
     ref = tiny_embedder(tiny_model).embed(texts + ["mayonnaise bottle"])
+    ref = ref - ref[:-1].mean(axis=0)  # centred on the reference set (every tag here)
     nn = NearestNeighbors(n_neighbors=5, metric="cosine", algorithm="brute").fit(ref[:-1])
     dist, idx = nn.kneighbors(ref[:-1])
     for j, r in enumerate(res.rows):
@@ -419,7 +434,11 @@ def test_cli_with_model(vocab_path: Path, tmp_path: Path, tiny_model: Path, caps
     assert "11 tags from tags.csv (tagcomplete), 1 duplicate merged, 1 bad row skipped." in cap.err
     assert "skipped line 13: category 'x' is not a whole number" in cap.err
     assert f"Scored 11 tags -> {out}" in cap.out
-    assert "Riskiest tags" in cap.out and "mayonnaise bottle" in cap.out
+    # The summary lists the tags of the file with a positive risk, riskiest first (which ones
+    # depends on the random weights; raw cosines near 1 used to put every tag there).
+    risky = sorted((r for r in rows if r.leak_risk), key=lambda r: -r.leak_risk)
+    assert risky and "Riskiest tags" in cap.out
+    assert risky[0].text in cap.out.split("Riskiest tags", 1)[1]
     # Piped stderr gets a line only for a phase that lasts over a second; the summary on
     # stdout always gives each phase's time.
     time_line = next(line for line in cap.out.splitlines() if line.strip().startswith("time:"))
@@ -556,7 +575,10 @@ def test_tag_without_tokens_is_not_embedded(tmp_path: Path) -> None:
     assert all(n.tag != "\x01\x02" for r in res.rows for n in r.neighbors)
     assert [len(r.neighbors) for r in res.rows] == [2, 0, 2, 2]
     wine = res.rows[2]
-    leak = float(unit(fake.embed(["wine bottle"])[0]) @ unit(fake.embed(["bottle"])[0]))
+    # Four tags are too few to be a reference: the shipped common tags are.
+    mean = fake.embed(common_tags()).mean(axis=0)
+    leak = float(unit(fake.embed(["wine bottle"])[0] - mean)
+                 @ unit(fake.embed(["bottle"])[0] - mean))
     assert wine.leak_similarity == pytest.approx(leak, abs=1e-4)
 
 

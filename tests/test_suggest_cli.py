@@ -75,9 +75,13 @@ def test_suggest_prefers_form_without_bottle(hand_model, vocab_file, capsys):
     out = json.loads(capsys.readouterr().out)
     best = out["candidates"][0]
     assert "bottle" not in best["form"] and best["form"].startswith("mayonnaise")
-    assert "drops 'bottle'" in best["reason"]
+    assert "swaps 'bottle' for 'container'" in best["reason"]
     base = next(c for c in out["candidates"] if c["form"] == "mayonnaise bottle")
     assert best["similarity"]["wine bottle"] < base["similarity"]["wine bottle"] - 0.05
+    # --json carries the calibrated value, its percentile, the raw cosine and the baseline.
+    assert set(best["raw"]["similarity"]) == set(best["similarity"])
+    assert 0 <= best["percentile"]["wine bottle"] <= best["percentile"]["mayonnaise"] <= 100
+    assert out["baseline"]["n_reference"] > 0 and out["baseline"]["tie"] > 0
     assert best["similarity"]["mayonnaise"] > 0.8
     assert out["model"]["fingerprint"] and out["model"]["clip_skip"] == 1
     assert {n["tag"]: n["source"] for n in out["neighbors"]}["wine bottle"] == "user"
@@ -90,7 +94,7 @@ def test_suggest_table_csv_and_plot(hand_model, vocab_file, tmp_path, capsys):
     assert code == EXIT_OK
     out = capsys.readouterr().out
     assert "Recommended: mayonnaise container" in out
-    assert "cosine similarity of tag vectors" in out
+    assert "similarity (centred cosine: 0 = unrelated in this model)" in out
     header = csv_path.read_text().splitlines()[0].split(",")
     assert header[:3] == ["rank", "form", "kind"] and "sim:wine bottle" in header
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

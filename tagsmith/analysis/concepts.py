@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from tagsmith.analysis.ranking import cosine_matrix
+from tagsmith.analysis.ranking import Progress, cosine_matrix, no_progress
+from tagsmith.model.calibration import Baseline, model_baseline, vocabulary_reference
 from tagsmith.text.tokenizer import load_tokenizer
 from tagsmith.text.variants import Candidate
 
@@ -77,6 +78,7 @@ def nearest_vocab_tags(
     *,
     k: int,
     exclude: set[str],
+    baseline: Any | None = None,
 ) -> list[Neighbor]:
     """The ``k`` vocabulary tags nearest to ``text`` in the encoder: the encoder ranks the
     static shortlist of ``nearest_shortlist``."""
@@ -85,7 +87,7 @@ def nearest_vocab_tags(
     if not shortlist or k <= 0:
         return []
     vecs = embedder.embed([text] + [index.texts[r] for r in shortlist])
-    return rank_shortlist(vecs[0], vecs[1:], shortlist, index, k=k)
+    return rank_shortlist(vecs[0], vecs[1:], shortlist, index, k=k, baseline=baseline)
 
 
 def nearest_shortlist(
@@ -140,10 +142,13 @@ def pool_vectors(
 
 
 def rank_shortlist(
-    query: np.ndarray, vectors: np.ndarray, shortlist: Sequence[int], index: Any, *, k: int
+    query: np.ndarray, vectors: np.ndarray, shortlist: Sequence[int], index: Any, *, k: int,
+    baseline: Any | None = None,
 ) -> list[Neighbor]:
-    """The ``k`` shortlisted rows whose encoder vectors are nearest to ``query``."""
-    sims = cosine_matrix(np.asarray(query)[None, :], vectors)[0]
+    """The ``k`` shortlisted rows whose encoder vectors are nearest to ``query`` (by centred
+    cosine with the model's ``baseline``, tagsmith.model.calibration)."""
+    similarity = baseline.similarity if baseline is not None else cosine_matrix
+    sims = similarity(np.asarray(query)[None, :], vectors)[0]
     return [
         Neighbor(tag=index.texts[shortlist[int(j)]], source="nearest", role="leak",
                  count=index.count(shortlist[int(j)]))
@@ -165,3 +170,14 @@ def static_vectors(index: Any, rows: np.ndarray, table: np.ndarray) -> np.ndarra
     weights = np.repeat(1.0 / np.maximum(lengths, 1), lengths).astype(np.float32)
     mean = csr_matrix((weights, cols, indptr), shape=(len(rows), table.shape[0]))
     return np.asarray(mean @ table, dtype=np.float32)
+
+
+def baseline_for(embedder: Any, index: Any | None, progress: Progress = no_progress) -> Baseline:
+    """The model's baseline over the vocabulary's most frequent tags (the shipped common tags
+    without a vocabulary): cached, so only a model's first run pays one embedding pass."""
+    progress("reading the model's baseline")
+    if index is None:
+        return model_baseline(embedder)
+    ref = vocabulary_reference(index.texts, index.counts)
+    return model_baseline(embedder, ref, label=f"the {len(ref):,} most frequent tags of "
+                          f"{index.summary or 'the vocabulary'}")

@@ -8,10 +8,12 @@ The suggest score of a candidate form ``c`` (higher is better)::
           + w_reuse    * reuse(c)           share of its words that are known whole-word tokens
           - w_tokens   * n_tokens(c)        token cost: every token takes one of 75 slots
 
-Cosines are between tag vectors (see tagsmith.model.embedding): the encoder's hidden states averaged
-over the tag's own tokens. Fidelity and leakage are on the same scale, so the default weights
-are 1 and 1: a form that is 0.05 less like ``wine bottle`` at the cost of being 0.05 less like
-``mayonnaise`` gains nothing. Reuse and token cost only break near-ties.
+Similarities are centred cosines between tag vectors (tagsmith.model.calibration: cosine after
+subtracting the model's mean tag vector; tag vectors are the encoder's hidden states averaged
+over the tag's own tokens, tagsmith.model.embedding). Fidelity and leakage are on the same
+scale, so the default weights are 1 and 1: a form that is 0.05 less like ``wine bottle`` at the
+cost of being 0.05 less like ``mayonnaise`` gains nothing. Reuse and token cost only break
+near-ties.
 """
 
 from __future__ import annotations
@@ -161,11 +163,13 @@ Progress = Callable[[str], None]
 class RankedCandidate:
     candidate: Candidate
     score: float | None = None
-    similarity: dict[str, float] = field(default_factory=dict)
+    similarity: dict[str, float] = field(default_factory=dict)  # centred cosine per neighbour
     # SDXL: each encoder's own cosine ("l", "g"), so a user sees when L and G disagree
     similarity_by_encoder: dict[str, dict[str, float]] = field(default_factory=dict)
     detail: CandidateScore | None = None
     reason: str = ""
+    raw_similarity: dict[str, float] = field(default_factory=dict)  # plain cosine
+    percentile: dict[str, float] = field(default_factory=dict)  # among random tag pairs
 
     @property
     def form(self) -> str:
@@ -192,19 +196,25 @@ class RankedCandidate:
                 enc: {k: round(v, 6) for k, v in sims.items()}
                 for enc, sims in self.similarity_by_encoder.items()
             }} if self.similarity_by_encoder else {}),
+            "percentile": {k: round(v, 2) for k, v in self.percentile.items()},
+            "raw": {"similarity": {k: round(v, 6) for k, v in self.raw_similarity.items()}},
             "reason": self.reason,
         }
 
 
 def encoder_similarities(
-    embedder: Any, a: np.ndarray, b: np.ndarray, names: Sequence[str]
+    embedder: Any, a: np.ndarray, b: np.ndarray, names: Sequence[str], *,
+    baseline: Any | None = None,
 ) -> list[dict[str, dict[str, float]]]:
-    """Per row of ``a``: {encoder: {name: cosine to that row of b}} from each encoder's own
-    dimensions (SDXL's CLIP-L and CLIP-G); empty dicts for a one-encoder model."""
+    """Per row of ``a``: {encoder: {name: similarity to that row of b}} from each encoder's own
+    dimensions (SDXL's CLIP-L and CLIP-G), centred on that encoder's own baseline when
+    ``baseline`` has one (tagsmith.model.calibration); empty dicts for a one-encoder model."""
     parts = getattr(embedder, "similarity_parts", dict)()
     if not parts:
         return [{} for _ in range(len(a))]
-    mats = {enc: cosine_matrix(a[:, sl], b[:, sl]) for enc, sl in parts.items()}
+    per = getattr(baseline, "encoders", None) or {}
+    mats = {enc: (per[enc].similarity if enc in per else cosine_matrix)(a[:, sl], b[:, sl])
+            for enc, sl in parts.items()}
     return [
         {enc: {n: float(m[i, j]) for j, n in enumerate(names)} for enc, m in mats.items()}
         for i in range(len(a))

@@ -19,10 +19,19 @@ shares_token_with      str | null    the most frequent other tag containing ``he
 shares_token_count     int | null    its post count
 neighbors              list          the K nearest tags by embedding, most similar first, as
                                      (tag, similarity) pairs
-leak_similarity        float | null  cosine similarity to ``shares_token_with``
-distinctiveness        float | null  1 - mean cosine similarity to the K nearest tags
-leak_risk              float | null  leak_similarity x dominance (see below)
+leak_similarity        float | null  similarity to ``shares_token_with``
+distinctiveness        float | null  1 - mean similarity to the K nearest tags
+leak_risk              float | null  max(leak_similarity, 0) x dominance (see below)
+leak_similarity_raw    float | null  plain cosine to ``shares_token_with`` (before centring)
+leak_percentile        float | null  share (0-100) of random tag pairs less similar than
+                                     ``leak_similarity`` in this model
+nearest_percentile     float | null  the same for the nearest neighbour's similarity
 =====================  ============  ==========================================================
+
+Every similarity is the centred cosine (tagsmith.model.calibration): the cosine after
+subtracting the model's mean tag vector over the vocabulary's most frequent tags, so 0 is an
+unrelated pair and the values spread over the range instead of sitting near 1; the percentile
+columns say how that compares with random pairs of those tags in the same model.
 
 Columns after ``head_token``'s group that need the text encoder are null (and ``neighbors``
 empty) when scoring ran without a model.
@@ -48,12 +57,11 @@ Definitions
   more generic one), then the earlier row.
 - **dominance** = clamp(log10(shares_token_count / count) / 3, 0, 1): 0 when the other tag is
   not more frequent, 1 when it is 1000x more frequent. Null when either count is unknown.
-- **leak_risk** = leak_similarity x dominance: high when a tag sits close to a much more
+- **leak_risk** = max(leak_similarity, 0) x dominance: high when a tag sits close to a much more
   frequent tag that shares its head token (``mayonnaise bottle`` vs ``bottle``), which is where
   training pulls a new concept towards the old one.
 - **distinctiveness** = 1 - mean similarity to its K nearest tags: higher means the tag sits
-  further from every other tag of the list in the model's space. Cosines of one text encoder are
-  compressed into a narrow band, so compare values within one run, not across models.
+  further from every other tag of the list in the model's space.
 """
 
 from __future__ import annotations
@@ -115,6 +123,9 @@ class ScoreRow:
     leak_similarity: float | None = None
     distinctiveness: float | None = None
     leak_risk: float | None = None
+    leak_similarity_raw: float | None = None
+    leak_percentile: float | None = None
+    nearest_percentile: float | None = None
 
     @property
     def split(self) -> bool:
@@ -151,6 +162,7 @@ class ScoreSummary:
     model: dict | None  # embedder.model_info(), None without a model
     timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds
     riskiest: list[ScoreRow] = field(default_factory=list)
+    baseline: dict | None = None  # Baseline.summary() of the model's baseline
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -300,10 +312,13 @@ def score_vocabulary(
     progress: ScoreProgress = _nothing,
     neighbor_backend: str = "auto",
     memory_budget: int | None = None,
+    baseline: Any | None = None,
 ) -> ScoreResult:
     """Score the tags of ``vocab``; ``embedder`` is a TagEmbedder, or None for tokens only.
 
-    Phases report through ``progress(phase, done, total)``. A Ctrl-C raises
+    Similarities are centred cosines against ``baseline`` (default: the model's baseline over
+    the vocabulary's most frequent tags, tagsmith.model.calibration). Phases report through
+    ``progress(phase, done, total)``. A Ctrl-C raises
     ``KeyboardInterrupt`` out of any phase; vectors already computed stay in the embedder's
     cache, so a rerun skips them.
     """
@@ -354,6 +369,7 @@ def score_vocabulary(
     neigh = None
     neigh_row: dict[int, int] = {}
     leak = np.full(len(selected), np.nan, dtype=np.float32)
+    leak_raw = np.full(len(selected), np.nan, dtype=np.float32)
     if embedder is not None:
         t0 = time.perf_counter()
         # Partners outside the selection are embedded too, after the selected rows. A tag
@@ -370,25 +386,28 @@ def score_vocabulary(
         timings["encode"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        from tagsmith.analysis.neighbors import (
-            DEFAULT_MEMORY_BUDGET,
-            nearest_neighbors,
-            normalize_rows,
-        )
+        from tagsmith.analysis.neighbors import DEFAULT_MEMORY_BUDGET, nearest_neighbors
+        from tagsmith.model.calibration import model_baseline, vocabulary_reference
 
-        unit = normalize_rows(vectors)
-        del vectors  # 140k x 768 float32 is 430 MB: keep one copy
+        if baseline is None:  # after the big pass: its reference tags are mostly cached now
+            ref = vocabulary_reference(texts_all, counts)
+            baseline = model_baseline(embedder, ref, label=f"the {len(ref):,} most frequent "
+                                      f"tags of {vocab.summary()}")
+        position = {r: j for j, r in enumerate(embed_rows)}
+        pairs = [(j, position[selected[j]], position[int(partner[j])])
+                 for j in embedded if partner[j] >= 0]
+        if pairs:
+            js, mine, other = (np.array(c) for c in zip(*pairs))
+            leak_raw[js] = _pair_cosines(vectors[mine], vectors[other])
+        unit = _centred_units(vectors, baseline.mean)  # in place: 140k x 768 is 430 MB
+        del vectors
         neigh = nearest_neighbors(
             unit[: len(embedded)], k, backend=neighbor_backend, normalized=True,
             memory_budget=memory_budget or DEFAULT_MEMORY_BUDGET,
             progress=lambda d, t: progress("neighbors", d, t),
         )
         neigh_row = dict(zip(embedded, range(len(embedded))))
-        position = {r: j for j, r in enumerate(embed_rows)}
-        pairs = [(j, position[selected[j]], position[int(partner[j])])
-                 for j in embedded if partner[j] >= 0]
         if pairs:
-            js, mine, other = (np.array(c) for c in zip(*pairs))
             leak[js] = np.einsum("ij,ij->i", unit[mine], unit[other])
         timings["neighbors"] = time.perf_counter() - t0
 
@@ -400,7 +419,7 @@ def score_vocabulary(
         other = entries[p] if p >= 0 else None
         hp = head_pos[j]
         nb: tuple[ScoreNeighbor, ...] = ()
-        leak_sim = distinct = risk = None
+        leak_sim = distinct = risk = leak_raw_sim = leak_pct = near_pct = None
         n_row = neigh_row.get(j)
         if neigh is not None and n_row is not None:
             nb = tuple(
@@ -409,10 +428,13 @@ def score_vocabulary(
             )
             if len(nb):
                 distinct = round_score(1.0 - float(np.mean(neigh.similarities[n_row])))
+                near_pct = round(baseline.percentile(float(neigh.similarities[n_row][0])), 2)
             if other is not None:
                 leak_sim = round_score(float(leak[j]))
+                leak_raw_sim = round_score(float(leak_raw[j]))
+                leak_pct = round(baseline.percentile(float(leak[j])), 2)
                 dom = dominance(e.count, other.count)
-                risk = None if dom is None else round_score(leak_sim * dom)
+                risk = None if dom is None else round_score(max(leak_sim, 0.0) * dom)
         rows.append(
             ScoreRow(
                 tag=e.tag,
@@ -430,6 +452,9 @@ def score_vocabulary(
                 leak_similarity=leak_sim,
                 distinctiveness=distinct,
                 leak_risk=risk,
+                leak_similarity_raw=leak_raw_sim,
+                leak_percentile=leak_pct,
+                nearest_percentile=near_pct,
             )
         )
     summary = ScoreSummary(
@@ -443,6 +468,7 @@ def score_vocabulary(
         model=embedder.model_info() if embedder is not None else None,
         timings=timings,
         riskiest=riskiest(rows),
+        baseline=baseline.summary() if baseline is not None else None,
     )
     return ScoreResult(rows=rows, summary=summary, problems=list(vocab.problems))
 
@@ -530,6 +556,23 @@ def embed_in_chunks(
         if progress is not None:
             progress(done, n)
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def _pair_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    na = np.linalg.norm(a, axis=1)
+    nb = np.linalg.norm(b, axis=1)
+    return np.einsum("ij,ij->i", a, b) / np.maximum(na * nb, 1e-30)
+
+
+def _centred_units(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Rows minus ``mean``, scaled to unit length, in place (chunked: no second big copy)."""
+    out = np.asarray(vectors, dtype=np.float32)
+    for s in range(0, len(out), 8192):
+        block = out[s : s + 8192]
+        block -= mean
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        block /= np.where(norms == 0, 1.0, norms)
+    return out
 
 
 def round_score(x: float) -> float:

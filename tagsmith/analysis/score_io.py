@@ -75,6 +75,7 @@ def _csv_cells(r: ScoreRow) -> list[str]:
         json.dumps([[n.tag, n.similarity] for n in r.neighbors], ensure_ascii=False)
         if r.neighbors else "",
         opt(r.leak_similarity), opt(r.distinctiveness), opt(r.leak_risk),
+        opt(r.leak_similarity_raw), opt(r.leak_percentile), opt(r.nearest_percentile),
     ]
 
 
@@ -100,7 +101,8 @@ def _arrow_schema(pa):  # noqa: ANN001, ANN202
         ("neighbors", pa.list_(pa.struct([("tag", pa.string()),
                                           ("similarity", pa.float32())]))),
         ("leak_similarity", pa.float32()), ("distinctiveness", pa.float32()),
-        ("leak_risk", pa.float32()),
+        ("leak_risk", pa.float32()), ("leak_similarity_raw", pa.float32()),
+        ("leak_percentile", pa.float32()), ("nearest_percentile", pa.float32()),
     ])
 
 
@@ -162,6 +164,10 @@ def _row_from_values(v: dict[str, Any]) -> ScoreRow:
         return None if x is None or x == "" or (isinstance(x, float) and math.isnan(x)) \
             else round_score(float(x))
 
+    def opt_pct(x: Any) -> float | None:
+        return None if x is None or x == "" or (isinstance(x, float) and math.isnan(x)) \
+            else round(float(x), 2)
+
     def words(x: Any) -> tuple[str, ...]:
         if x is None or x == "":
             return ()
@@ -191,6 +197,9 @@ def _row_from_values(v: dict[str, Any]) -> ScoreRow:
         leak_similarity=opt_float(v.get("leak_similarity")),
         distinctiveness=opt_float(v.get("distinctiveness")),
         leak_risk=opt_float(v.get("leak_risk")),
+        leak_similarity_raw=opt_float(v.get("leak_similarity_raw")),
+        leak_percentile=opt_pct(v.get("leak_percentile")),
+        nearest_percentile=opt_pct(v.get("nearest_percentile")),
     )
 
 

@@ -13,8 +13,9 @@ The flow, for ``mayonnaise bottle``:
      nearest to the tag in the encoder (found among the most frequent tags by the mean of their
      input token embeddings, then measured with the encoder);
    - ``avoid``: ``--avoid`` tags (correlated concepts it must not collide with).
-3. Every candidate x every neighbour cosine similarity of tag vectors, then the score in
-   tagsmith.analysis.ranking, and a one-line reason built from the numbers.
+3. Every candidate x every neighbour centred cosine of tag vectors, read against the model's
+   baseline (tagsmith.model.calibration: percentiles among random tag pairs, ties), then the
+   score in tagsmith.analysis.ranking, and a one-line reason built from the numbers.
 
 Without a reachable encoder the candidates and their token splits are still returned, with a
 notice saying how to give a model.
@@ -31,6 +32,7 @@ import numpy as np
 
 from tagsmith.analysis.concepts import (
     Neighbor,
+    baseline_for,
     nearest_shortlist,
     rank_shortlist,
     shared_token_neighbors,
@@ -49,6 +51,7 @@ from tagsmith.analysis.ranking import (
     token_reason,
 )
 from tagsmith.errors import InputError
+from tagsmith.model.calibration import Baseline, percentile_note, top_share
 from tagsmith.text.prompt import analysed_tag_text
 from tagsmith.text.tokenizer import CHUNK_LENGTH, load_tokenizer
 from tagsmith.text.variants import (
@@ -85,6 +88,7 @@ class SuggestResult:
     weights: ScoreWeights
     notices: list[str] = field(default_factory=list)
     vocabulary: str | None = None
+    baseline: Baseline | None = None
 
     @property
     def has_similarity(self) -> bool:
@@ -115,7 +119,9 @@ class SuggestResult:
             "neighbors": [n.to_dict() for n in self.neighbors],
             "candidates": [c.to_dict() for c in self.candidates],
             "notices": list(self.notices),
+            "baseline": None if self.baseline is None else self.baseline.summary(),
         }
+
 
 
 
@@ -127,8 +133,10 @@ def suggest(
     embedder: Any | None = None,
     notices: Sequence[str] = (),
     progress: Progress = no_progress,
+    baseline: Baseline | None = None,
 ) -> SuggestResult:
-    """Rank the forms of ``tag``. ``embedder`` is a TagEmbedder, or None for tokens only."""
+    """Rank the forms of ``tag``. ``embedder`` is a TagEmbedder, or None for tokens only;
+    ``baseline`` defaults to the model's (``baseline_for``)."""
     options = options or SuggestOptions()
     text = analysed_tag_text(tag)
     if not text:
@@ -170,6 +178,9 @@ def suggest(
         result.candidates = limit_generated(result.candidates, options.top, _kind)
         return result
 
+    if baseline is None:
+        baseline = baseline_for(embedder, index, progress)
+    result.baseline = baseline
     # One encoder pass for everything: the forms, the neighbours so far and the shortlist the
     # nearest vocabulary tags are picked from (a second pass would pay the batch set-up twice).
     shortlist: list[int] = []
@@ -188,13 +199,15 @@ def suggest(
     if shortlist:
         result.neighbors.extend(rank_shortlist(
             vectors[row[text]], vectors[[row[index.texts[r]] for r in shortlist]], shortlist,
-            index, k=options.nearest,
+            index, k=options.nearest, baseline=baseline,
         ))
     cand_vecs = vectors[[row[c.text] for c in candidates]]
     neigh_vecs = vectors[[row[n.tag] for n in result.neighbors]]
-    sim = cosine_matrix(cand_vecs, neigh_vecs)
+    sim = baseline.similarity(cand_vecs, neigh_vecs)
+    raw = cosine_matrix(cand_vecs, neigh_vecs)
+    pct = baseline.percentile(sim)
     by_encoder = encoder_similarities(embedder, cand_vecs, neigh_vecs,
-                                      [n.tag for n in result.neighbors])
+                                      [n.tag for n in result.neighbors], baseline=baseline)
     roles = [n.role for n in result.neighbors]
     scores = score_candidates(
         sim,
@@ -210,9 +223,11 @@ def suggest(
         rc.detail = scores[i]
         rc.similarity = {n.tag: float(sim[i, j]) for j, n in enumerate(result.neighbors)}
         rc.similarity_by_encoder = by_encoder[i]
-    baseline = result.candidates[0]  # the tag as written, spaced
+        rc.raw_similarity = {n.tag: float(raw[i, j]) for j, n in enumerate(result.neighbors)}
+        rc.percentile = {n.tag: float(pct[i, j]) for j, n in enumerate(result.neighbors)}
+    as_tagged = result.candidates[0]  # the tag as written, spaced
     for rc in result.candidates:
-        rc.reason = _reason(rc, baseline, result.neighbors)
+        rc.reason = _reason(rc, as_tagged, result.neighbors, baseline)
     result.candidates.sort(key=lambda rc: -(rc.score or 0.0))
     result.candidates = limit_generated(result.candidates, options.top, _kind)
     result.model = embedder.model_info()
@@ -288,48 +303,72 @@ def _split_parts(words: list[str], index: Any | None) -> tuple[list[str], list[s
     return keep, [words[generic]]
 
 
-def _reason(rc: RankedCandidate, baseline: RankedCandidate, neighbors: list[Neighbor]) -> str:
-    """One line from the numbers: what the form keeps and drops, and what that buys.
+def _reason(
+    rc: RankedCandidate, tagged: RankedCandidate, neighbors: list[Neighbor], baseline: Baseline
+) -> str:
+    """One line from the numbers: what the form changes, and what that buys, read against the
+    model's random tag pairs. Differences within ``baseline.tie`` are ties.
 
-    ``hyphen keeps 'container', drops 'bottle': 0.14 less like 'wine bottle', 0.88 like
-    'mayonnaise'``
+    ``swaps 'bottle' for 'container': 0.31 less like 'wine bottle' (among random pairs: top 1%
+    -> top 40%), 0.62 like 'mayonnaise' (top 2%)``
     """
     c, d = rc.candidate, rc.detail
     if d is None:
         return token_reason(c)
-    base_d = baseline.detail
-    kept = set(known_words(c))
-    base_words = set(known_words(baseline.candidate))
-    added = sorted(kept - base_words)
-    dropped = sorted(base_words - kept)
-    change = []
-    if added:
-        change.append("keeps " + ", ".join(f"'{w}'" for w in added))
-    if dropped:
-        change.append("drops " + ", ".join(f"'{w}'" for w in dropped))
-    head = describe_kind(c) if rc is not baseline else "as tagged"
-    if change:
-        head = f"{head} {', '.join(change)}".strip()
+    base_d = tagged.detail
+    head = "as tagged" if rc is tagged else _change(c, tagged.candidate)
     bits = []
     if base_d is not None and base_d.leak_neighbor is not None:
         name = neighbors[base_d.leak_neighbor].tag
-        if rc is baseline:
-            bits.append(f"{base_d.leakage:.2f} like '{name}', its closest leak")
+        if rc is tagged:
+            bits.append(f"{base_d.leakage:.2f} like '{name}', its closest leak "
+                        f"({top_share(rc.percentile[name])})")
         else:
-            delta = base_d.leakage - rc.similarity.get(name, 0.0)
-            word = "less" if delta >= 0 else "more"
-            bits.append(f"{abs(delta):.2f} {word} like '{name}'")
+            now = rc.similarity.get(name, 0.0)
+            delta = base_d.leakage - now
+            if baseline.is_tie(base_d.leakage, now):
+                bits.append(f"ties the tag on '{name}' ({now:.2f})")
+            else:
+                word = "less" if delta > 0 else "more"
+                bits.append(f"{abs(delta):.2f} {word} like '{name}' (among random pairs: "
+                            f"{top_share(tagged.percentile[name], short=True)} -> "
+                            f"{top_share(rc.percentile[name], short=True)})")
     if d.leak_neighbor is not None and (
         base_d is None or d.leak_neighbor != base_d.leak_neighbor
-    ) and rc is not baseline:
-        bits.append(f"now closest to '{neighbors[d.leak_neighbor].tag}' ({d.leakage:.2f})")
+    ) and rc is not tagged:
+        name = neighbors[d.leak_neighbor].tag
+        p = rc.percentile[name]
+        where = f", {top_share(p, short=True)}" if p >= 50 else ""
+        bits.append(f"now closest to '{name}' ({d.leakage:.2f}{where})")
     if d.fidelity is not None:
         keep = [n.tag for n in neighbors if n.role == "keep"]
         label = keep[0] if len(keep) == 1 else "the kept meaning"
-        bits.append(f"{d.fidelity:.2f} like '{label}'")
+        shown = f"{d.fidelity:.2f} like '{label}'"
+        if len(keep) == 1:
+            shown += percentile_note(rc.percentile[label])
+        bits.append(shown)
     if d.avoid is not None and d.avoid_neighbor is not None:
-        bits.append(f"{d.avoid:.2f} like avoided '{neighbors[d.avoid_neighbor].tag}'")
-    extra = c.n_tokens - baseline.candidate.n_tokens
+        name = neighbors[d.avoid_neighbor].tag
+        bits.append(f"{d.avoid:.2f} like avoided '{name}'{percentile_note(rc.percentile[name])}")
+    extra = c.n_tokens - tagged.candidate.n_tokens
     if extra:
         bits.append(f"{'+' if extra > 0 else '-'}{abs(extra)} token{'s' if abs(extra) > 1 else ''}")
     return f"{head}: " + ", ".join(bits)
+
+
+def _change(c: Candidate, tagged: Candidate) -> str:
+    """What a form changes against the tag as written, in words that are true of it: a
+    substitution swaps one word for another; otherwise it adds or drops whole-word tokens."""
+    kind = describe_kind(c)
+    if c.replaced and c.replacement:
+        change = [f"swaps '{c.replaced}' for '{c.replacement}'"]
+        now, before = set(known_words(c)) - {c.replacement}, set(known_words(tagged)) - {c.replaced}
+    else:
+        change = []
+        now, before = set(known_words(c)), set(known_words(tagged))
+    if sorted(now - before):
+        change.append("adds " + ", ".join(f"'{w}'" for w in sorted(now - before)))
+    if sorted(before - now):
+        change.append("drops " + ", ".join(f"'{w}'" for w in sorted(before - now)))
+    return " ".join(p for p in (kind, ", ".join(change)) if p) or "your form"
+

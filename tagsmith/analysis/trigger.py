@@ -15,7 +15,8 @@ Member score: the suggest formula (tagsmith.analysis.ranking; fidelity weight 0.
 since a trigger should start near its concept without being it) with ``keep`` = the concept,
 ``leak`` = the vocabulary tags sharing a known word with the member plus its nearest vocabulary
 tags and ``--neighbor`` tags, ``avoid`` = ``--avoid``. Family score = mean member score +
-``separation`` weight x the smallest distance (1 - cosine) between two members.
+``separation`` weight x the smallest distance (1 - cosine) between two members. Every cosine is
+the centred one, read against the model's baseline (tagsmith.model.calibration).
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from tagsmith.analysis.concepts import Neighbor, nearest_vocab_tags, shared_token_neighbors
+from tagsmith.analysis.concepts import (
+    Neighbor,
+    baseline_for,
+    nearest_vocab_tags,
+    shared_token_neighbors,
+)
 from tagsmith.analysis.ranking import (
     Progress,
     RankedCandidate,
@@ -41,6 +47,7 @@ from tagsmith.analysis.ranking import (
     token_reason,
 )
 from tagsmith.errors import InputError
+from tagsmith.model.calibration import Baseline, closeness, percentile_note
 from tagsmith.text.prompt import analysed_tag_text
 from tagsmith.text.tokenizer import load_tokenizer
 from tagsmith.text.variants import (
@@ -116,6 +123,7 @@ class TriggerResult:
     weights: ScoreWeights
     notices: list[str] = field(default_factory=list)
     vocabulary: str | None = None
+    baseline: Baseline | None = None
 
     @property
     def has_similarity(self) -> bool:
@@ -123,6 +131,7 @@ class TriggerResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "baseline": None if self.baseline is None else self.baseline.summary(),
             "concept": self.concept,
             "text": self.text,
             "parts": self.parts,
@@ -142,6 +151,7 @@ def rank_triggers(
     embedder: Any | None = None,
     notices: Sequence[str] = (),
     progress: Progress = no_progress,
+    baseline: Baseline | None = None,
 ) -> TriggerResult:
     options = options or TriggerOptions()
     text = analysed_tag_text(concept)
@@ -211,12 +221,16 @@ def rank_triggers(
             result.families = families[: options.top]
         return result
 
+    if baseline is None:
+        baseline = baseline_for(embedder, index, progress)
+    result.baseline = baseline
     if index is not None and options.nearest > 0:
         progress("finding nearest vocabulary tags")
         present = {text, *neighbors, *(f.text for f in forms)}
         for fam in families[:6]:
             for nb in nearest_vocab_tags(fam.members[0].candidate.text, index, embedder, table,
-                                         k=options.nearest, exclude=present):
+                                         k=options.nearest, exclude=present,
+                                         baseline=baseline):
                 present.add(nb.tag)
                 result.neighbors.append(nb)
 
@@ -247,19 +261,23 @@ def rank_triggers(
     for fam in families:
         cands = [m.candidate for m in fam.members]
         vecs = vectors[[row[c.text] for c in cands]]
-        sim = cosine_matrix(vecs, neigh_vecs)
+        sim = baseline.similarity(vecs, neigh_vecs)
+        raw = cosine_matrix(vecs, neigh_vecs)
+        pct = baseline.percentile(sim)
         scores = score_candidates(sim, keep_cols=keep_cols, leak_cols=leak_cols,
                                   avoid_cols=avoid_cols, reuse=[known_word_share(c) for c in cands],
                                   n_tokens=[c.n_tokens for c in cands], weights=options.weights)
         by_encoder = encoder_similarities(embedder, vecs, neigh_vecs,
-                                          [n.tag for n in result.neighbors])
-        for m, s, simrow, by in zip(fam.members, scores, sim, by_encoder):
+                                          [n.tag for n in result.neighbors], baseline=baseline)
+        for i, (m, s) in enumerate(zip(fam.members, scores)):
             m.score, m.detail = s.score, s
-            m.similarity = {n.tag: float(v) for n, v in zip(result.neighbors, simrow)}
-            m.similarity_by_encoder = by
+            m.similarity = {n.tag: float(v) for n, v in zip(result.neighbors, sim[i])}
+            m.raw_similarity = {n.tag: float(v) for n, v in zip(result.neighbors, raw[i])}
+            m.percentile = {n.tag: float(v) for n, v in zip(result.neighbors, pct[i])}
+            m.similarity_by_encoder = by_encoder[i]
         fam.score = float(np.mean([s.score for s in scores]))
         if len(cands) > 1:
-            sep, pair = family_separation(vecs)
+            sep, pair = family_separation(baseline.centre(vecs))
             fam.separation = sep
             fam.closest_pair = (cands[pair[0]].form, cands[pair[1]].form) if pair else None
             fam.score += options.separation_weight * sep
@@ -267,13 +285,18 @@ def rank_triggers(
         if held is not None:
             hv = vectors[row[held.text]]
             fam.held_out = RankedCandidate(held)
-            fam.held_out.similarity = {
+            hsim = baseline.similarity(hv[None, :], neigh_vecs)[0]
+            fam.held_out.similarity = {n.tag: float(v) for n, v in zip(result.neighbors, hsim)}
+            fam.held_out.raw_similarity = {
                 n.tag: float(v) for n, v in
                 zip(result.neighbors, cosine_matrix(hv[None, :], neigh_vecs)[0])
             }
-            fam.held_out_similarity = float(cosine_matrix(hv[None, :],
-                                                          vecs.mean(axis=0)[None, :])[0, 0])
-        fam.reason = _family_reason(fam, result.neighbors)
+            fam.held_out.percentile = {
+                n.tag: float(v) for n, v in zip(result.neighbors, baseline.percentile(hsim))
+            }
+            fam.held_out_similarity = float(baseline.similarity(hv[None, :],
+                                                                vecs.mean(axis=0)[None, :])[0, 0])
+        fam.reason = _family_reason(fam, result.neighbors, baseline)
     families.sort(key=lambda f: -(f.score or 0.0))
     result.families = families[: options.top] if options.top else families
     result.model = embedder.model_info()
@@ -324,27 +347,34 @@ def _default_held_out(parts: list[str], table: np.ndarray, tok: Any) -> str | No
     return near[0][0] if near else None
 
 
-def _family_reason(fam: TriggerFamily, neighbors: list[Neighbor]) -> str:
+def _family_reason(fam: TriggerFamily, neighbors: list[Neighbor], baseline: Baseline) -> str:
+    def note(sim: float) -> str:
+        return percentile_note(baseline.percentile(sim))
+
     bits = []
     scores = [m.detail for m in fam.members if m.detail is not None]
     if scores and scores[0].fidelity is not None:
         fid = float(np.mean([s.fidelity for s in scores if s.fidelity is not None]))
-        bits.append(f"{fid:.2f} like '{neighbors[0].tag}'")
+        bits.append(f"{fid:.2f} like '{neighbors[0].tag}'{note(fid)}")
     worst = max(
         (s for s in scores if s.leakage is not None), key=lambda s: s.leakage or 0.0, default=None
     )
     if worst is not None and worst.leak_neighbor is not None:
         bits.append(f"closest existing tag '{neighbors[worst.leak_neighbor].tag}' "
-                    f"({worst.leakage:.2f})")
+                    f"({worst.leakage:.2f}){note(worst.leakage)}")
     av = max((s for s in scores if s.avoid is not None), key=lambda s: s.avoid or 0.0,
              default=None)
     if av is not None and av.avoid_neighbor is not None:
-        bits.append(f"{av.avoid:.2f} like avoided '{neighbors[av.avoid_neighbor].tag}'")
+        bits.append(f"{av.avoid:.2f} like avoided '{neighbors[av.avoid_neighbor].tag}'"
+                    f"{note(av.avoid)}")
     if fam.separation is not None and fam.closest_pair:
         a, b = fam.closest_pair
-        bits.append(f"members {fam.separation:.2f} apart at least ({a} vs {b})")
+        pct = baseline.percentile(1.0 - fam.separation)
+        close = f": {closeness(pct)}" if pct >= 75.0 else ""
+        bits.append(f"members {fam.separation:.2f} apart at least ({a} vs {b}{close})")
     if fam.held_out is not None and fam.held_out_similarity is not None:
-        bits.append(f"held-out '{fam.held_out.form}' {fam.held_out_similarity:.2f} like the family")
+        bits.append(f"held-out '{fam.held_out.form}' {fam.held_out_similarity:.2f} like the "
+                    f"family{note(fam.held_out_similarity)}")
     reuse = _known_share(fam)
     if fam.kind == TRIGGER_RARE:
         lead = f"rare token '{fam.stem}'"

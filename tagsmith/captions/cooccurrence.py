@@ -13,8 +13,9 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tagsmith.captions.files import load_dataset
 from tagsmith.captions.parse import strip_weight_syntax, tag_key
@@ -294,11 +295,13 @@ def always_present(co: Cooccurrence) -> list[str]:
 
 @dataclass
 class ClusterEmbedding:
-    """How close a cluster's tags sit in the text encoder, against the dataset's own tags."""
+    """How close a cluster's tags sit in the text encoder (centred cosine), against the model's
+    random tag pairs."""
 
     mean_cosine: float
     pairs: list[tuple[str, str, float, float | None]]  # a, b, cosine, percentile (or None)
-    close_pairs: list[tuple[str, str]]  # at or above the COLLISION_PERCENTILE of dataset pairs
+    close_pairs: list[tuple[str, str]]  # at or above the COLLISION_PERCENTILE of random pairs
+    raw: dict[tuple[str, str], float] = field(default_factory=dict)  # plain cosine per pair
 
     @property
     def collision(self) -> bool:
@@ -309,7 +312,8 @@ class ClusterEmbedding:
             "mean_cosine": round(self.mean_cosine, 4),
             "pairs": [
                 {"a": a, "b": b, "cosine": round(c, 4),
-                 "percentile": None if p is None else round(p, 1)}
+                 "percentile": None if p is None else round(p, 1),
+                 "raw": None if (a, b) not in self.raw else round(self.raw[(a, b)], 4)}
                 for a, b, c, p in self.pairs
             ],
             "close_pairs": [list(p) for p in self.close_pairs],
@@ -414,12 +418,16 @@ def attach_embeddings(
     clusters: Sequence[TagCluster],
     frequent_tags: Sequence[str],
     embed: Callable[[list[str]], object | None],
+    baseline: Callable[[], Any] | None = None,
 ) -> None:
-    """Fill ``cluster.embedding``: cosine of every pair inside each cluster, and its percentile
-    among all pairs of the dataset's most frequent tags (the baseline that says what "close"
-    means for this encoder, whose states are all fairly similar to each other). Tags are
-    embedded in their analysed form (``red hair``, not ``red_hair``), as a prompt writes them."""
+    """Fill ``cluster.embedding``: the similarity (centred cosine) of every pair inside each
+    cluster, and its percentile among random tag pairs of the model's baseline
+    (tagsmith.model.calibration; ``baseline()`` gives it). Without one, the dataset's most
+    frequent tags are the reference set. Tags are embedded in their analysed form (``red
+    hair``, not ``red_hair``), as a prompt writes them."""
     import numpy as np
+
+    from tagsmith.model.calibration import build_baseline
 
     texts: list[str] = []
     pos: dict[str, int] = {}
@@ -432,30 +440,40 @@ def attach_embeddings(
     raw = embed(texts)
     if raw is None:  # the caller could not open a model: no embedding column
         return
-    vectors = np.asarray(raw, dtype=np.float64)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    unit = vectors / np.where(norms > 0, norms, 1.0)
+    vectors = np.asarray(raw, dtype=np.float32)
+    model = baseline() if baseline is not None else None
     base_idx = [pos[t] for t in frequent_tags[:EMBED_BASELINE_TAGS]]
-    baseline = None
-    if len(base_idx) >= 10:
-        b = unit[base_idx] @ unit[base_idx].T
-        baseline = np.sort(b[np.triu_indices(len(base_idx), k=1)])
+    if model is None and len(base_idx) >= 10:
+        model = build_baseline(vectors[base_idx],
+                               reference=f"the dataset's {len(base_idx)} most frequent tags")
+    unit = model.unit(vectors) if model is not None else _unit_rows(vectors)
+    plain = _unit_rows(vectors)
     for c in clusters:
         rows: list[tuple[str, str, float, float | None]] = []
         close: list[tuple[str, str]] = []
+        raw_cos: dict[tuple[str, str], float] = {}
         for k, a in enumerate(c.tags):
             for bt in c.tags[k + 1:]:
                 cos = float(unit[pos[a]] @ unit[pos[bt]])
+                raw_cos[(a, bt)] = float(plain[pos[a]] @ plain[pos[bt]])
                 pct = None
-                if baseline is not None:
-                    pct = 100.0 * np.searchsorted(baseline, cos, side="right") / len(baseline)
+                if model is not None:
+                    pct = float(model.percentile(cos))
                     if pct >= COLLISION_PERCENTILE:
                         close.append((a, bt))
                 rows.append((a, bt, cos, pct))
         rows.sort(key=lambda r: -r[2])
         c.embedding = ClusterEmbedding(
-            mean_cosine=sum(r[2] for r in rows) / len(rows), pairs=rows, close_pairs=close
+            mean_cosine=sum(r[2] for r in rows) / len(rows), pairs=rows, close_pairs=close,
+            raw=raw_cos,
         )
+
+
+def _unit_rows(x: Any) -> Any:
+    import numpy as np
+
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
 
 
 # -- the library call for suggest/trigger --dataset ----------------------------------------

@@ -166,9 +166,11 @@ def analyze_dataset(
     max_pairs: int = 500,
     max_token_length: int = CHUNK_LENGTH,
     keep_tokens_separator: str = "",
+    baseline: Callable[[], object] | None = None,
 ) -> DatasetReport:
     """Everything ``tagsmith dataset`` reports. ``embed`` maps texts to vectors (one row each);
-    without it, clusters carry no embedding column."""
+    without it, clusters carry no embedding column. ``baseline()`` gives the model's baseline
+    (tagsmith.model.calibration) that similarities are read against."""
     if keep_tokens < 0:
         raise DatasetError("keep_tokens must be 0 or more.")
     ds = load_dataset(root)
@@ -176,6 +178,7 @@ def analyze_dataset(
         ds, keep_tokens=keep_tokens, min_support=min_support, min_score=min_score,
         max_q=max_q, embed=embed, max_pairs=max_pairs, max_token_length=max_token_length,
         keep_tokens_separator=keep_tokens_separator,
+        baseline=baseline,
     )
 
 
@@ -190,6 +193,7 @@ def report_from_dataset(
     max_pairs: int = 500,
     max_token_length: int = CHUNK_LENGTH,
     keep_tokens_separator: str = "",
+    baseline: Callable[[], object] | None = None,
 ) -> DatasetReport:
     caps = ds.captions
     weights = [c.file.weight for c in caps]
@@ -232,7 +236,7 @@ def report_from_dataset(
         )
     embedding_note = None
     if embed is not None and clusters:
-        attach_embeddings(clusters, [t.tag for t in tag_stats], embed)
+        attach_embeddings(clusters, [t.tag for t in tag_stats], embed, baseline)
     reps = sorted(
         Counter((c.file.repeat_folder, c.file.repeats) for c in caps).items(),
         key=lambda kv: kv[0][0],

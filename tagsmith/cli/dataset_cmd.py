@@ -65,6 +65,12 @@ class _LazyEmbed:
                 return None
         return self.embedder.embed(texts)
 
+    def baseline(self):  # noqa: ANN201 - Baseline or None
+        """The model's baseline (the shipped common tags), once the model is open."""
+        from tagsmith.model.calibration import model_baseline
+
+        return model_baseline(self.embedder) if self.embedder is not None else None
+
     def close(self) -> None:
         if self.embedder is not None and hasattr(self.embedder, "close"):
             self.embedder.close()
@@ -147,6 +153,7 @@ def dataset_command(
                 ds, keep_tokens=keep_tokens, min_support=min_support, min_score=min_score,
                 max_q=max_q, embed=embed, max_token_length=max_token_length,
                 keep_tokens_separator=keep_tokens_separator,
+                baseline=embed.baseline if embed is not None else None,
             )
     finally:
         if embed is not None:
@@ -171,6 +178,7 @@ def _print_report(report, *, top: int) -> None:  # noqa: ANN001 - DatasetReport
     from rich.text import Text
 
     from tagsmith.cli._console import console
+    from tagsmith.model.calibration import percentile_label, top_share
 
     n = report.n_captions
     head = Text()
@@ -326,14 +334,14 @@ def _print_report(report, *, top: int) -> None:  # noqa: ANN001 - DatasetReport
                     model = Text("collide: ", style="bold red")
                     model.append(
                         "; ".join(
-                            f"{a} ~ {b} ({cos:.2f}, top {100 - (pct or 0):.0f}%)"
+                            f"{a} ~ {b} ({cos:.2f}, {top_share(pct or 0.0)})"
                             for a, b, cos, pct in e.pairs if (a, b) in e.close_pairs
                         ),
                         style="red",
                     )
                 else:
                     best = e.pairs[0]
-                    pct = "" if best[3] is None else f", {best[3]:.0f}th pct"
+                    pct = "" if best[3] is None else f", {percentile_label(best[3])}"
                     model = Text(f"apart (closest {best[0]} ~ {best[1]}: {best[2]:.2f}{pct})",
                                  style="green")
             ct.add_row(

@@ -200,6 +200,10 @@ def _print_summary(console: Any, result: Any, output: Path, top: int) -> None:
         lines.append("  time: " + ", ".join(
             f"{PHASE_LABELS.get(k, k)} {v:.1f}s" for k, v in s.timings.items()
         ))
+    if s.baseline:
+        b = s.baseline
+        lines.append(f"  similarity: centred cosine, baseline of {b['reference']} (random pair "
+                     f"{b['random_pairs']['median']:.2f}, top 1% > {b['random_pairs']['p99']:.2f})")
     console.print("\n".join(lines), highlight=False, markup=False)
     rows = s.riskiest[:top]
     if not rows:

@@ -210,9 +210,12 @@ def suggest_command(
             rows,
             cols,
             m,
-            title=f'tagsmith suggest "{result.text}"',
+            title=f'tagsmith suggest "{result.text}": centred cosine (0 = the model\'s mean '
+                  'tag; colour by role)',
             highlight_row=0,
             col_roles=roles,
+            row_scores=[rc.score for rc in result.candidates],
+            centre=result.baseline.median if result.baseline is not None else 0.0,
         )
     if as_json:
         from tagsmith.cli._json import write_json
@@ -268,6 +271,8 @@ def render_suggest(console: Any, result: Any) -> None:
         )
     if result.vocabulary:
         header.append(f"\nvocabulary: {result.vocabulary}", style="dim")
+    if result.baseline is not None:
+        header.append(f"\n{result.baseline.describe()}", style="dim")
     console.print(header)
 
     table = Table(header_style="bold", pad_edge=False, expand=False)
@@ -320,7 +325,8 @@ def _render_matrix(console: Any, result: Any) -> None:
     n_forms = max(1, min(len(result.candidates), (width - 44) // 8, 6))
     forms = result.candidates[:n_forms]
     table = Table(
-        title="cosine similarity of tag vectors, top forms by rank (green helps, red hurts)",
+        title="similarity (centred cosine: 0 = unrelated in this model), top forms by rank "
+              "(green helps, red hurts)",
         title_justify="left",
         header_style="bold",
         pad_edge=False,

@@ -207,6 +207,8 @@ def render_trigger(console: Any, result: Any) -> None:
         )
     if result.vocabulary:
         header.append(f"\nvocabulary: {result.vocabulary}", style="dim")
+    if result.baseline is not None:
+        header.append(f"\n{result.baseline.describe()}", style="dim")
     console.print(header)
     table = Table(header_style="bold", pad_edge=False)
     table.add_column("#", justify="right", style="dim")

@@ -234,6 +234,17 @@ class TagEmbedder:
         return self._encoder is not None
 
     @property
+    def cache_dir(self) -> Path | None:
+        """Where this embedder caches (None with --no-cache)."""
+        return self._cache_dir if self.settings.use_cache else None
+
+    def vector_identity(self) -> dict[str, Any]:
+        """Everything that changes a vector: the model and the cache variant (what a
+        baseline is keyed by, see tagsmith.model.calibration)."""
+        return {"fingerprint": self.fingerprint, "variant": self._variant().label(),
+                "combine": self.settings.combine if self.similarity_parts() else None}
+
+    @property
     def notes(self) -> list[str]:
         """Things the user should know (repaired position_ids, truncated tags, cache repairs)."""
         notes = list(self._notes)

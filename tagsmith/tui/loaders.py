@@ -16,6 +16,7 @@ import numpy as np
 
 from tagsmith.errors import FileFormatError, InputError
 from tagsmith.fileio import require_regular_file
+from tagsmith.model.calibration import top_share
 from tagsmith.text.tokenizer import WORD_END
 from tagsmith.tui.table import (
     BOOL,
@@ -78,7 +79,11 @@ SCORE_COLUMNS = [
     Column("leak_risk", "risk", FLOAT, 5, aliases=("risk",),
            help="leak similarity x dominance of the tag sharing its head token"),
     Column("leak_similarity", "leak", FLOAT, 5, aliases=("leak", "similarity"),
-           help="similarity to the tag sharing its head token"),
+           help="similarity (centred cosine) to the tag sharing its head token"),
+    Column("leak_percentile", "leak%", FLOAT, 5, digits=1, aliases=("leak_pct", "leakpct"),
+           help="% of random tag pairs of this model less similar than leak"),
+    Column("nearest_percentile", "near%", FLOAT, 5, digits=1, aliases=("near_pct", "nearpct"),
+           help="% of random tag pairs less similar than its nearest tag"),
     Column("distinctiveness", "dist", FLOAT, 5, aliases=("dist", "distinct"),
            help="1 - mean similarity to its nearest tags"),
     Column("shares_token_with", "shares", TEXT, 18, aliases=("shares",),
@@ -108,6 +113,8 @@ def score_table(data: Any, source: str) -> Table:
         "known": np.array([not u for u in cols.text["unknown_words"]], dtype=np.float64),
         "leak_risk": nums["leak_risk"],
         "leak_similarity": nums["leak_similarity"],
+        "leak_percentile": nums["leak_percentile"],
+        "nearest_percentile": nums["nearest_percentile"],
         "distinctiveness": nums["distinctiveness"],
         "shares_token_with": [shown_as_text(t) for t in cols.text["shares_token_with"]],
         "shares_token_count": nums["shares_token_count"],
@@ -191,12 +198,17 @@ def score_detail(r: Any) -> RowDetail:
     bars: list[NeighborBar] = []
     if r.shares_token_with:
         note = f"{r.shares_token_count:,} posts" if r.shares_token_count is not None else ""
+        if r.leak_percentile is not None:
+            note = ", ".join(filter(None, (note, top_share(r.leak_percentile, short=True))))
         bars.append(NeighborBar(_as_text(r.shares_token_with), r.leak_similarity, "shares",
                                 note))
     shared = _as_text(r.shares_token_with)
-    for nb in r.neighbors:
+    for k, nb in enumerate(r.neighbors):
         if _as_text(nb.tag) != shared:
-            bars.append(NeighborBar(_as_text(nb.tag), nb.similarity, "nearest", ""))
+            note = ""
+            if k == 0 and r.nearest_percentile is not None:
+                note = top_share(r.nearest_percentile, short=True)
+            bars.append(NeighborBar(_as_text(nb.tag), nb.similarity, "nearest", note))
     return RowDetail(title=r.text, tokens=toks, words=words, facts=tuple(facts),
                      neighbors=tuple(bars), reason=score_reason(r, words))
 
@@ -221,6 +233,8 @@ def score_reason(r: Any, words: tuple[Word, ...]) -> str:
             s += ")"
         if r.leak_similarity is not None:
             s += f", similarity {r.leak_similarity:.2f}"
+            if r.leak_percentile is not None:
+                s += f" ({top_share(r.leak_percentile)})"
         parts.append(s)
     return "; ".join(parts)
 
@@ -287,6 +301,8 @@ def suggest_table(result: Any) -> Table:
             note = nb.source if nb.source != "user" else "yours"
             if nb.count is not None:
                 note += f", {nb.count:,} posts"
+            if nb.tag in rc.percentile:
+                note += f", {top_share(rc.percentile[nb.tag], short=True)}"
             bars.append(NeighborBar(nb.tag, rc.similarity.get(nb.tag), nb.role, note))
         words = tuple(
             Word(w.text, tuple(w.pieces), w.known, w.is_punctuation) for w in c.analysis.words

@@ -32,8 +32,10 @@ from tagsmith.fileio import csv_value
 # Rows shown while the rest of a big text file is still being read.
 FIRST_CHUNK_ROWS = 2_000
 _NUMERIC = ("count", "category", "n_tokens", "shares_token_count", "leak_similarity",
-            "distinctiveness", "leak_risk")
-_ROUNDED = ("leak_similarity", "distinctiveness", "leak_risk")  # 4 decimals, as score writes
+            "distinctiveness", "leak_risk", "leak_similarity_raw", "leak_percentile",
+            "nearest_percentile")
+# 4 decimals, as score writes
+_ROUNDED = ("leak_similarity", "distinctiveness", "leak_risk", "leak_similarity_raw")
 _TEXT = ("tag", "text", "tokens", "unknown_words", "known_words", "head_token",
          "shares_token_with")
 
@@ -90,6 +92,9 @@ class ScoreColumns:
             leak_similarity=opt_float("leak_similarity"),
             distinctiveness=opt_float("distinctiveness"),
             leak_risk=opt_float("leak_risk"),
+            leak_similarity_raw=opt_float("leak_similarity_raw"),
+            leak_percentile=opt_float("leak_percentile"),
+            nearest_percentile=opt_float("nearest_percentile"),
         )
 
     @classmethod
@@ -164,6 +169,8 @@ def _numbers(values: Sequence[Any]) -> np.ndarray:
 def _rounded(numbers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     for name in _ROUNDED:
         numbers[name] = np.round(numbers[name], 4)
+    for name in ("leak_percentile", "nearest_percentile"):  # 2 decimals, as score writes
+        numbers[name] = np.round(numbers[name], 2)
     return numbers
 
 

@@ -1,0 +1,333 @@
+"""Similarities a user can read: each model's baseline (mean tag vector and random-pair
+similarities over a reference set of tags), centred cosine, percentiles and ties.
+
+Raw cosines of text-encoder states sit in a narrow band near 1: every state shares a large
+common component (anisotropy, "rogue dimensions"). That component shifts every key of the
+UNet's cross-attention by the same vector, which changes no softmax weight, so it says nothing
+about which concept a tag is. The **centred cosine** subtracts the baseline's mean tag vector
+before the cosine; it is the similarity every command shows and scores with. The
+**percentile** of a similarity is the share of random pairs of reference tags that are less
+similar in this model ("closer than 99% of random tag pairs"), which reads the same across
+models, clip skips and families. Two similarities closer than ``Baseline.tie`` (a tenth of the
+spread of random-pair similarities) are a tie.
+
+The reference set is the vocabulary's most frequent tags when one is given, else the common
+tags shipped in ``tagsmith/_data/common_tags.txt``. Its vectors go through the embedder (and so
+its embedding cache); the baseline itself is cached as a small ``.npz`` under
+``<cache>/baselines/``, keyed by everything that changes a vector (``vector_identity``: model
+fingerprint, clip skip, representation, context, precision, and adapters or encoders where an
+embedder has them) and by the reference texts. An embedder whose vectors concatenate several
+encoders (SDXL: ``similarity_parts``) gets one baseline per encoder as well as the whole one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BASELINE_VERSION = "1"
+REFERENCE_TAGS = 1000  # vocabulary tags in a reference set (~3k positions: one small job)
+PAIR_SAMPLE = 20_000  # random reference pairs the percentiles are read from
+TIE_FRACTION = 0.1  # differences below this share of the random-pair spread are ties
+_SEED = 12
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(norms == 0, 1.0, norms)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """One vector space's baseline: what "close" means in this model."""
+
+    mean: np.ndarray  # (dim,) float32, the mean reference tag vector
+    pair_similarities: np.ndarray  # sorted centred cosines of random reference pairs
+    reference: str  # where the reference tags came from, for people
+    n_reference: int
+    encoders: Mapping[str, Baseline] = field(default_factory=dict)  # per encoder, when several
+    slices: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+    # -- similarity ---------------------------------------------------------------------------
+    def centre(self, vectors: np.ndarray) -> np.ndarray:
+        return np.asarray(vectors, dtype=np.float32) - self.mean
+
+    def unit(self, vectors: np.ndarray) -> np.ndarray:
+        """Centred, unit-length rows: their dot products are centred cosines."""
+        return _unit(self.centre(vectors))
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(len(a), len(b)) centred cosines."""
+        a, b = np.asarray(a), np.asarray(b)
+        if len(a) == 0 or len(b) == 0:
+            return np.zeros((len(a), len(b)), dtype=np.float32)
+        return self.unit(a) @ self.unit(b).T
+
+    def encoder(self, name: str) -> Baseline:
+        """The baseline of one encoder's slice of the vector (SDXL: ``clip_l``, ``clip_g``)."""
+        return self.encoders[name]
+
+    # -- reading a similarity -------------------------------------------------------------------
+    def percentile(self, similarity: Any) -> Any:
+        """Share (0-100) of random reference pairs less similar than ``similarity``; an array
+        for an array. Monotone non-decreasing in ``similarity``; NaN stays NaN."""
+        s = np.asarray(similarity, dtype=np.float64)
+        n = len(self.pair_similarities)
+        pct = 100.0 * np.searchsorted(self.pair_similarities, s, side="left") / max(n, 1)
+        pct = np.where(np.isnan(s), np.nan, pct)
+        return float(pct) if pct.ndim == 0 else pct
+
+    @property
+    def median(self) -> float:
+        """The similarity of a typical random pair of reference tags."""
+        n = len(self.pair_similarities)
+        return float(np.median(self.pair_similarities)) if n else 0.0
+
+    @property
+    def spread(self) -> float:
+        """Standard deviation of the random-pair similarities."""
+        return float(np.std(self.pair_similarities)) if len(self.pair_similarities) else 0.0
+
+    @property
+    def tie(self) -> float:
+        """Similarity differences smaller than this are ties."""
+        return TIE_FRACTION * self.spread
+
+    def is_tie(self, a: float, b: float) -> bool:
+        return abs(float(a) - float(b)) < self.tie
+
+    def describe(self) -> str:
+        """One line for people: what the numbers are measured against."""
+        q99 = float(np.quantile(self.pair_similarities, 0.99)) if len(
+            self.pair_similarities) else float("nan")
+        return (f"similarity: centred cosine, baseline of {self.reference} (random pair "
+                f"{self.median:.2f}, top 1% > {q99:.2f}, ties < {self.tie:.2f})")
+
+    def summary(self) -> dict[str, Any]:
+        """What ``--json`` says about the baseline."""
+        q = np.quantile(self.pair_similarities, [0.5, 0.9, 0.99]) if len(
+            self.pair_similarities) else [np.nan] * 3
+        out: dict[str, Any] = {
+            "reference": self.reference,
+            "n_reference": self.n_reference,
+            "n_pairs": int(len(self.pair_similarities)),
+            "random_pairs": {"median": round(float(q[0]), 6), "p90": round(float(q[1]), 6),
+                             "p99": round(float(q[2]), 6)},
+            "spread": round(self.spread, 6),
+            "tie": round(self.tie, 6),
+        }
+        if self.encoders:
+            out["encoders"] = {k: v.summary() for k, v in self.encoders.items()}
+        return out
+
+
+def build_baseline(
+    vectors: np.ndarray,
+    *,
+    reference: str = "",
+    slices: Mapping[str, tuple[int, int]] | None = None,
+    pairs: int = PAIR_SAMPLE,
+    seed: int = _SEED,
+) -> Baseline:
+    """The baseline of reference tag ``vectors`` (n, dim): their mean, and the sorted centred
+    cosines of ``pairs`` random pairs of distinct tags (every pair when there are fewer).
+    ``slices`` (name -> [start, stop)) adds one baseline per encoder."""
+    x = np.asarray(vectors, dtype=np.float32)
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError("A baseline needs at least two reference vectors.")
+    n = len(x)
+    mean = x.mean(axis=0)
+    unit = _unit(x - mean)
+    if n * (n - 1) // 2 <= pairs:
+        i, j = np.triu_indices(n, k=1)
+    else:
+        rng = np.random.default_rng(seed)
+        i = rng.integers(0, n, size=pairs)
+        j = (i + rng.integers(1, n, size=pairs)) % n  # never the same tag twice
+    sims = np.sort(np.einsum("ij,ij->i", unit[i], unit[j]).astype(np.float32))
+    encoders = {}
+    for name, (a, b) in (slices or {}).items():
+        encoders[name] = build_baseline(x[:, a:b], reference=reference, pairs=pairs, seed=seed)
+    return Baseline(mean=mean, pair_similarities=sims, reference=reference, n_reference=n,
+                    encoders=encoders, slices=dict(slices or {}))
+
+
+# -- reference sets -------------------------------------------------------------------------
+
+
+def common_tags() -> list[str]:
+    """The common-tag list shipped with tagsmith (the reference set without a vocabulary)."""
+    from importlib import resources
+
+    text = resources.files("tagsmith").joinpath("_data/common_tags.txt").read_text("utf-8")
+    return [t.strip() for t in text.splitlines() if t.strip() and not t.startswith("#")]
+
+
+def vocabulary_reference(
+    texts: Sequence[str], counts: Sequence[int] | np.ndarray, n: int = REFERENCE_TAGS
+) -> list[str]:
+    """The ``n`` most frequent of a vocabulary's analysed ``texts`` (file order breaks ties);
+    the common-tag list when the vocabulary has no counts or fewer than ten tags."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if len(texts) < 10 or not (counts > 0).any():
+        return common_tags()
+    order = np.argsort(-counts, kind="stable")[:n]
+    return list(dict.fromkeys(texts[int(i)] for i in order if texts[int(i)].strip()))
+
+
+# -- per model, cached ------------------------------------------------------------------------
+
+
+def _identity(embedder: Any) -> dict[str, Any]:
+    ident = getattr(embedder, "vector_identity", None)
+    if callable(ident):
+        return dict(ident())
+    return {"fingerprint": getattr(embedder, "fingerprint", ""), "info": _info(embedder)}
+
+
+def _info(embedder: Any) -> Any:
+    info = getattr(embedder, "model_info", None)
+    return info() if callable(info) else None
+
+
+def baseline_key(embedder: Any, texts: Sequence[str], pairs: int = PAIR_SAMPLE) -> str:
+    blob = json.dumps({
+        "v": BASELINE_VERSION, "identity": _identity(embedder), "pairs": pairs, "seed": _SEED,
+        "reference": hashlib.sha256("\n".join(texts).encode("utf-8", "surrogatepass")).hexdigest(),
+    }, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def model_baseline(
+    embedder: Any,
+    reference: Sequence[str] | None = None,
+    *,
+    label: str | None = None,
+    cache_dir: Path | None = None,
+) -> Baseline:
+    """The baseline of ``embedder``'s model over ``reference`` (default: the common-tag list),
+    from the cache when it was built before, else built from one ``embed`` pass and cached.
+
+    ``cache_dir`` defaults to the embedder's own (none: nothing is written)."""
+    texts = list(dict.fromkeys(reference if reference is not None else common_tags()))
+    if label is None:
+        label = (f"{len(texts)} common tags shipped with tagsmith" if reference is None
+                 else f"{len(texts)} reference tags")
+    cache_dir = cache_dir if cache_dir is not None else getattr(embedder, "cache_dir", None)
+    path = None
+    if cache_dir is not None:
+        key = baseline_key(embedder, texts)
+        path = Path(cache_dir) / "baselines" / f"{key[:32]}.npz"
+        cached = _load(path, label)
+        if cached is not None:
+            return cached
+    from tagsmith.text.tokenizer import load_tokenizer
+
+    # A text with no tokens (only characters the cleaner drops) has no vector.
+    texts = [t for t, ids in zip(texts, load_tokenizer().encode_batch(texts)) if ids]
+    slices = encoder_slices(embedder)
+    vectors = np.asarray(embedder.embed(texts), dtype=np.float32)
+    baseline = build_baseline(vectors, reference=label, slices=slices)
+    if path is not None:
+        _save(path, baseline)
+    return baseline
+
+
+def encoder_slices(embedder: Any) -> dict[str, tuple[int, int]]:
+    """Where each encoder sits in the embedder's vectors (SDXL: ``l``, ``g``), as [start, stop)
+    pairs; empty for a one-encoder model. Read from ``similarity_parts()`` (name -> slice)."""
+    parts = getattr(embedder, "similarity_parts", None)
+    got = parts() if callable(parts) else {}
+    return {str(k): (int(v.start or 0), int(v.stop)) for k, v in (got or {}).items()}
+
+
+def _save(path: Path, b: Baseline) -> None:
+    from tagsmith.fileio import atomic_write_bytes
+
+    arrays: dict[str, np.ndarray] = {"mean": b.mean, "pairs": b.pair_similarities,
+                                     "n_reference": np.asarray(b.n_reference)}
+    for name, sub in b.encoders.items():
+        arrays[f"enc_mean/{name}"] = sub.mean
+        arrays[f"enc_pairs/{name}"] = sub.pair_similarities
+        arrays[f"enc_slice/{name}"] = np.asarray(b.slices[name], dtype=np.int64)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError:
+        pass  # a cache that cannot be written only costs time
+
+
+def _load(path: Path, label: str) -> Baseline | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = [k.split("/", 1)[1] for k in z.files if k.startswith("enc_mean/")]
+            n = int(z["n_reference"])
+            encoders = {k: Baseline(z[f"enc_mean/{k}"].astype(np.float32),
+                                    z[f"enc_pairs/{k}"].astype(np.float32), label, n)
+                        for k in names}
+            slices = {k: tuple(int(v) for v in z[f"enc_slice/{k}"]) for k in names}
+            return Baseline(z["mean"].astype(np.float32), z["pairs"].astype(np.float32), label,
+                            n, encoders=encoders, slices=slices)  # type: ignore[arg-type]
+    except (OSError, ValueError, KeyError):
+        return None  # absent or damaged: build it again
+
+
+# -- words for people -------------------------------------------------------------------------
+
+
+def closeness(pct: float) -> str:
+    """How a percentile reads: "closer than 97% of random tag pairs" / "as close as the top 1%
+    of tag pairs" / "no closer than a typical random pair"."""
+    if pct != pct:  # NaN
+        return "unknown"
+    if pct >= 99.0:
+        top = max(100.0 - pct, 0.0)
+        return ("closer than every random tag pair sampled" if top < 0.05 else
+                f"as close as the top {_share(top)} of random tag pairs")
+    if pct >= 50.0:
+        return f"closer than {pct:.0f}% of random tag pairs"
+    return "no closer than a typical random tag pair"
+
+
+def top_share(pct: float, *, short: bool = False) -> str:
+    """A percentile as the share of random tag pairs at least this close: "top 3% of random
+    pairs" ("top 3%" when ``short``), "top 0.4%", never "top 0%" (that reads "above every random
+    pair") nor "top 70%" (that reads "below the median pair")."""
+    top = 100.0 - pct
+    if top < 0.05:
+        return "above every pair" if short else "above every random pair"
+    if top > 50:
+        return "below median" if short else "below the median pair"
+    return f"top {_share(top)}" + ("" if short else " of random pairs")
+
+
+def percentile_note(pct: float) -> str:
+    """`` (top 3%)`` after a similarity in the top quarter of random pairs, else ""."""
+    return "" if pct != pct or pct < 75.0 else f" ({top_share(pct, short=True)})"
+
+
+def _share(top: float) -> str:
+    return f"{top:.1f}%" if top < 1 else f"{top:.0f}%"
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, 81st, 111th."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def percentile_label(pct: float | None) -> str:
+    """A short column label: "81st pct" ("" when unknown); never "100th" below every pair."""
+    if pct is None or pct != pct:
+        return ""
+    return f"{ordinal(min(int(pct), 99 if pct < 100 else 100))} pct"
