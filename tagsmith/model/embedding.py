@@ -39,6 +39,7 @@ import numpy as np
 from tagsmith.errors import InputError, ModelNotFoundError, UsageError
 from tagsmith.model.cache import CacheVariant, EmbeddingCache, SourceMemo
 from tagsmith.model.config import TOKEN_EMBEDDING, EncoderConfig
+from tagsmith.model.device import gpu_possible
 from tagsmith.model.fingerprint import (
     FINGERPRINT_VERSION,
     safetensors_fingerprint,
@@ -621,22 +622,6 @@ __all__ = [
     "DEVICES",
     "DTYPES",
 ]
-
-
-def gpu_possible() -> bool:
-    """Whether torch could find a GPU here, judged without importing torch: an NVIDIA or AMD
-    (ROCm) driver, WSL's GPU bridge, or Apple's MPS. False means the CPU for certain."""
-    import os
-    import shutil
-    import sys
-
-    if sys.platform == "darwin":
-        return True
-    if sys.platform.startswith("linux"):
-        return any(os.path.exists(p) for p in (
-            "/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg",
-        ))
-    return shutil.which("nvidia-smi") is not None
 
 
 NO_MODEL_NOTICE = "Token analysis only; similarity needs the SD1.5 text encoder. {why}"
