@@ -31,13 +31,16 @@ class BagOfTokensEmbedder:
         return {"fingerprint": self._fingerprint, "source": "bag of tokens (test)",
                 "clip_skip": 1, "representation": "tag", "context": None}
 
-    def embed(self, texts: Sequence[str], *, progress=None) -> np.ndarray:  # noqa: ANN001
+    def embed(self, texts: Sequence[str], *, progress=None, token_ids=None) -> np.ndarray:  # noqa: ANN001
         self.calls.append(list(texts))
         tok = load_tokenizer()
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for i, ids in enumerate(tok.encode_batch(list(texts))):
+        # ids a caller hands over are used as they are (as TagEmbedder does): wrong ones show
+        # in the vectors
+        ids_of = tok.encode_batch(list(texts)) if token_ids is None else token_ids
+        for i, ids in enumerate(ids_of):
             if ids:
-                out[i] = self.table[ids].mean(axis=0)
+                out[i] = self.table[list(ids)].mean(axis=0)
         return out
 
     def token_embedding_table(self) -> np.ndarray:

@@ -484,3 +484,19 @@ def test_encode_refuses_what_does_not_fit(tiny_models, backend) -> None:  # noqa
             list(enc.encode([[red] * 7], prefix=prefix))
         with pytest.raises(ValueError, match="unknown pool"):
             list(enc.encode([[red]], prefix=[BOS_ID], pool="max"))
+
+
+def test_small_gemms_run_on_one_blas_thread() -> None:
+    from threadpoolctl import threadpool_info
+
+    from tagsmith.model.encoder_np import ONE_THREAD_ROWS, blas_threads
+
+    def blas_threads_now() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    before = blas_threads_now()
+    with blas_threads(ONE_THREAD_ROWS - 1):
+        assert blas_threads_now() == {1}
+    assert blas_threads_now() == before
+    with blas_threads(ONE_THREAD_ROWS):
+        assert blas_threads_now() == before

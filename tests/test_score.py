@@ -593,3 +593,30 @@ def test_cli_passes_on_encoder_notes(tmp_path: Path, tiny_model: Path, capsys) -
     assert flat.count("exceeds the 75-token chunk SD1.5 reads") == 1
     assert "(80 tokens) exceeds the 75-token chunk SD1.5 reads; only the first 75 tokens" in flat
     assert " ".join(["word"] * 80) not in flat
+
+
+def test_token_ids_from_the_vocabulary_index_tokenize_nothing(
+    vocab_path: Path, tmp_path: Path, monkeypatch
+) -> None:  # noqa: ANN001
+    """score reads every tag's ids from the cached vocabulary index (suggest's): a second run
+    tokenizes nothing, here or in the embedder, and scores exactly as tokenizing does."""
+    from tagsmith.text.tokenizer import ClipTokenizer
+    from tagsmith.text.vocab_index import vocabulary_token_ids
+
+    vocab = read_vocabulary(vocab_path)
+    fake = BagOfTokensEmbedder(random_table(32, seed=3))
+    want = score_vocabulary(vocab, fake, k=3)
+    first = vocabulary_token_ids(vocab, cache_dir=tmp_path)  # builds and caches the index
+    tok = load_tokenizer()
+    assert first == [list(i) for i in tok.encode_batch(vocab.texts)]
+
+    calls: list[int] = []
+    real = ClipTokenizer._ids_cleaned
+    monkeypatch.setattr(ClipTokenizer, "_ids_cleaned",
+                        lambda self, cleaned: calls.append(len(cleaned)) or real(self, cleaned))
+    again = vocabulary_token_ids(read_vocabulary(vocab_path), cache_dir=tmp_path)
+    assert again == first and calls == []
+    fake.calls.clear()
+    got = score_vocabulary(vocab, fake, k=3, token_ids=again)
+    assert calls == []
+    assert got.rows == want.rows

@@ -105,9 +105,22 @@ def nearest_shortlist(
     order = np.argsort(-index.counts, kind="stable")[:NEAREST_POOL_TAGS]
     pool_vecs = pool_vectors(index, order, table, fingerprint)
     query = table[ids].mean(axis=0)
-    sims = cosine_matrix(query[None, :], pool_vecs)[0]
+    sims = _cosines_to(query, pool_vecs)
     return [int(order[j]) for j in np.argsort(-sims)
             if index.texts[int(order[j])] not in exclude][:NEAREST_SHORTLIST]
+
+
+def _cosines_to(query: np.ndarray, vecs: np.ndarray, block: int = 4096) -> np.ndarray:
+    """Cosine of each row of ``vecs`` (float16 or float32) to ``query``, a block of rows at a
+    time: no normalised or widened copy of the whole pool is ever held."""
+    q = np.asarray(query, dtype=np.float32)
+    q = q / (np.linalg.norm(q) or 1.0)
+    out = np.empty(len(vecs), dtype=np.float32)
+    for start in range(0, len(vecs), block):
+        rows = np.asarray(vecs[start:start + block], dtype=np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+        out[start:start + block] = (rows @ q) / np.where(norms == 0, 1.0, norms)
+    return out
 
 
 def pool_vectors(
@@ -115,7 +128,7 @@ def pool_vectors(
 ) -> np.ndarray:
     """``static_vectors`` of the pool, cached per vocabulary index and model as float16
     (31 MB for 20k tags; a shortlist needs no more precision): a repeat skips the sparse
-    product and the ~0.4 s scipy import."""
+    product and the ~0.4 s scipy import. A cached pool comes back as float16."""
     from tagsmith.fileio import atomic_write_bytes
 
     cache_file = getattr(index, "cache_file", None)
@@ -125,7 +138,7 @@ def pool_vectors(
         try:
             cached = np.load(path, allow_pickle=False)
             if cached.shape == (len(order), table.shape[1]):
-                return cached.astype(np.float32)
+                return cached
         except (OSError, ValueError):
             pass  # absent or damaged: compute it again
     vecs = static_vectors(index, order, table)

@@ -313,8 +313,12 @@ def score_vocabulary(
     neighbor_backend: str = "auto",
     memory_budget: int | None = None,
     baseline: Any | None = None,
+    token_ids: Sequence[Sequence[int]] | None = None,
 ) -> ScoreResult:
     """Score the tags of ``vocab``; ``embedder`` is a TagEmbedder, or None for tokens only.
+
+    ``token_ids``: every entry's ids, when known (``vocab_index.vocabulary_token_ids`` reads
+    them from the cached vocabulary index): nothing is tokenized then, here or in the encoder.
 
     Similarities are centred cosines against ``baseline`` (default: the model's baseline over
     the vocabulary's most frequent tags, tagsmith.model.calibration). Phases report through
@@ -343,16 +347,21 @@ def score_vocabulary(
     analysed: dict[int, Any] = {}
     all_ids: list[Sequence[int]] = []
     step = 8192
+    if token_ids is not None and len(token_ids) != len(entries):
+        raise ValueError("token_ids must hold one entry per vocabulary entry")
     for start in range(0, len(entries), step):
         chunk = texts_all[start : start + step]
         # Full analysis (words, pieces) only for the rows we output; ids for the rest.
         want = [i for i in range(start, start + len(chunk)) if i in selected_set]
         if want:
-            for i, tt in zip(want, tok.analyze_batch([texts_all[i] for i in want],
-                                                     underscores=False)):
+            want_texts = [texts_all[i] for i in want]
+            tts = (tok.analyze_batch(want_texts, underscores=False) if token_ids is None else
+                   tok.analyze_ids(want_texts, [token_ids[i] for i in want], underscores=False))
+            for i, tt in zip(want, tts):
                 analysed[i] = tt
         rest = [i for i in range(start, start + len(chunk)) if i not in selected_set]
-        rest_ids = dict(zip(rest, tok.encode_batch([texts_all[i] for i in rest])))
+        rest_ids = dict(zip(rest, tok.encode_batch([texts_all[i] for i in rest])
+                            if token_ids is None else [token_ids[i] for i in rest]))
         for i in range(start, start + len(chunk)):
             all_ids.append(analysed[i].ids if i in analysed else rest_ids[i])
         progress("tokenize", min(start + step, len(entries)), len(entries))
@@ -547,7 +556,8 @@ def embed_in_chunks(
             if progress is not None:
                 progress(base + min(d, t), n)
 
-        vecs = np.asarray(embedder.embed([texts[i] for i in idx], progress=inner),
+        vecs = np.asarray(embedder.embed([texts[i] for i in idx], progress=inner,
+                                         token_ids=[token_ids[i] for i in idx]),
                           dtype=np.float32)
         if out is None:
             out = np.empty((n, vecs.shape[1]), dtype=np.float32)

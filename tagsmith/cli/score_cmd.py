@@ -143,11 +143,19 @@ def score_command(
     if notice:
         err_console.print(f"Note: {notice}", style="yellow", highlight=False, markup=False)
 
+    from tagsmith.text.vocab_index import vocabulary_token_ids
+
+    with Progress(err_console) as step:
+        # the vocabulary index suggest caches: a repeat run tokenizes nothing
+        step("reading the vocabulary's token ids")
+        token_ids = vocabulary_token_ids(vocabulary, cache_dir=settings.cache_dir,
+                                         use_cache=not no_cache)
     try:
         with Progress(err_console, labels=PHASE_LABELS) as bars:
             result = score_vocabulary(
                 vocabulary, embedder, k=neighbors, min_count=min_count,
                 categories=categories or None, limit=limit, progress=bars.count,
+                token_ids=token_ids,
             )
     except KeyboardInterrupt:
         if embedder is not None and not no_cache:

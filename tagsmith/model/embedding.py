@@ -378,14 +378,20 @@ class TagEmbedder:
                 )
         return self._prefix_ids, self._suffix_ids
 
-    def _sequences(self, texts: Sequence[str], *, tokens_only: bool = False) -> list[list[int]]:
-        """What each text contributes after BOS+context prefix, cut where SD's chunk ends."""
+    def _sequences(
+        self, texts: Sequence[str], *, tokens_only: bool = False,
+        token_ids: Sequence[Sequence[int]] | None = None,
+    ) -> list[list[int]]:
+        """What each text contributes after BOS+context prefix, cut where SD's chunk ends
+        (``token_ids``: the texts' ids, already known to the caller)."""
         from tagsmith.text.tokenizer import load_tokenizer
 
         prefix_ids, suffix_ids = self._context_ids()
         room = CHUNK_LENGTH - len(prefix_ids)
         seqs: list[list[int]] = []
-        for text, ids in zip(texts, load_tokenizer().encode_batch(list(texts))):
+        if token_ids is None:
+            token_ids = load_tokenizer().encode_batch(list(texts))
+        for text, ids in zip(texts, token_ids):
             if not ids:
                 raise InputError(f"Cannot embed {text!r}: it has no tokens.")
             if len(ids) > room:
@@ -404,11 +410,15 @@ class TagEmbedder:
         self._long.add(text)
         self._long_room = room
 
-    def _check_lengths(self, texts: Sequence[str]) -> None:
+    def _check_lengths(
+        self, texts: Sequence[str], token_ids: Sequence[Sequence[int]] | None = None
+    ) -> None:
         from tagsmith.text.tokenizer import load_tokenizer
 
         room = CHUNK_LENGTH - len(self._context_ids()[0])
-        for text, ids in zip(texts, load_tokenizer().encode_batch(list(texts))):
+        if token_ids is None:
+            token_ids = load_tokenizer().encode_batch(list(texts))
+        for text, ids in zip(texts, token_ids):
             if len(ids) > room:
                 self._note_long(text, len(ids), room)
 
@@ -431,24 +441,35 @@ class TagEmbedder:
                 progress(min(start + chunk, len(unique)), len(unique))
         return found
 
-    def embed(self, texts: Sequence[str], *, progress: ProgressFn | None = None) -> np.ndarray:
-        """(len(texts), dim) float32 in input order. Cache hits never load the model."""
+    def embed(
+        self, texts: Sequence[str], *, progress: ProgressFn | None = None,
+        token_ids: Sequence[Sequence[int]] | None = None,
+    ) -> np.ndarray:
+        """(len(texts), dim) float32 in input order. Cache hits never load the model.
+
+        ``token_ids``: each text's token ids (``Tokenizer.encode_batch``), when the caller has
+        them already (``tagsmith score`` reads them from the vocabulary index): not tokenized
+        again."""
         texts = list(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
+        known = dict(zip(texts, token_ids)) if token_ids is not None else None
         unique = list(dict.fromkeys(texts))
         variant = self._variant()
         cache = self._open_cache() if self.settings.use_cache else None
         found: dict[str, np.ndarray] = cache.get_many(variant, unique) if cache else {}
         done, total = len(found), len(unique)
         if found:
-            self._check_lengths(list(found))  # the misses are checked as they are encoded
+            self._check_lengths(  # the misses are checked as they are encoded
+                list(found), None if known is None else [known[t] for t in found])
         if progress is not None:
             progress(done, total)
         missing = [t for t in unique if t not in found]
         if missing:
-            seqs = self._sequences(missing)
+            seqs = self._sequences(
+                missing, token_ids=None if known is None else [known[t] for t in missing]
+            )
             enc = self.encoder(positions=self._job_positions(seqs))
             pool = {"eos": "last", "pooled": "pooled"}.get(self.settings.representation, "mean")
             prefix_ids, _ = self._context_ids()

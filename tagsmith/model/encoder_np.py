@@ -11,6 +11,7 @@ encoder, whose fused element-wise kernels use every core.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,25 @@ from tagsmith.model.sources import TextEncoderSource
 
 # Jobs up to this many positions run here when torch is not loaded yet (one suggest: ~300).
 SMALL_JOB_POSITIONS = 4096
+
+# Below this many rows a GEMM runs on one BLAS thread. Two threads halve an ~80-row product on
+# an idle machine (2.5 vs 5.0 ms) but, when the other core is busy, wait for it (4.7 ms on one
+# thread, 46.5 ms on two at load 9, 2-core EPYC; the issue measured 4.5 vs 30 ms at load 2-3),
+# and a user's machine is never idle.
+ONE_THREAD_ROWS = 512
+
+_BLAS: list = []  # a threadpoolctl controller, made once (its library scan costs ~1 ms)
+
+
+def blas_threads(rows: int) -> contextlib.AbstractContextManager:
+    """BLAS threads for GEMMs of ``rows`` rows: one below ``ONE_THREAD_ROWS``, else all."""
+    if rows >= ONE_THREAD_ROWS:
+        return contextlib.nullcontext()
+    if not _BLAS:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
 
 
 @dataclass
@@ -247,7 +267,19 @@ class NumpyTextEncoder:
 
         A prefix not computed yet runs in the same pass, layer by layer, before the nodes: each
         layer's weights are widened from fp16 once per pass, so one pass is cheaper than two.
+        Small passes run on one BLAS thread (``blas_threads``).
         """
+        with blas_threads(len(tokens)):
+            return self._run_layers(tokens, positions, groups, prefix, final_norm)
+
+    def _run_layers(
+        self,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        groups: list[tuple[int, int, np.ndarray]],
+        prefix: _Prefix,
+        final_norm: bool,
+    ) -> np.ndarray:
         x = self.token_embedding[tokens].astype(np.float32) + self.position_embedding[positions]
         fresh = prefix.kv is None
         if fresh:

@@ -347,7 +347,19 @@ class ClipTokenizer:
     def analyze_batch(self, tags: Sequence[str], *, underscores: bool = True) -> list[TagTokens]:
         """Token split of each tag, normalised as a Danbooru tag (see ``normalize_tag``)."""
         texts = [clean_text(normalize_tag(t, underscores=underscores)) for t in tags]
-        all_ids = self._ids_cleaned(texts)
+        return self._analyze(tags, texts, self._ids_cleaned(texts))
+
+    def analyze_ids(
+        self, tags: Sequence[str], ids: Sequence[Sequence[int]], *, underscores: bool = True
+    ) -> list[TagTokens]:
+        """``analyze_batch`` for tags whose ids are already known (a cached vocabulary index
+        holds them): the same result without tokenizing again."""
+        texts = [clean_text(normalize_tag(t, underscores=underscores)) for t in tags]
+        return self._analyze(tags, texts, ids)
+
+    def _analyze(
+        self, tags: Sequence[str], texts: Sequence[str], all_ids: Sequence[Sequence[int]]
+    ) -> list[TagTokens]:
         table = self._token_table()
         ends = self._word_ends()
         words = self._words

@@ -153,8 +153,9 @@ def _normalized_rows(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
     for t, rows in _NORMALIZED:
         if t is table:
             return rows
-    rows = table[ids].astype(np.float32)
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    # one copy of the rows (a memory-mapped table is read, never copied whole), normed in place
+    rows = np.asarray(table[ids], dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))[:, None]
     rows /= np.where(norms == 0, 1.0, norms)
     _NORMALIZED[:] = [(table, rows)]
     return rows

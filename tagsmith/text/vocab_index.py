@@ -147,8 +147,10 @@ def _word_end_table() -> np.ndarray:
 def load_vocab_index(
     path: str | Path, *, cache_dir: Path | None = None, use_cache: bool = True,
     progress: Callable[[str], None] | None = None,
+    vocabulary: Vocabulary | None = None,
 ) -> VocabIndex:
-    """The vocabulary at ``path`` with token ids, from the cache when it is fresh.
+    """The vocabulary at ``path`` with token ids, from the cache when it is fresh
+    (``vocabulary``: the file already read, used instead of reading it again on a miss).
 
     ``progress`` hears which of the two it is doing (building takes seconds for a big list).
     """
@@ -156,7 +158,7 @@ def load_vocab_index(
     say = progress or (lambda message: None)
     if not use_cache or not p.is_file():
         say(f"reading the vocabulary {p.name} and tokenizing its tags")
-        return VocabIndex.from_vocabulary(read_vocabulary(p))
+        return VocabIndex.from_vocabulary(vocabulary or read_vocabulary(p))
     st = p.stat()
     key = hashlib.sha256(
         f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{__version__}".encode()
@@ -171,7 +173,7 @@ def load_vocab_index(
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError):
             pass  # damaged or stale: rebuild below
     say(f"building the vocabulary index of {p.name} (once per file, cached afterwards)")
-    index = VocabIndex.from_vocabulary(read_vocabulary(p))
+    index = VocabIndex.from_vocabulary(vocabulary or read_vocabulary(p))
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(cached, index.to_bytes())
@@ -179,3 +181,20 @@ def load_vocab_index(
     except Exception:  # noqa: BLE001 - a cache that cannot be written only costs speed
         pass
     return index
+
+
+def vocabulary_token_ids(
+    vocab: Vocabulary, *, cache_dir: Path | None = None, use_cache: bool = True
+) -> list[list[int]] | None:
+    """Token ids of every entry of ``vocab`` (read from a file), from the cached vocabulary
+    index that suggest also uses: a repeat tokenizes nothing. None when ``vocab`` has no file or
+    the index does not list the same texts (then callers tokenize)."""
+    if vocab.path is None or not Path(vocab.path).is_file():
+        return None
+    index = load_vocab_index(vocab.path, cache_dir=cache_dir, use_cache=use_cache,
+                             vocabulary=vocab)
+    if index.texts != vocab.texts:
+        return None
+    flat = index.token_ids.tolist()
+    bounds = index.indptr.tolist()
+    return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
