@@ -500,3 +500,50 @@ def test_small_gemms_run_on_one_blas_thread() -> None:
     assert blas_threads_now() == before
     with blas_threads(ONE_THREAD_ROWS):
         assert blas_threads_now() == before
+
+
+# -- the GPU path's batching, run on the CPU ---------------------------------------------------
+
+
+@pytest.mark.parametrize("clip_skip", [1, 2])
+@pytest.mark.parametrize("context", ["", "1girl, solo, "])
+def test_depth_buckets_and_device_pooling_match_clip(tiny_models, reference, clip_skip, context):  # noqa: ANN001, ANN201
+    """What a GPU runs (attention over power-of-two depth buckets with masks, pooling on the
+    device, trees pipelined) gives CLIPTextModel's numbers: tag means, EOS and token states."""
+    long_tag = " ".join(["tiny", "red", "bow", "on", "a", "long", "braid"] * 5)  # ~35 tokens
+    tags = [*TAGS, long_tag]
+    states, spans, out = _reference_states(reference, tags, clip_skip, context)
+    expected = np.stack([states[i, a:b].mean(0).numpy() for i, (a, b) in enumerate(spans)])
+    settings = EncoderSettings(
+        model=str(tiny_models.single_file()), clip_skip=clip_skip, use_cache=False,
+        context=(context + "{}") if context else None, device="cpu",
+    )
+    with open_embedder(settings) as emb:
+        enc = emb.encoder(backend="torch")
+        enc.bucket_depths = enc.pool_on_device = True
+        plan = enc._attention_plan(next(iter(_trees(emb, tags))), 1)
+        assert len(plan) == 7 and any(m is not None for *_, m in plan)  # 1,2,4,8,16,32,64
+        got = emb.embed(tags)
+        per_token = emb.token_states(tags)
+        seqs = emb._sequences(tags)
+        prefix = [BOS_ID, *load_tokenizer().encode(context)] if context else [BOS_ID]
+        small = np.zeros_like(got)
+        for idx, vecs in enc.encode(seqs, prefix=prefix, clip_skip=clip_skip, token_budget=16):
+            small[idx] = vecs  # many trees: the pipeline hands each back once
+    assert np.abs(got - expected).max() <= 1e-5
+    assert np.abs(small - expected).max() <= 1e-5
+    for i, (a, b) in enumerate(spans):
+        assert np.abs(per_token[i] - states[i, a:b].numpy()).max() <= 1e-5
+    if not context and clip_skip == 1:
+        eos = EncoderSettings(model=str(tiny_models.single_file()), use_cache=False,
+                              device="cpu", representation="eos")
+        with open_embedder(eos) as emb:
+            enc = emb.encoder(backend="torch")
+            enc.bucket_depths = enc.pool_on_device = True
+            assert np.abs(emb.embed(tags) - out.pooler_output.numpy()).max() <= 1e-4
+
+
+def _trees(emb, tags):  # noqa: ANN001, ANN202
+    from tagsmith.model.prefix_tree import prefix_trees
+
+    return prefix_trees(emb._sequences(tags), 10_000)

@@ -81,7 +81,8 @@ DEFAULT_K = 5
 
 
 # Tags per encoder call: big enough for efficient batches, small enough that the progress bar
-# and the embedding cache advance every few seconds on a CPU.
+# and the embedding cache advance every few seconds on a CPU (an embedder may prefer more:
+# TagEmbedder.preferred_chunk is 32,768 on a GPU).
 EMBED_CHUNK = 1024
 
 
@@ -387,7 +388,8 @@ def score_vocabulary(
         extra = sorted({int(p) for p in partner if p >= 0} - selected_set)
         embed_rows = [selected[j] for j in embedded] + extra
         vectors = embed_in_chunks(
-            embedder, [texts_all[i] for i in embed_rows], chunk_size=chunk_size or EMBED_CHUNK,
+            embedder, [texts_all[i] for i in embed_rows],
+            chunk_size=chunk_size or getattr(embedder, "preferred_chunk", None) or EMBED_CHUNK,
             token_ids=[all_ids[i] for i in embed_rows],
             progress=lambda d, t: progress("encode", d, t),
             cache_progress=lambda d, t: progress("cache", d, t),

@@ -27,7 +27,6 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,6 +48,7 @@ from tagsmith.model.config import (
 )
 from tagsmith.model.fingerprint import FingerprintHasher, fingerprint_names
 from tagsmith.model.layouts import layout_description, locate_text_encoder, position_ids_note
+from tagsmith.model.pickle_scan import unsafe_globals
 from tagsmith.model.prefix_tree import PrefixTree, encode_trees
 from tagsmith.model.safetensors_file import sniff_format
 from tagsmith.model.sources import TextEncoderSource
@@ -174,7 +174,7 @@ def torch_load_checkpoint(path: Path) -> object:
         found = _GLOBAL_NAME.search(detail)
         # torch names the global it refused; a pickle it could not even parse (another
         # protocol, not torch's format) is scanned, never executed, for what it would call
-        name = found.group(1) if found else next(iter(_unsafe_globals(path, fmt)), None)
+        name = found.group(1) if found else next(iter(unsafe_globals(path, fmt)), None)
         if name is not None or "global" in detail.lower():
             what = f" (it references {name})" if name else ""
             raise UnsafeCheckpointError(
@@ -192,47 +192,6 @@ def torch_load_checkpoint(path: Path) -> object:
             f"'{path}' is damaged or truncated and cannot be read as a PyTorch checkpoint "
             f"({first})."
         ) from None
-
-
-_USUAL_GLOBALS = (
-    "torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.frozenset",
-    "builtins.bytearray", "builtins.slice", "builtins.complex",
-)
-
-
-def _unsafe_globals(path: Path, fmt: str) -> list[str]:
-    """Globals a pickle would import, read with pickletools (nothing is unpickled), minus the
-    ones torch's weights_only loader allows."""
-    import io
-    import pickletools
-
-    try:
-        if fmt == "zip-pickle":
-            with zipfile.ZipFile(path) as zf:
-                name = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
-                data = zf.read(name) if name else b""
-        else:
-            with path.open("rb") as fh:
-                data = fh.read(64 * 1024 * 1024)
-    except (OSError, zipfile.BadZipFile, KeyError):
-        return []
-    stream = io.BytesIO(data)
-    found: list[str] = []
-    for _ in range(4):  # torch's legacy format is several pickles in a row
-        strings: list[str] = []
-        try:
-            for op, arg, _pos in pickletools.genops(stream):
-                if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
-                    found.append(arg.replace(" ", "."))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    found.append(f"{strings[-2]}.{strings[-1]}")
-                elif isinstance(arg, str):
-                    strings.append(arg)
-        except Exception:  # noqa: BLE001 - garbage after the pickles ends the scan
-            break
-        if stream.tell() >= len(data):
-            break
-    return [g for g in found if not g.startswith(_USUAL_GLOBALS)]
 
 
 def _flatten_tensors(obj: object, prefix: str = "", depth: int = 0) -> dict[str, torch.Tensor]:
@@ -395,6 +354,11 @@ class ClipTextEncoder:
         self.text_projection = take(TEXT_PROJECTION) if config.projection_dim else None
         self._prefixes: dict[tuple[tuple[int, ...], int], PrefixState] = {}
         self.positions_run = 0  # positions encode() has run (benchmarks read it)
+        # Off the CPU: attention by depth buckets, pooling on the device, trees pipelined
+        # (see _attention_plan, _pooled_on_device, encode). Tests switch them on on the CPU.
+        on_gpu = self.device.type != "cpu"
+        self.bucket_depths = on_gpu
+        self.pool_on_device = on_gpu
 
     @property
     def dim(self) -> int:
@@ -515,13 +479,27 @@ class ClipTextEncoder:
         rule gives them (``final_norm`` overrides whether the final layer norm is applied)."""
         return self._run_tree(tree, prefix, final_norm).float().cpu().numpy()
 
+    def _attention_plan(self, tree: PrefixTree, p: int) -> list[tuple]:
+        """Per attention call: (start, stop, span, context indices, mask or None). The CPU runs
+        one call per depth (fastest there); a GPU, where that is 1-2k launches per tree, one
+        masked call per power-of-two depth bucket (``PrefixTree.bucketed_contexts``): masked
+        keys weigh exactly 0, so the numbers are the same (tested against CLIPTextModel)."""
+        dev = self.device
+        if not self.bucket_depths:
+            return [(start, stop, ctx.shape[1], _to_device(ctx.reshape(-1), dev), None)
+                    for start, stop, ctx in tree.contexts(p)]
+        return [(start, stop, idx.shape[1], _to_device(idx.reshape(-1), dev),
+                 None if mask is None else _to_device(mask[:, None, None, :], dev))
+                for start, stop, idx, mask in tree.bucketed_contexts(p)]
+
     def _run_tree(
         self, tree: PrefixTree, prefix: PrefixState, final_norm: bool | None = None
     ) -> torch.Tensor:
         """Final-normed states (N, H) of every node of ``tree``, placed after ``prefix``.
 
-        Layer by layer over all nodes at once (big GEMMs); attention per depth, where every
-        node sees the prefix, its ancestors and itself: exactly its causal context in SD.
+        Layer by layer over all nodes at once (big GEMMs); attention by depth (or depth
+        bucket, see ``_attention_plan``), where every node sees the prefix, its ancestors and
+        itself: exactly its causal context in SD.
         """
         c = self.config
         width, heads = c.hidden_size, c.num_heads
@@ -529,17 +507,13 @@ class ClipTextEncoder:
         eps = c.layer_norm_eps
         p = len(prefix.ids)
         dev = self.device
-        tokens = torch.from_numpy(tree.tokens).to(dev)
-        positions = torch.from_numpy(tree.depths + (p - 1)).to(dev)
+        tokens = _to_device(tree.tokens, dev)
+        positions = _to_device(tree.depths + (p - 1), dev)
         x = F.embedding(tokens, self.token_embedding) + self.position_embedding[positions]
         n = x.shape[0]
-        # Each depth's (rows, p + depth) context: the prefix, then the node's path. A layer's
-        # keys and values sit in (p + N, heads, head_dim) tables, prefix first, so a context
-        # is one index_select of whole rows (node-major copies measured fastest here).
-        groups = [
-            (start, stop, ctx.shape[1], torch.from_numpy(ctx.reshape(-1)).to(dev))
-            for start, stop, ctx in tree.contexts(p)
-        ]
+        # A layer's keys and values sit in (p + N, heads, head_dim) tables, prefix first, so a
+        # context is one index_select of whole rows (node-major copies measured fastest here).
+        plan = self._attention_plan(tree, p)
         a = torch.empty(n, heads, head_dim, dtype=x.dtype, device=dev)
         keys = torch.empty(p + n, heads, head_dim, dtype=x.dtype, device=dev)
         values = torch.empty_like(keys)
@@ -552,12 +526,13 @@ class ClipTextEncoder:
                 values[:p] = prefix.kv[i][1][0].transpose(0, 1)
             keys[p:] = k
             values[p:] = v
-            for start, stop, span, ctx in groups:
+            for start, stop, span, ctx, mask in plan:
                 rows = stop - start
                 kk = keys.index_select(0, ctx).view(rows, span, heads, head_dim)
                 vv = values.index_select(0, ctx).view(rows, span, heads, head_dim)
                 a[start:stop] = F.scaled_dot_product_attention(
-                    q[start:stop].unsqueeze(2), kk.transpose(1, 2), vv.transpose(1, 2)
+                    q[start:stop].unsqueeze(2), kk.transpose(1, 2), vv.transpose(1, 2),
+                    attn_mask=mask,
                 ).squeeze(2)
             # residual adds ride on the GEMMs (BLAS beta=1): x += a @ W^T, in place
             x.add_(lw.out_b).addmm_(a.view(n, width), lw.out_w.t())
@@ -567,6 +542,21 @@ class ClipTextEncoder:
         self.positions_run += n
         normed = self.rule.final_norm if final_norm is None else final_norm
         return self.final_norm(x) if normed else x
+
+    def _pooled_on_device(self, tree: PrefixTree, states: torch.Tensor, pool: str):  # noqa: ANN202
+        """``pool_tree`` on the device (mean: a gather and an fp32 index_add): only (n_seq, H)
+        crosses to the host, in the encoder's dtype, still on its way (``_host`` ends it)."""
+        dev = states.device
+        if pool == "last":
+            out = states.index_select(0, _to_device(tree.leaves, dev))
+        else:
+            owner, nodes = tree.path_sums()
+            sums = torch.zeros(len(tree.order), states.shape[1], dtype=torch.float32, device=dev)
+            sums.index_add_(0, _to_device(owner, dev),
+                            states.index_select(0, _to_device(nodes, dev)).float())
+            lengths = _to_device(tree.lengths.astype(np.float32), dev)
+            out = (sums / lengths[:, None]).to(states.dtype)
+        return _start_copy_to_host(out)
 
     @torch.inference_mode()
     def encode(
@@ -589,11 +579,51 @@ class ClipTextEncoder:
         prefix runs once: on the Danbooru tags that is 511k positions instead of 775k.
         """
         state = self.prefix_state(prefix, clip_skip)
-        yield from encode_trees(
-            sequences, lambda tree: self.tree_states(tree, state),
-            budget=token_budget or self.default_token_budget(), pool=pool,
-            prefix_length=len(state.ids), max_positions=self.config.max_positions,
-        )
+        budget = token_budget or self.default_token_budget()
+        if not self.pool_on_device or pool not in ("mean", "last"):
+            yield from encode_trees(
+                sequences, lambda tree: self.tree_states(tree, state),
+                budget=budget, pool=pool, prefix_length=len(state.ids),
+                max_positions=self.config.max_positions,
+            )
+            return
+        # The GPU runs tree k while the host builds tree k+1 and the caller stores k-1's
+        # vectors: launches queue, copies are asynchronous (pinned), and we wait only here.
+        pending = None
+        for tree in encode_trees(sequences, None, budget=budget, pool=pool,
+                                 prefix_length=len(state.ids),
+                                 max_positions=self.config.max_positions):
+            launched = (tree.order, self._pooled_on_device(tree, self._run_tree(tree, state),
+                                                           pool))
+            if pending is not None:
+                yield pending[0], _host(pending[1])
+            pending = launched
+        if pending is not None:
+            yield pending[0], _host(pending[1])
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(array))  # via pinned memory, async, on CUDA
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _start_copy_to_host(t: torch.Tensor) -> tuple[torch.Tensor, object]:
+    if t.device.type != "cuda":  # (host tensor, event to wait on)
+        return t.cpu(), None
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
+def _host(started: tuple[torch.Tensor, object]) -> np.ndarray:
+    host, event = started  # a copy _start_copy_to_host began: wait for it to land
+    if event is not None:
+        event.synchronize()
+    return host.float().numpy()
 
 
 def load_text_encoder(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,40 @@ class PrefixTree:
             prefix = np.broadcast_to(np.arange(p, dtype=np.int64), (len(anc), p))
             out.append((start, stop, np.concatenate([prefix, anc + p], axis=1)))
         return out
+
+    def bucketed_contexts(self, p: int) -> list[tuple[int, int, np.ndarray, np.ndarray | None]]:
+        """``contexts`` packed into power-of-two depth buckets (1, 2, 3-4, 5-8, ...: at most 7
+        for 77 positions): (start, stop, (rows, span) indices, (rows, span) mask or None),
+        each context padded with index 0 to its bucket's deepest node and masked there, so
+        one masked attention per bucket computes what one attention per depth does."""
+        contexts = self.contexts(p)
+        out = []
+        d = 0
+        while d < len(contexts):
+            top = min(len(contexts), 1 << d.bit_length())  # depths d+1 .. top
+            group = contexts[d:top]
+            start, stop, span = group[0][0], group[-1][1], group[-1][2].shape[1]
+            idx = np.zeros((stop - start, span), dtype=np.int64)
+            mask = np.zeros((stop - start, span), dtype=bool)
+            for g_start, g_stop, ctx in group:
+                rows = slice(g_start - start, g_stop - start)
+                idx[rows, : ctx.shape[1]] = ctx
+                mask[rows, : ctx.shape[1]] = True
+            out.append((start, stop, idx, None if mask.all() else mask))
+            d = top
+        return out
+
+    def path_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """(owner, node): sequence row ``owner[i]`` (in ``order``) has node ``node[i]`` on its
+        path; summing states over these pairs gives each sequence's sum over its positions."""
+        owners, nodes = [], []
+        by_length = np.argsort(self.lengths, kind="stable")
+        cuts = np.flatnonzero(np.diff(self.lengths[by_length])) + 1
+        for rows in np.split(by_length, cuts):
+            d = int(self.lengths[rows[0]])
+            owners.append(np.repeat(rows, d))
+            nodes.append(self.ancestors[d - 1][self.leaves[rows] - self.starts[d - 1]].reshape(-1))
+        return np.concatenate(owners), np.concatenate(nodes)
 
     def path(self, row: int) -> np.ndarray:
         """Node indices of sequence ``order[row]``, first token first."""
@@ -144,16 +179,18 @@ def pool_tree(states: np.ndarray, tree: PrefixTree, pool: str) -> np.ndarray | l
 
 def encode_trees(
     sequences: Sequence[Sequence[int]],
-    run: Callable[[PrefixTree], np.ndarray],
+    run: Callable[[PrefixTree], np.ndarray] | None,
     *,
     budget: int,
     pool: str,
     prefix_length: int,
     max_positions: int,
-) -> Iterator[tuple[list[int], np.ndarray | list[np.ndarray]]]:
+) -> Iterator[Any]:
     """The batching both encoders share: ``sequences`` as prefix trees of at most ``budget``
     nodes, each run by ``run`` (tree -> (N, H) float32 node states after a prefix of
-    ``prefix_length`` positions) and pooled; yields (indices, results) per tree."""
+    ``prefix_length`` positions) and pooled; yields (indices, results) per tree. With
+    ``run=None`` it yields the checked trees themselves (an encoder that pools on its
+    device runs them)."""
     if pool not in POOLS:
         raise ValueError(f"unknown pool {pool!r}")
     for tree in prefix_trees(sequences, budget):
@@ -162,4 +199,4 @@ def encode_trees(
                 f"A sequence of {prefix_length + tree.max_depth} positions does not fit the "
                 f"text encoder's {max_positions}."
             )
-        yield tree.order, pool_tree(run(tree), tree, pool)
+        yield tree if run is None else (tree.order, pool_tree(run(tree), tree, pool))
