@@ -175,3 +175,45 @@ def test_property_against_brute_force(x: np.ndarray, k: int, block: int) -> None
     np.testing.assert_allclose(
         got.similarities, np.take_along_axis(full, got.indices, axis=1), atol=1e-5
     )
+
+
+# -- low-precision products re-checked in fp32 (the GPU's path, run on the CPU) ----------------
+
+
+@pytest.mark.parametrize("products", ["fp16", "bf16"])
+@pytest.mark.parametrize("with_queries", [False, True])
+def test_low_precision_products_give_the_fp32_neighbours(products: str, with_queries: bool) -> None:
+    x = clustered(700, dim=48, seed=11)
+    q = clustered(90, dim=48, seed=12) if with_queries else None
+    exact = nearest_neighbors(x, 8, queries=q, backend="torch", products="fp32")
+    got = nearest_neighbors(x, 8, queries=q, backend="torch", products=products,
+                            memory_budget=64 * 1024)  # many small strips
+    ref_idx, ref_sim, full = reference(x, q, 8, exclude_self=q is None)
+    assert_same_up_to_ties(got, ref_idx, ref_sim, full)
+    np.testing.assert_array_equal(got.indices, exact.indices)
+    np.testing.assert_allclose(got.similarities, exact.similarities, atol=1e-6)
+
+
+def test_near_ties_the_bound_cannot_settle_are_redone_in_fp32() -> None:
+    """Many rows a hair apart (below bf16's resolution): the low pass cannot rank them, its
+    candidates cannot be proven complete, and those rows are recomputed exactly."""
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal(32).astype(np.float32)
+    x = base + 1e-4 * rng.standard_normal((300, 32)).astype(np.float32)
+    x[::7] = rng.standard_normal((len(x[::7]), 32))  # and some ordinary rows
+    got = nearest_neighbors(x, 5, backend="torch", products="bf16")
+    ref_idx, ref_sim, full = reference(x, None, 5, exclude_self=True)
+    assert_same_up_to_ties(got, ref_idx, ref_sim, full, tol=1e-6)
+
+
+def test_product_error_bound_holds() -> None:
+    import torch
+
+    from tagsmith.analysis.neighbors import product_error_bound
+
+    x = normalize_rows(clustered(400, dim=768, seed=4))
+    exact = x.astype(np.float64) @ x.T.astype(np.float64)
+    for products, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        t = torch.from_numpy(x).to(dtype)
+        low = (t @ t.T).float().numpy()
+        assert np.abs(low - exact).max() <= product_error_bound(768, products)

@@ -68,6 +68,7 @@ def nearest_neighbors(
     device: str | None = None,
     progress: ProgressCallback | None = None,
     normalized: bool = False,
+    products: str = "auto",
 ) -> Neighbors:
     """Exact top-``k`` cosine neighbours among the rows of ``vectors``.
 
@@ -78,6 +79,10 @@ def nearest_neighbors(
     ``device`` is a torch device (default: CUDA when available). ``normalized=True`` says
     the rows are already unit float32 (saves a copy of the inputs). Ctrl-C between blocks
     raises ``KeyboardInterrupt`` with nothing half-done left behind.
+
+    ``products`` (torch only): "fp32", or "fp16"/"bf16" for a low-precision pass whose
+    candidates are re-checked in fp32 with a proven error bound (``_rerank_topk``: the same
+    neighbours as fp32); "auto" is fp16 on a CUDA device, fp32 elsewhere.
     """
     db = np.asarray(vectors, dtype=np.float32) if normalized else normalize_rows(vectors)
     if db.ndim != 2:
@@ -111,7 +116,106 @@ def nearest_neighbors(
     else:
         raise ValueError(f"unknown backend {backend!r}")
     with ctx:
+        if backend == "torch":
+            assert isinstance(ops, _TorchOps)
+            low = products if products != "auto" else (
+                "fp16" if ops.dev.type == "cuda" else "fp32")
+            if low != "fp32":
+                return _rerank_topk(ops, db, None if self_search else q, k, exclude_self, low,
+                                    memory_budget, progress)
         return _blocked_topk(ops, db, None if self_search else q, k, exclude_self, rows, progress)
+
+
+# Unit roundoff of the low-precision formats a product pass may use.
+_UNIT_ROUNDOFF = {"fp16": 2.0**-11, "bf16": 2.0**-8}
+
+
+def product_error_bound(dim: int, products: str) -> float:
+    """A bound on |low-precision product - exact| for two unit vectors of ``dim`` values.
+
+    Rounding each input to the format moves each term q_i x_i by at most (2u + u^2)|q_i x_i|,
+    so the sum moves by at most (2u + u^2) |q| |x| = 2u + u^2 (Cauchy-Schwarz); rounding the
+    result to the format adds u (|q.x| <= 1), fp32 accumulation at most dim * 2^-24, and fp16's
+    subnormals at most 2^-25 sqrt(dim). Doubled for safety.
+    """
+    u = _UNIT_ROUNDOFF[products]
+    return 2.0 * (3 * u + u * u + dim * 2.0**-24 + 2.0**-25 * dim**0.5)
+
+
+def _rerank_topk(
+    ops: _TorchOps,
+    db: np.ndarray,
+    q: np.ndarray | None,
+    k: int,
+    exclude_self: bool,
+    products: str,
+    memory_budget: int,
+    progress: ProgressCallback | None,
+) -> Neighbors:
+    """Exact top k from low-precision products (tensor cores on a GPU), without a host sync
+    per strip.
+
+    Per strip of queries: the low-precision products pick ``k + margin`` candidates, whose
+    similarities are recomputed in fp32 from the fp32 vectors; the best k of those are the
+    answer. It is provably the fp32 answer when every non-candidate is out of reach: its low
+    product is at most the smallest candidate's, so its true similarity is at most that plus
+    the error bound ``eps``; if that is below the k-th re-checked similarity, no non-candidate
+    can enter the top k. Rows where it cannot be proven (near-ties, duplicates) are flagged on
+    the device and redone with full fp32 strips at the end: one sync for the whole search.
+    """
+    torch = ops.torch
+    dev = ops.dev
+    low = torch.float16 if products == "fp16" else torch.bfloat16
+    eps = product_error_bound(db.shape[1], products)
+    n_db = db.shape[0]
+    db32 = ops.put(db)
+    q32 = db32 if q is None else ops.put(q)
+    db_low = db32.to(low)
+    q_low = db_low if q is None else q32.to(low)
+    n_q = q32.shape[0]
+    margin = min(n_db, k + max(k, 16))
+    rows = block_rows_for(n_db, memory_budget, 2 + 4)  # the low strip and its fp32 copy
+    rows = max(1, min(rows, memory_budget // max(1, margin * db.shape[1] * 4)))
+    best_sim = torch.empty((n_q, k), dtype=torch.float32, device=dev)
+    best_idx = torch.empty((n_q, k), dtype=torch.int64, device=dev)
+    unproven = torch.zeros(n_q, dtype=torch.bool, device=dev)
+    for start in range(0, n_q, rows):
+        stop = min(start + rows, n_q)
+        strip = (q_low[start:stop] @ db_low.T).float()
+        if exclude_self:
+            r = torch.arange(stop - start, device=dev)
+            strip[r, r + start] = -float("inf")
+        approx, cand = torch.topk(strip, margin, dim=1, sorted=False)
+        del strip
+        exact = torch.einsum("rd,rkd->rk", q32[start:stop], db32[cand])
+        if exclude_self:
+            exact = exact.masked_fill(cand == torch.arange(start, stop, device=dev)[:, None],
+                                      -float("inf"))
+        top, pos = torch.topk(exact, k, dim=1, sorted=False)
+        best_sim[start:stop] = top
+        best_idx[start:stop] = torch.gather(cand, 1, pos)
+        if margin < n_db - (1 if exclude_self else 0):
+            reach = approx.amin(dim=1) + eps  # the most a non-candidate can be
+            unproven[start:stop] = reach >= top.amin(dim=1)
+        if progress is not None:
+            progress(stop, n_q)
+    redo = torch.nonzero(unproven).squeeze(1)  # the one sync
+    if len(redo):
+        for i in range(0, len(redo), max(1, memory_budget // (4 * n_db))):
+            ids = redo[i : i + max(1, memory_budget // (4 * n_db))]
+            strip = q32[ids] @ db32.T
+            if exclude_self:
+                strip[torch.arange(len(ids), device=dev), ids] = -float("inf")
+            top, idx = torch.topk(strip, k, dim=1, sorted=False)
+            best_sim[ids] = top
+            best_idx[ids] = idx
+    sim_np = ops.get(best_sim)
+    idx_np = ops.get(best_idx).astype(np.int64, copy=False)
+    order = np.lexsort((idx_np, -sim_np), axis=1)
+    return Neighbors(
+        np.take_along_axis(idx_np, order, axis=1),
+        np.take_along_axis(sim_np, order, axis=1).astype(np.float32, copy=False),
+    )
 
 
 class _NumpyOps:
