@@ -235,3 +235,30 @@ def test_nearest_shortlist_pool_is_cached_per_model(geometry_table, vocab_file, 
     assert nearest_shortlist("mayonnaise bottle", index, geometry_table, exclude=set(),
                              fingerprint="abc123") == first
     assert np.load(pool).shape[0] == len(order)
+
+
+def test_trigger_nearest_tags_in_one_encoder_pass(geometry_table, vocab_file, monkeypatch):
+    """trigger embeds its members, every family's shortlist and the neighbours in one pass:
+    the same neighbours and scores as asking family by family."""
+    import tagsmith.analysis.concepts as concepts
+
+    def ranked():
+        emb = BagOfTokensEmbedder(geometry_table)
+        res = rank_triggers("mayonnaise bottle", TriggerOptions(vocab_path=vocab_file, rare=2,
+                                                               nearest=2), embedder=emb)
+        return res, emb.calls
+
+    res, calls = ranked()
+    assert len(calls) == 1  # everything was known in advance
+
+    class OneByOne:  # the old behaviour: every ask is its own encoder pass
+        def __init__(self, embedder, texts):  # noqa: ANN001
+            self.embed, self.fingerprint = embedder.embed, None
+
+    monkeypatch.setattr(concepts, "PrefetchedVectors", OneByOne)
+    old, old_calls = ranked()
+    assert len(old_calls) > 1
+    assert [(n.tag, n.source, n.role) for n in res.neighbors] == [
+        (n.tag, n.source, n.role) for n in old.neighbors]
+    assert any(n.source == "nearest" for n in res.neighbors)
+    assert [f.to_dict() for f in res.families] == [f.to_dict() for f in old.families]

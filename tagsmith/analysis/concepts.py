@@ -91,9 +91,10 @@ def nearest_vocab_tags(
 
 
 def nearest_shortlist(
-    text: str, index: Any, table: np.ndarray, *, exclude: set[str], fingerprint: str | None = None
+    text: str, index: Any, table: np.ndarray, *, exclude: set[str], fingerprint: str | None = None,
+    size: int | None = None,
 ) -> list[int]:
-    """Rows of the ``NEAREST_SHORTLIST`` most frequent vocabulary tags nearest to ``text`` by
+    """Rows of the ``NEAREST_SHORTLIST`` (or ``size``) vocabulary tags nearest to ``text`` by
     the mean of their input token embeddings (no encoder pass). With the model's
     ``fingerprint`` and a cached vocabulary index, those mean vectors are cached beside it."""
     if len(index) == 0:
@@ -107,7 +108,7 @@ def nearest_shortlist(
     query = table[ids].mean(axis=0)
     sims = _cosines_to(query, pool_vecs)
     return [int(order[j]) for j in np.argsort(-sims)
-            if index.texts[int(order[j])] not in exclude][:NEAREST_SHORTLIST]
+            if index.texts[int(order[j])] not in exclude][:size or NEAREST_SHORTLIST]
 
 
 def _cosines_to(query: np.ndarray, vecs: np.ndarray, block: int = 4096) -> np.ndarray:
@@ -194,3 +195,21 @@ def baseline_for(embedder: Any, index: Any | None, progress: Progress = no_progr
     ref = vocabulary_reference(index.texts, index.counts)
     return model_baseline(embedder, ref, label=f"the {len(ref):,} most frequent tags of "
                           f"{index.summary or 'the vocabulary'}")
+
+
+class PrefetchedVectors:
+    """An embedder's vectors for texts known in advance, from one encoder pass; texts asked
+    for later are embedded then. A command that asks in several small rounds (trigger: a
+    shortlist per family, then the members) pays the forward pass's set-up once."""
+
+    def __init__(self, embedder: Any, texts: Sequence[str]) -> None:
+        self._embedder = embedder
+        self.fingerprint = getattr(embedder, "fingerprint", None)
+        unique = list(dict.fromkeys(texts))
+        self._known = dict(zip(unique, embedder.embed(unique))) if unique else {}
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._known]
+        if missing:
+            self._known.update(zip(missing, self._embedder.embed(missing)))
+        return np.stack([self._known[t] for t in texts]) if texts else np.zeros((0, 0))

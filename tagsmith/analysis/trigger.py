@@ -224,16 +224,6 @@ def rank_triggers(
     if baseline is None:
         baseline = baseline_for(embedder, index, progress)
     result.baseline = baseline
-    if index is not None and options.nearest > 0:
-        progress("finding nearest vocabulary tags")
-        present = {text, *neighbors, *(f.text for f in forms)}
-        for fam in families[:6]:
-            for nb in nearest_vocab_tags(fam.members[0].candidate.text, index, embedder, table,
-                                         k=options.nearest, exclude=present,
-                                         baseline=baseline):
-                present.add(nb.tag)
-                result.neighbors.append(nb)
-
     held_out_forms: dict[str, Candidate] = {}
     if held_out:
         from tagsmith.text.variants import _analyse_unique, _Form
@@ -245,13 +235,39 @@ def rank_triggers(
                                       tok)
                 if got:
                     held_out_forms[fam.stem] = got[0]
+    member_texts = [m.candidate.text for f in families for m in f.members]
+    own_texts = member_texts + [c.text for c in held_out_forms.values()]
+    vectors_of: Any = embedder
+
+    if index is not None and options.nearest > 0:
+        from tagsmith.analysis.concepts import (
+            NEAREST_SHORTLIST,
+            PrefetchedVectors,
+            nearest_shortlist,
+        )
+
+        progress("finding nearest vocabulary tags")
+        present = {text, *neighbors, *(f.text for f in forms)}
+        heads = [fam.members[0].candidate.text for fam in families[:6]]
+        # One encoder pass for the members, every family's shortlist (with room for the tags
+        # the loop below excludes as it goes) and the neighbours so far, instead of one pass
+        # per family: a small job pays the forward pass's set-up once.
+        room = NEAREST_SHORTLIST + options.nearest * len(heads)
+        pool = [index.texts[r] for h in heads for r in nearest_shortlist(
+            h, index, table, exclude=present, fingerprint=getattr(embedder, "fingerprint", None),
+            size=room)]
+        vectors_of = PrefetchedVectors(
+            embedder, own_texts + heads + pool + [n.tag for n in result.neighbors])
+        for head in heads:
+            for nb in nearest_vocab_tags(head, index, vectors_of, table,
+                                         k=options.nearest, exclude=present,
+                                         baseline=baseline):
+                present.add(nb.tag)
+                result.neighbors.append(nb)
 
     progress("encoding triggers and neighbours")
-    member_texts = [m.candidate.text for f in families for m in f.members]
-    texts = list(dict.fromkeys(
-        member_texts + [c.text for c in held_out_forms.values()] + [n.tag for n in result.neighbors]
-    ))
-    vectors = embedder.embed(texts)
+    texts = list(dict.fromkeys(own_texts + [n.tag for n in result.neighbors]))
+    vectors = vectors_of.embed(texts)
     row = {t: i for i, t in enumerate(texts)}
     neigh_vecs = vectors[[row[n.tag] for n in result.neighbors]]
     roles = [n.role for n in result.neighbors]
