@@ -616,7 +616,12 @@ def test_token_ids_from_the_vocabulary_index_tokenize_nothing(
                         lambda self, cleaned: calls.append(len(cleaned)) or real(self, cleaned))
     again = vocabulary_token_ids(read_vocabulary(vocab_path), cache_dir=tmp_path)
     assert again == first and calls == []
-    fake.calls.clear()
-    got = score_vocabulary(vocab, fake, k=3, token_ids=again)
-    assert calls == []
+    from tagsmith.model.calibration import model_baseline, vocabulary_reference
+
+    counts = np.array([-1 if e.count is None else e.count for e in vocab.entries])
+    base = model_baseline(fake, vocabulary_reference(vocab.texts, counts), label="test")
+    want = score_vocabulary(vocab, fake, k=3, baseline=base)
+    calls.clear()
+    got = score_vocabulary(vocab, fake, k=3, token_ids=again, baseline=base)
+    assert calls == []  # neither score nor the embedder tokenized a vocabulary row
     assert got.rows == want.rows

@@ -82,7 +82,7 @@ DEFAULT_K = 5
 
 # Tags per encoder call: big enough for efficient batches, small enough that the progress bar
 # and the embedding cache advance every few seconds on a CPU (an embedder may prefer more:
-# TagEmbedder.preferred_chunk is 32,768 on a GPU).
+# preferred_chunk is 32,768 on a GPU).
 EMBED_CHUNK = 1024
 
 
@@ -389,7 +389,7 @@ def score_vocabulary(
         embed_rows = [selected[j] for j in embedded] + extra
         vectors = embed_in_chunks(
             embedder, [texts_all[i] for i in embed_rows],
-            chunk_size=chunk_size or getattr(embedder, "preferred_chunk", None) or EMBED_CHUNK,
+            chunk_size=chunk_size or preferred_chunk(embedder),
             token_ids=[all_ids[i] for i in embed_rows],
             progress=lambda d, t: progress("encode", d, t),
             cache_progress=lambda d, t: progress("cache", d, t),
@@ -499,6 +499,23 @@ def riskiest(rows: Sequence[ScoreRow], n: int = RISKIEST) -> list[ScoreRow]:
         picked.sort(key=lambda r: (r.dominance, (r.shares_token_count or 0) / max(r.count or 1, 1)),
                     reverse=True)
     return picked[:n]
+
+
+def preferred_chunk(embedder: Any) -> int:
+    """Tags per ``embed`` call: ``EMBED_CHUNK`` on a CPU, so progress and the cache advance
+    every few seconds; 32,768 on a GPU, so each call fills several whole 32k-position batches
+    (~3.6 positions per Danbooru tag after prefix sharing) and the encoder's pipeline stays
+    busy. Judged without loading the model when it is not loaded yet."""
+    settings = getattr(embedder, "settings", None)
+    if settings is None:
+        return EMBED_CHUNK
+    if getattr(embedder, "loaded", False):
+        on_gpu = str(embedder.model_info().get("device", "cpu")) != "cpu"
+    else:
+        from tagsmith.model.device import gpu_possible
+
+        on_gpu = settings.device != "cpu" and (settings.device != "auto" or gpu_possible())
+    return 32768 if on_gpu else EMBED_CHUNK
 
 
 def embed_in_chunks(

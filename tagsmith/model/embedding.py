@@ -135,6 +135,13 @@ def split_context(context: str | None) -> tuple[str, str]:
 
 
 ProgressFn = Callable[[int, int], None]
+Ids = Sequence[Sequence[int]] | None  # token ids per text, when a caller has them
+
+
+def _token_ids(texts: Sequence[str], known: Ids) -> Sequence[Sequence[int]]:
+    from tagsmith.text.tokenizer import load_tokenizer
+
+    return known if known is not None else load_tokenizer().encode_batch(list(texts))
 
 
 def long_tags_note(texts: set[str] | Sequence[str], room: int, first: tuple[str, int],
@@ -378,20 +385,13 @@ class TagEmbedder:
                 )
         return self._prefix_ids, self._suffix_ids
 
-    def _sequences(
-        self, texts: Sequence[str], *, tokens_only: bool = False,
-        token_ids: Sequence[Sequence[int]] | None = None,
-    ) -> list[list[int]]:
-        """What each text contributes after BOS+context prefix, cut where SD's chunk ends
-        (``token_ids``: the texts' ids, already known to the caller)."""
-        from tagsmith.text.tokenizer import load_tokenizer
-
+    def _sequences(self, texts: Sequence[str], *, tokens_only: bool = False,
+                   token_ids: Ids = None) -> list[list[int]]:
+        """What each text contributes after BOS+context prefix, cut where SD's chunk ends."""
         prefix_ids, suffix_ids = self._context_ids()
         room = CHUNK_LENGTH - len(prefix_ids)
         seqs: list[list[int]] = []
-        if token_ids is None:
-            token_ids = load_tokenizer().encode_batch(list(texts))
-        for text, ids in zip(texts, token_ids):
+        for text, ids in zip(texts, _token_ids(texts, token_ids)):
             if not ids:
                 raise InputError(f"Cannot embed {text!r}: it has no tokens.")
             if len(ids) > room:
@@ -410,15 +410,9 @@ class TagEmbedder:
         self._long.add(text)
         self._long_room = room
 
-    def _check_lengths(
-        self, texts: Sequence[str], token_ids: Sequence[Sequence[int]] | None = None
-    ) -> None:
-        from tagsmith.text.tokenizer import load_tokenizer
-
+    def _check_lengths(self, texts: Sequence[str], token_ids: Ids = None) -> None:
         room = CHUNK_LENGTH - len(self._context_ids()[0])
-        if token_ids is None:
-            token_ids = load_tokenizer().encode_batch(list(texts))
-        for text, ids in zip(texts, token_ids):
+        for text, ids in zip(texts, _token_ids(texts, token_ids)):
             if len(ids) > room:
                 self._note_long(text, len(ids), room)
 
@@ -441,35 +435,28 @@ class TagEmbedder:
                 progress(min(start + chunk, len(unique)), len(unique))
         return found
 
-    def embed(
-        self, texts: Sequence[str], *, progress: ProgressFn | None = None,
-        token_ids: Sequence[Sequence[int]] | None = None,
-    ) -> np.ndarray:
+    def embed(self, texts: Sequence[str], *, progress: ProgressFn | None = None,
+              token_ids: Ids = None) -> np.ndarray:
         """(len(texts), dim) float32 in input order. Cache hits never load the model.
-
-        ``token_ids``: each text's token ids (``Tokenizer.encode_batch``), when the caller has
-        them already (``tagsmith score`` reads them from the vocabulary index): not tokenized
-        again."""
+        ``token_ids``: the texts' ids when the caller has them (score): not tokenized again."""
         texts = list(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
         known = dict(zip(texts, token_ids)) if token_ids is not None else None
+        pick = (lambda ts: None) if known is None else (lambda ts: [known[t] for t in ts])
         unique = list(dict.fromkeys(texts))
         variant = self._variant()
         cache = self._open_cache() if self.settings.use_cache else None
         found: dict[str, np.ndarray] = cache.get_many(variant, unique) if cache else {}
         done, total = len(found), len(unique)
         if found:
-            self._check_lengths(  # the misses are checked as they are encoded
-                list(found), None if known is None else [known[t] for t in found])
+            self._check_lengths(list(found), pick(found))  # misses: checked when encoded
         if progress is not None:
             progress(done, total)
         missing = [t for t in unique if t not in found]
         if missing:
-            seqs = self._sequences(
-                missing, token_ids=None if known is None else [known[t] for t in missing]
-            )
+            seqs = self._sequences(missing, token_ids=pick(missing))
             enc = self.encoder(positions=self._job_positions(seqs))
             pool = {"eos": "last", "pooled": "pooled"}.get(self.settings.representation, "mean")
             prefix_ids, _ = self._context_ids()
