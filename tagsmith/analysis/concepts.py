@@ -83,11 +83,16 @@ def nearest_vocab_tags(
     """The ``k`` vocabulary tags nearest to ``text`` in the encoder: the encoder ranks the
     static shortlist of ``nearest_shortlist``."""
     shortlist = nearest_shortlist(text, index, table, exclude=exclude,
-                                  fingerprint=getattr(embedder, "fingerprint", None))
+                                  fingerprint=table_fingerprint(embedder))
     if not shortlist or k <= 0:
         return []
     vecs = embedder.embed([text] + [index.texts[r] for r in shortlist])
     return rank_shortlist(vecs[0], vecs[1:], shortlist, index, k=k, baseline=baseline)
+
+
+def table_fingerprint(embedder: Any) -> str | None:
+    """What keys vectors built from the token table alone (shared by base and LoRA models)."""
+    return getattr(embedder, "table_fingerprint", None) or getattr(embedder, "fingerprint", None)
 
 
 def nearest_shortlist(

@@ -36,6 +36,7 @@ from tagsmith.analysis.concepts import (
     nearest_shortlist,
     rank_shortlist,
     shared_token_neighbors,
+    table_fingerprint,
 )
 from tagsmith.analysis.ranking import (
     Progress,
@@ -89,10 +90,19 @@ class SuggestResult:
     notices: list[str] = field(default_factory=list)
     vocabulary: str | None = None
     baseline: Baseline | None = None
+    # with --lora: each form's numbers in the base model alone, {form: {score, similarity}}
+    base: dict[str, dict[str, Any]] | None = None
 
     @property
     def has_similarity(self) -> bool:
         return self.model is not None
+
+    def set_base(self, base: SuggestResult) -> None:
+        """Keep ``base``'s numbers (the same tag without the LoRA) beside this result's."""
+        self.base = {
+            rc.form: {"score": rc.score, "similarity": dict(rc.similarity)}
+            for rc in base.candidates
+        }
 
     @property
     def recommended(self) -> RankedCandidate | None:
@@ -117,7 +127,10 @@ class SuggestResult:
             "weights": vars(self.weights).copy(),
             "vocabulary": self.vocabulary,
             "neighbors": [n.to_dict() for n in self.neighbors],
-            "candidates": [c.to_dict() for c in self.candidates],
+            "candidates": [
+                {**c.to_dict(), **({"base": self.base.get(c.form)} if self.base else {})}
+                for c in self.candidates
+            ],
             "notices": list(self.notices),
             "baseline": None if self.baseline is None else self.baseline.summary(),
         }
@@ -188,7 +201,7 @@ def suggest(
         progress("finding nearest vocabulary tags")
         present = {text, *(nb.tag for nb in result.neighbors), *(c.text for c in candidates)}
         shortlist = nearest_shortlist(text, index, table, exclude=present,
-                                      fingerprint=embedder.fingerprint)
+                                      fingerprint=table_fingerprint(embedder))
     progress("encoding candidates and neighbours")
     texts = list(dict.fromkeys(
         [text] + [c.text for c in candidates] + [n.tag for n in result.neighbors]

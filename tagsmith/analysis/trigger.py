@@ -124,10 +124,19 @@ class TriggerResult:
     notices: list[str] = field(default_factory=list)
     vocabulary: str | None = None
     baseline: Baseline | None = None
+    # with --lora: each trigger's numbers in the base model alone, {form: {score, separation}}
+    base: dict[str, dict[str, Any]] | None = None
 
     @property
     def has_similarity(self) -> bool:
         return self.model is not None
+
+    def set_base(self, base: TriggerResult) -> None:
+        """Keep ``base``'s numbers (the same concept without the LoRA) beside this result's."""
+        self.base = {}
+        for fam in base.families:
+            d = fam.to_dict()
+            self.base[d["form"]] = {"score": fam.score, "separation": fam.separation}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -139,7 +148,10 @@ class TriggerResult:
             "weights": vars(self.weights).copy(),
             "vocabulary": self.vocabulary,
             "neighbors": [n.to_dict() for n in self.neighbors],
-            "candidates": [f.to_dict() for f in self.families],
+            "candidates": [
+                {**d, **({"base": self.base.get(d["form"])} if self.base else {})}
+                for d in (f.to_dict() for f in self.families)
+            ],
             "notices": list(self.notices),
         }
 

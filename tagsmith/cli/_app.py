@@ -81,6 +81,7 @@ COMMAND_MODULES: list[str] = [
     "score_cmd",
     "explore_cmd",
     "dataset_cmd",
+    "lora_cmd",
 ]
 
 

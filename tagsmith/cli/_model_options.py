@@ -125,6 +125,17 @@ CacheDirOption = Annotated[
         help="Embedding cache folder (default: the platform cache dir).",
     ),
 ]
+LoraOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--lora",
+        metavar="FILE[:WEIGHT]",
+        show_default=False,
+        help="Measure the model with this LoRA/LyCORIS file merged into its text encoder "
+        "(repeatable); WEIGHT is the text-encoder multiplier, as the te part of A1111's "
+        "<lora:name:te:unet> (default 1).",
+    ),
+]
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the cache.")]
 
 
@@ -140,9 +151,11 @@ def settings_from_options(
     no_cache: bool = False,
     encoder: str = "auto",
     combine: str = "concat",
+    lora: list[str] | None = None,
 ):  # noqa: ANN201 - EncoderSettings, imported lazily
     """EncoderSettings from the shared options, checked (UsageError, exit 2, when invalid)."""
     from tagsmith.model.embedding import EncoderSettings
+    from tagsmith.model.lora import parse_lora_spec
 
     return EncoderSettings(
         model=model,
@@ -155,7 +168,42 @@ def settings_from_options(
         use_cache=not no_cache,
         encoder=encoder,
         combine=combine,
+        loras=tuple(parse_lora_spec(text) for text in lora or ()),
     ).validated()
+
+
+def model_notices(embedder: object, notice: str | None = None) -> list[str]:
+    """The no-model notice, if any, then what --lora applied (one line per LoRA)."""
+    patch = getattr(embedder, "lora_patch", None)
+    return ([notice] if notice else []) + (list(patch.notes) if patch is not None else [])
+
+
+def open_base_model(embedder: object, settings: object, status=None):  # noqa: ANN001, ANN201
+    """With --lora, the same model without it (for the base numbers shown beside); else None."""
+    if embedder is None or getattr(embedder, "lora_patch", None) is None:
+        return None
+    from tagsmith.model.embedding import open_embedder
+    from tagsmith.model.lora import without_loras
+
+    if status is not None:
+        status("the base model's numbers")
+    return open_embedder(without_loras(settings))
+
+
+def lora_label(model_info: dict) -> str:
+    """' · LoRA style.safetensors:0.8 (base numbers beside)' for a header, or ''."""
+    loras = model_info.get("loras") or []
+    if not loras:
+        return ""
+    names = ", ".join(f"{Path(d['file']).name}:{d['weight']:g}" for d in loras)
+    return f" · LoRA {names} (base model's score beside)"
+
+
+def base_cell(base: dict | None) -> str:
+    """A table cell with the base model's score for the same row."""
+    if not base or base.get("score") is None:
+        return "-"
+    return f"{base['score']:+.3f}"
 
 
 def print_model_notes(embedder: object) -> None:

@@ -16,6 +16,7 @@ from tagsmith.cli._model_options import (
     DeviceOption,
     DtypeOption,
     EncoderPartOption,
+    LoraOption,
     ModelOption,
     NoCacheOption,
     RepresentationOption,
@@ -116,6 +117,7 @@ def dataset_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON."),
     model: ModelOption = None,
+    lora: LoraOption = None,
     clip_skip: ClipSkipOption = 1,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
@@ -137,6 +139,7 @@ def dataset_command(
     if not no_model:
         # Checked now, so a bad option fails even when no cluster needs the model.
         embed = _LazyEmbed(settings_from_options(
+            lora=lora,
             model=model, clip_skip=clip_skip, device=device, dtype=dtype,
             representation=representation, context=context, cache_dir=cache_dir,
             encoder=encoder, combine=combine,

@@ -17,6 +17,7 @@ from tagsmith.cli._model_options import (
     DeviceOption,
     DtypeOption,
     EncoderPartOption,
+    LoraOption,
     ModelOption,
     NoCacheOption,
     RepresentationOption,
@@ -55,6 +56,7 @@ def embed_command(
         bool, typer.Option("--json", help="Print [{\"tag\", \"vector\"}, ...] to stdout.")
     ] = False,
     model: ModelOption = None,
+    lora: LoraOption = None,
     clip_skip: ClipSkipOption = 1,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
@@ -74,6 +76,7 @@ def embed_command(
     if output is not None and output.suffix.lower() not in (".npy", ".json"):
         raise UsageError(f"The output file must end in .npy or .json, not '{output.name}'.")
     settings = settings_from_options(
+        lora=lora,
         model=model, clip_skip=clip_skip, device=device, dtype=dtype,
         representation=representation, context=context, cache_dir=cache_dir, no_cache=no_cache,
         encoder=encoder, combine=combine,

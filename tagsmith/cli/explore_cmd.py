@@ -17,6 +17,7 @@ from tagsmith.cli._model_options import (
     DeviceOption,
     DtypeOption,
     EncoderPartOption,
+    LoraOption,
     ModelOption,
     NoCacheOption,
     RepresentationOption,
@@ -46,9 +47,10 @@ ExportOption = Annotated[
 @app.command("explore")
 def explore_command(
     target: Annotated[str, typer.Argument(
-        metavar="TAG_OR_SCORE_FILE",
-        help="A tag (\"mayonnaise bottle\") to rank its forms, or a score file from "
-        "tagsmith score (OUT.csv, OUT.jsonl, OUT.parquet).", show_default=False)],
+        metavar="TAG_OR_FILE",
+        help="A tag (\"mayonnaise bottle\") to rank its forms, a score file from "
+        "tagsmith score (OUT.csv, OUT.jsonl, OUT.parquet), or a LoRA .safetensors to see "
+        "tagsmith lora's table (with --model: what it moved).", show_default=False)],
     neighbor: NeighborOption = None,
     avoid: AvoidOption = None,
     keep: KeepOption = None,
@@ -58,6 +60,7 @@ def explore_command(
     weights: WeightsOption = None,
     export_to: ExportOption = "marked-tags.txt",
     model: ModelOption = None,
+    lora: LoraOption = None,
     clip_skip: ClipSkipOption = 1,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
@@ -79,11 +82,12 @@ def explore_command(
     from tagsmith.cli._model_options import settings_from_options
     from tagsmith.cli.tokenize_cmd import check_option_values as given
     from tagsmith.cli.tokenize_cmd import check_tag_arguments
-    from tagsmith.tui.loaders import check_score_path, looks_like_score_file
+    from tagsmith.tui.loaders import check_score_path, looks_like_lora_file, looks_like_score_file
 
     score_weights = ScoreWeights.parse(weights) if weights else ScoreWeights()
     # Bad option values fail here, not later inside the app; the model itself loads in the app.
     settings = settings_from_options(
+        lora=lora,
         model=model, clip_skip=clip_skip, device=device, dtype=dtype,
         representation=representation, context=context, cache_dir=cache_dir, no_cache=no_cache,
         encoder=encoder, combine=combine,
@@ -91,12 +95,23 @@ def explore_command(
     # Options that describe one tag apply to the tag given here; drill-downs get the rest.
     drill_options = SuggestOptions(vocab_path=vocab, top=top, weights=score_weights,
                                    cache_dir=cache_dir, use_cache=not no_cache)
-    if looks_like_score_file(target):
+    if looks_like_lora_file(target):
+        from tagsmith.model.lora import parse_lora_spec, without_loras
+        from tagsmith.tui.app import LoraSource
+
+        spec = parse_lora_spec(target)
+        if not spec.path.is_file():
+            raise InputError(f"There is no LoRA file at '{spec.path}'.")
+        source: object = LoraSource(
+            Path(target).expanduser(), without_loras(settings) if model is not None else None,
+            vocab,
+        )
+    elif looks_like_score_file(target):
         path = Path(target).expanduser()
         check_score_path(path)
         from tagsmith.tui.app import ScoreSource
 
-        source: object = ScoreSource(path)
+        source = ScoreSource(path)
     else:
         check_tag_arguments([target])
         _refuse_other_files(target)

@@ -16,6 +16,7 @@ from tagsmith.cli._model_options import (
     DeviceOption,
     DtypeOption,
     EncoderPartOption,
+    LoraOption,
     ModelOption,
     NoCacheOption,
     RepresentationOption,
@@ -77,6 +78,7 @@ def score_command(
         int, typer.Option("--top", min=0, metavar="N", help="Riskiest tags shown in the summary."),
     ] = 15,
     model: ModelOption = None,
+    lora: LoraOption = None,
     clip_skip: ClipSkipOption = 1,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
@@ -133,6 +135,7 @@ def score_command(
     categories = parse_categories(category or [], numbering)
 
     settings = settings_from_options(
+        lora=lora,
         model=model, clip_skip=clip_skip, device=device, dtype=dtype,
         representation=representation, context=context, cache_dir=cache_dir, no_cache=no_cache,
         encoder=encoder, combine=combine,

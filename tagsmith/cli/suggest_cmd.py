@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,9 +17,14 @@ from tagsmith.cli._model_options import (
     DeviceOption,
     DtypeOption,
     EncoderPartOption,
+    LoraOption,
     ModelOption,
     NoCacheOption,
     RepresentationOption,
+    base_cell,
+    lora_label,
+    model_notices,
+    open_base_model,
     settings_from_options,
 )
 
@@ -143,6 +149,7 @@ def suggest_command(
     csv_path: CsvOption = None,
     plot: PlotOption = None,
     model: ModelOption = None,
+    lora: LoraOption = None,
     clip_skip: ClipSkipOption = 1,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
@@ -180,6 +187,7 @@ def suggest_command(
         use_cache=not no_cache,
     )
     settings = settings_from_options(
+        lora=lora,
         model=model,
         clip_skip=clip_skip,
         device=device,
@@ -196,8 +204,14 @@ def suggest_command(
         status("looking for the text encoder")
         embedder, notice = open_model(settings, explicit=model is not None)
         result = suggest(
-            tag, options, embedder=embedder, notices=[notice] if notice else [], progress=status
+            tag, options, embedder=embedder, notices=model_notices(embedder, notice),
+            progress=status,
         )
+        base = open_base_model(embedder, settings, status)
+        if base is not None:
+            with base:
+                result.set_base(suggest(tag, replace(options, top=None), embedder=base,
+                                        progress=status))
     if csv_path is not None:
         write_suggest_csv(csv_path, result)
     if plot is not None and result.has_similarity:
@@ -266,7 +280,8 @@ def render_suggest(console: Any, result: Any) -> None:
         header.append(
             f"\nmodel {m.get('label', '?')} {m.get('source', '?')} · fingerprint "
             f"{str(m.get('fingerprint', ''))[:12]}"
-            f" · clip skip {m.get('clip_skip')} · {m.get('representation')} vectors",
+            f" · clip skip {m.get('clip_skip')} · {m.get('representation')} vectors"
+            f"{lora_label(m)}",
             style="dim",
         )
     if result.vocabulary:
@@ -282,6 +297,8 @@ def render_suggest(console: Any, result: Any) -> None:
     table.add_column("n", justify="right")
     if result.has_similarity:
         table.add_column("score", justify="right")
+    if result.base is not None:
+        table.add_column("base", justify="right", style="dim")
     table.add_column("reason", overflow="fold", ratio=1)
     for i, rc in enumerate(result.candidates, start=1):
         c = rc.candidate
@@ -291,6 +308,8 @@ def render_suggest(console: Any, result: Any) -> None:
         cells = [str(i), form, render_pieces(c.tokens), str(c.n_tokens)]
         if result.has_similarity:
             cells.append(f"{rc.score:+.3f}")
+        if result.base is not None:
+            cells.append(base_cell(result.base.get(c.form)))
         cells.append(Text(rc.reason, style="dim" if i > 1 else ""))
         table.add_row(*cells)
     console.print(table)

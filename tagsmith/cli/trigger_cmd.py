@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,9 +17,14 @@ from tagsmith.cli._model_options import (
     DeviceOption,
     DtypeOption,
     EncoderPartOption,
+    LoraOption,
     ModelOption,
     NoCacheOption,
     RepresentationOption,
+    base_cell,
+    lora_label,
+    model_notices,
+    open_base_model,
     settings_from_options,
 )
 from tagsmith.cli.suggest_cmd import (
@@ -75,6 +81,7 @@ def trigger_command(
     csv_path: CsvOption = None,
     plot: PlotOption = None,
     model: ModelOption = None,
+    lora: LoraOption = None,
     clip_skip: ClipSkipOption = 1,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
@@ -116,6 +123,7 @@ def trigger_command(
         use_cache=not no_cache,
     )
     settings = settings_from_options(
+        lora=lora,
         model=model,
         clip_skip=clip_skip,
         device=device,
@@ -132,8 +140,14 @@ def trigger_command(
         status("looking for the text encoder")
         embedder, notice = open_model(settings, explicit=model is not None)
         result = rank_triggers(
-            concept, options, embedder=embedder, notices=[notice] if notice else [], progress=status
+            concept, options, embedder=embedder, notices=model_notices(embedder, notice),
+            progress=status,
         )
+        base = open_base_model(embedder, settings, status)
+        if base is not None:
+            with base:
+                result.set_base(rank_triggers(concept, replace(options, top=None), embedder=base,
+                                              progress=status))
     if csv_path is not None:
         write_trigger_csv(csv_path, result)
     if plot is not None and result.has_similarity:
@@ -163,8 +177,6 @@ def trigger_command(
 
 
 def _weights(spec: str | None, default: Any) -> Any:
-    from dataclasses import replace
-
     from tagsmith.analysis.ranking import ScoreWeights
 
     if not spec:
@@ -202,7 +214,8 @@ def render_trigger(console: Any, result: Any) -> None:
         header.append(
             f"\nmodel {m.get('label', '?')} {m.get('source', '?')} · fingerprint "
             f"{str(m.get('fingerprint', ''))[:12]}"
-            f" · clip skip {m.get('clip_skip')} · {m.get('representation')} vectors",
+            f" · clip skip {m.get('clip_skip')} · {m.get('representation')} vectors"
+            f"{lora_label(m)}",
             style="dim",
         )
     if result.vocabulary:
@@ -217,6 +230,8 @@ def render_trigger(console: Any, result: Any) -> None:
     table.add_column("trigger  ·  tokens", overflow="fold", ratio=3)
     if result.has_similarity:
         table.add_column("score", justify="right")
+        if result.base is not None:
+            table.add_column("base", justify="right", style="dim")
         table.add_column("apart", justify="right")
     table.add_column("reason", overflow="fold", ratio=2)
     for i, fam in enumerate(result.families, start=1):
@@ -234,6 +249,8 @@ def render_trigger(console: Any, result: Any) -> None:
         cells: list[Any] = [str(i), members]
         if result.has_similarity:
             cells.append(f"{fam.score:+.3f}")
+            if result.base is not None:
+                cells.append(base_cell(result.base.get(fam.to_dict()["form"])))
             cells.append("" if fam.separation is None else f"{fam.separation:.2f}")
         cells.append(Text(fam.reason, style="" if i == 1 else "dim"))
         table.add_row(*cells, end_section=True)

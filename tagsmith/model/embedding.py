@@ -45,6 +45,8 @@ from tagsmith.model.fingerprint import (
     safetensors_fingerprint,
     sample_digest,
 )
+from tagsmith.model.gpu import gpu_possible
+from tagsmith.model.lora import LoraPatch, LoraSpec, LoraState, patches_for_model
 from tagsmith.model.safetensors_file import read_tensor_array
 from tagsmith.model.sources import TextEncoderSource, model_spec_from_settings, resolve_source
 from tagsmith.paths import resolve_cache_dir
@@ -71,6 +73,7 @@ class EncoderSettings:
     use_cache: bool = True
     encoder: str = "auto"  # SDXL: auto (both, 2048 wide) | l | g
     combine: str = "concat"  # SDXL, both encoders: concat (the UNet's view) | balanced
+    loras: tuple[LoraSpec, ...] = ()  # --lora FILE[:WEIGHT], merged into the encoder's weights
 
     def validated(self) -> EncoderSettings:
         """The same settings, normalised; UsageError (one sentence) for a bad value."""
@@ -171,6 +174,7 @@ class TagEmbedder:
         *,
         preloaded: dict | None = None,
         cache_dir: Path | None = None,
+        patches: dict[str, LoraPatch] | None = None, base_fingerprint: str | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
@@ -180,16 +184,21 @@ class TagEmbedder:
         self._selected = _selected_parts(settings, source)
         self._config: EncoderConfig = self._parts[self._selected[0]].config  # type: ignore[assignment]
         self._fingerprint = fingerprint
+        self.base_fingerprint = base_fingerprint or fingerprint
         if source.parts is not None:
             from tagsmith.model.sdxl import selection_key
 
             self._fingerprint = selection_key(fingerprint, self._selected, settings.representation)
+            self.base_fingerprint = selection_key(
+                self.base_fingerprint, self._selected, settings.representation)
+        self.lora = LoraState(patches or {})  # --lora deltas, merged when the weights load
+        self.lora_patch = self.lora.first
         self._preloaded = preloaded  # tensors torch.load gave while inspecting a .ckpt
         self._encoder: Any = None  # encoder.ClipTextEncoder or encoder_np.NumpyTextEncoder
         self._expected_positions = 0
         self._cache_dir = cache_dir
         self._cache: EmbeddingCache | None = None
-        self._notes: list[str] = list(source.notes)
+        self._notes: list[str] = list(source.notes) + self.lora.notes()
         # Tags longer than SD's chunk: counted over the embedder's life, told once (see notes).
         self._long: set[str] = set()
         self._long_first: tuple[str, int] = ("", 0)
@@ -204,6 +213,11 @@ class TagEmbedder:
     @property
     def fingerprint(self) -> str:
         return self._fingerprint
+
+    @property
+    def table_fingerprint(self) -> str:
+        """The token table's key: the base's unless a LoRA changes the table (a full diff)."""
+        return self._fingerprint if self.lora.changes_table else self.base_fingerprint
 
     @property
     def dim(self) -> int:
@@ -289,6 +303,7 @@ class TagEmbedder:
             "device": device,
             "dim": self.dim,
             "layers": self._config.num_layers,
+            "loras": self.lora.describe(), "base_fingerprint": self.base_fingerprint,
         }
 
     # -- encoding ---------------------------------------------------------------------------
@@ -315,16 +330,17 @@ class TagEmbedder:
             self._encoder = load_sdxl_encoder(
                 self.source, self._selected, backend=want, device=self.settings.device,
                 dtype=self.settings.dtype, tensors=self._preloaded if want == "torch" else None,
+                patches=self.lora.changing or None,
             )
             self._preloaded = None
         elif want == "numpy":
-            self._encoder = encoder_np.load_numpy_encoder(self.source)
+            self._encoder = encoder_np.load_numpy_encoder(self.source, patch=self.lora.l)
         else:
             from tagsmith.model.encoder import load_text_encoder
 
             self._encoder = load_text_encoder(
                 self.source, device=self.settings.device, dtype=self.settings.dtype,
-                tensors=self._preloaded,
+                tensors=self._preloaded, patch=self.lora.l,
             )
             self._preloaded = None
         return self._encoder
@@ -499,8 +515,8 @@ class TagEmbedder:
 
     def token_embedding_table(self) -> np.ndarray:
         """(49408, dim) float32 input token embeddings (read without torch from safetensors)."""
-        if self._encoder is not None:
-            table = self._encoder.token_embedding
+        if self._encoder is not None or self.lora.changes_table:
+            table = (self._encoder or self.encoder()).token_embedding
             if isinstance(table, np.ndarray):
                 return table.astype(np.float32, copy=False)
             return table.float().cpu().numpy()
@@ -611,7 +627,10 @@ def open_embedder(settings: EncoderSettings) -> TagEmbedder:
             f"Clip skip {settings.clip_skip} needs at least {settings.clip_skip} layers, but "
             f"this text encoder has {layers}."
         )
-    return TagEmbedder(settings, source, fingerprint, preloaded=preloaded, cache_dir=cache_dir)
+    patches = patches_for_model(settings.loras, source, spec, preloaded, settings.clip_skip)
+    return TagEmbedder(settings, source, LoraState(patches).fingerprint(fingerprint),
+                       preloaded=preloaded, cache_dir=cache_dir, patches=patches,
+                       base_fingerprint=fingerprint)
 
 
 def default_model() -> str:
@@ -620,15 +639,8 @@ def default_model() -> str:
 
 
 __all__ = [
-    "EncoderSettings",
-    "TagEmbedder",
-    "open_embedder",
-    "open_model",
-    "default_model",
-    "split_context",
-    "REPRESENTATIONS",
-    "DEVICES",
-    "DTYPES",
+    "EncoderSettings", "TagEmbedder", "open_embedder", "open_model", "default_model",
+    "split_context", "gpu_possible", "REPRESENTATIONS", "DEVICES", "DTYPES",
 ]
 
 

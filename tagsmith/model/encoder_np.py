@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -352,13 +353,17 @@ def read_numpy_tensors(source: TextEncoderSource) -> dict[str, np.ndarray]:
 
 def load_numpy_encoder(
     source: TextEncoderSource, *, rule: ConditioningRule = SD15_RULE,
-    tensors: Mapping[str, np.ndarray] | None = None,
+    tensors: Mapping[str, np.ndarray] | None = None, patch: Any = None,
 ) -> NumpyTextEncoder:
     """Read a safetensors source's encoder weights without torch (fp16/bf16 widened);
-    ``tensors`` (canonical name -> array) replaces them, e.g. after merging a LoRA."""
+    ``tensors`` (canonical name -> array) replaces them; ``patch`` (a ``lora.LoraPatch``)
+    merges LoRA deltas into the layers it changes (float32 copies; the rest stay mapped)."""
     assert source.config is not None
     if tensors is None:
         tensors = _TensorsOnDisk(source)
+    if patch is not None:
+        tensors = dict(tensors)
+        patch.apply(tensors)
     return NumpyTextEncoder(source.config, tensors, rule=rule)
 
 

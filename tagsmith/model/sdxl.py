@@ -369,13 +369,15 @@ def load_sdxl_encoder(
     device: str = "auto",
     dtype: str = "auto",
     tensors: Mapping[str, Mapping[str, Any]] | None = None,
+    patches: Mapping[str, Any] | None = None,
 ) -> SdxlTextEncoder:
     """Both (or the selected) encoders with SDXL's conditioning rule, on one backend.
 
     ``tensors`` ({"l": {canonical name: tensor or array}, "g": ...}) replaces the weights read
     from ``source``: the hook where a LoRA's text-encoder deltas are merged before the forward
     pass (``encoder_np.read_numpy_tensors`` / ``encoder.read_safetensors_tensors`` give the
-    originals, per part source in ``source.parts``)."""
+    originals, per part source in ``source.parts``). ``patches`` ({"l": LoraPatch, ...}) are
+    the --lora deltas each part's loader merges."""
     from tagsmith.model.config import SDXL_RULE
 
     parts: dict[str, Any] = {}
@@ -385,10 +387,11 @@ def load_sdxl_encoder(
         if backend == "numpy":
             from tagsmith.model.encoder_np import load_numpy_encoder
 
-            parts[name] = load_numpy_encoder(part, rule=SDXL_RULE, tensors=given)
+            parts[name] = load_numpy_encoder(part, rule=SDXL_RULE, tensors=given,
+                                             patch=(patches or {}).get(name))
         else:
             from tagsmith.model.encoder import load_text_encoder
 
             parts[name] = load_text_encoder(part, device=device, dtype=dtype, tensors=given,
-                                            rule=SDXL_RULE)
+                                            rule=SDXL_RULE, patch=(patches or {}).get(name))
     return SdxlTextEncoder(parts, selected)

@@ -28,7 +28,12 @@ from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerCancelled, WorkerState, get_current_worker
 
 from tagsmith.errors import TagsmithError
-from tagsmith.tui.loaders import describe_load_error, load_score_table, suggest_table
+from tagsmith.tui.loaders import (
+    describe_load_error,
+    load_lora_table,
+    load_score_table,
+    suggest_table,
+)
 from tagsmith.tui.table import Table, TableView
 from tagsmith.tui.widgets import DetailPane, ExportScreen, FilterBar, HelpScreen, RankingView
 
@@ -63,7 +68,20 @@ class SuggestSource:
         return f"suggest \u201c{self.tag}\u201d"
 
 
-Source = ScoreSource | SuggestSource
+@dataclass(frozen=True)
+class LoraSource:
+    """A LoRA file's ``tagsmith lora`` report; ``settings`` (the base model) measures moves."""
+
+    path: Path
+    settings: Any = None
+    vocab: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return f"lora {self.path.name}"
+
+
+Source = ScoreSource | SuggestSource | LoraSource
 
 
 class RankingScreen(Screen[None]):
@@ -135,6 +153,9 @@ class RankingScreen(Screen[None]):
         source = self.source
         if isinstance(source, ScoreSource):
             return load_score_table(source.path, self._report, first_rows=self._first_rows)
+        if isinstance(source, LoraSource):
+            return load_lora_table(source.path, source.settings, source.vocab,
+                                   progress=self._report)
         result = self.explore.run_suggest(source.tag, source.options, self._report)
         return suggest_table(result)
 

@@ -319,6 +319,98 @@ def suggest_table(result: Any) -> Table:
     return table
 
 
+# -- LoRA reports ---------------------------------------------------------------------------
+
+
+LORA_COLUMNS = [
+    Column("tag", "tag", TEXT, 26, help="a training tag, or a tag the LoRA moved"),
+    Column("captions", "capt", INT, 5, aliases=("count",), help="training captions with the tag"),
+    Column("share", "share", FLOAT, 5, help="share of its folder's captions"),
+    Column("moved", "moved", FLOAT, 5, digits=3,
+           help="1 - cosine to the tag's base vector (common component removed)"),
+    Column("trigger", "trig", BOOL, 4, help="a likely trigger"),
+    Column("training", "train", BOOL, 5, help="one of the LoRA's training tags"),
+    Column("posts", "posts", INT, 9, help="posts in the vocabulary"),
+    Column("n_tokens", "n_tok", INT, 5, aliases=("tokens", "tok", "n"),
+           help="CLIP tokens the tag takes"),
+    Column("split", "split", TEXT, 24, aliases=("pieces",), help="words, split words joined by +"),
+]
+
+
+def looks_like_lora_file(target: str) -> bool:
+    """True when the explore argument names a LoRA (.safetensors) rather than a tag."""
+    return target.lower().endswith(".safetensors")
+
+
+def load_lora_table(path: Path, settings: Any = None, vocab: Path | None = None,
+                    vocab_top: int = 20_000, progress: Progress = _nothing) -> Table:
+    """The ``tagsmith lora`` report as a table: its training tags, and with ``settings`` (the
+    base model's) what the LoRA moved among them and the vocabulary's top tags."""
+    from tagsmith.analysis.lora_report import lora_info, measure_moved
+    from tagsmith.model.lora import parse_lora_spec
+
+    counts, top = None, []
+    if vocab is not None:
+        from tagsmith.text.vocab import read_vocabulary
+
+        progress("reading the vocabulary")
+        voc = read_vocabulary(vocab)
+        counts = {e.text: e.count for e in voc.entries}
+        top = [e.text for e in sorted(voc.entries, key=lambda e: -(e.count or 0))[:vocab_top]]
+    spec = parse_lora_spec(str(path))
+    report = lora_info(spec.path, vocab_counts=counts)
+    if settings is not None:
+        report.moved = measure_moved(report, settings, spec, top, progress=progress)
+    return lora_table(report)
+
+
+def lora_table(report: Any) -> Table:
+    """A table over a ``LoraReport``: training tags, then (measured) the most moved others."""
+    from tagsmith.text.tokenizer import load_tokenizer
+
+    tags = {t.tag: t for t in report.tags}
+    moved = report.moved.by_tag if report.moved else {}
+    rows = list(tags) + [m.tag for m in (report.moved.top if report.moved else [])
+                         if m.tag not in tags]
+    triggers = {t.tag: t.why for t in report.triggers}
+    analysed = load_tokenizer().analyze_batch(rows) if rows else []
+
+    def num(get: Callable[[str], float | None]) -> np.ndarray:
+        return np.asarray([_none_nan(get(r)) for r in rows], dtype=np.float64)
+
+    values: dict[str, Any] = {
+        "tag": rows,
+        "captions": num(lambda r: tags[r].count if r in tags else None),
+        "share": num(lambda r: tags[r].share if r in tags else None),
+        "moved": num(lambda r: moved.get(r)),
+        "trigger": num(lambda r: 1.0 if r in triggers else 0.0),
+        "training": num(lambda r: 1.0 if r in tags else 0.0),
+        "posts": num(lambda r: tags[r].vocab_count if r in tags else None),
+        "n_tokens": np.asarray([a.n_tokens for a in analysed], dtype=np.float64),
+        "split": [split_text(a.tokens) for a in analysed],
+    }
+    columns = [c for c in LORA_COLUMNS if c.key in ("tag", "split") or _has_values(values[c.key])]
+
+    def detail(row: int) -> RowDetail:
+        tag, a = rows[row], analysed[row]
+        facts = [("", "trigger" if tag in triggers else "training tag" if tag in tags else
+                  "moved, not a training tag")]
+        if tag in tags:
+            facts.append(("captions", str(tags[tag].count)))
+        if tag in moved:
+            facts.append(("moved", f"{moved[tag]:.3f}"))
+        words = tuple(Word(w.text, tuple(w.pieces), w.known, w.is_punctuation) for w in a.words)
+        return RowDetail(title=tag, tokens=tuple(a.tokens), words=words, facts=tuple(facts),
+                         neighbors=(), reason=triggers.get(tag, ""))
+
+    notices = [f"{report.name}: {report.summary}"] + list(report.notes)
+    return Table(
+        title=f"lora {report.name}", columns=columns, values=values, key_column="tag",
+        detail=detail, default_sort=("moved", True) if moved else None, source=report.name,
+        notices=notices, empty_message=f"{report.name} names no training tags.",
+    )
+
+
 def _kind_label(c: Any) -> str:
     if c.replacement and c.replaced:
         return f"{c.kind} ({c.replaced} \u2192 {c.replacement})"
