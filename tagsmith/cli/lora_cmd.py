@@ -16,7 +16,7 @@ from tagsmith.cli._model_options import (
     NoCacheOption,
     settings_from_options,
 )
-from tagsmith.cli.suggest_cmd import JsonOption, VocabOption, _status
+from tagsmith.cli.suggest_cmd import JsonOption, VocabOption
 
 
 @app.command("lora")
@@ -61,7 +61,9 @@ def lora_command(
             model=model, clip_skip=skip, device=device, dtype=dtype, cache_dir=cache_dir,
             no_cache=no_cache,
         )
-        with _status(err_console, as_json) as status:
+        from tagsmith.cli._progress import Progress
+
+        with Progress(err_console) as status:
             for spec, report in zip(specs, reports):
                 report.moved = measure_moved(report, settings, spec, top_texts, top=top,
                                              progress=status)
@@ -72,9 +74,10 @@ def lora_command(
     if plot is not None:
         _plot(plot, reports, err_console)
     if as_json:
-        typer.echo(json.dumps({"loras": [r.to_dict() for r in reports],
-                               "collisions": [c.to_dict() for c in pairs]},
-                              ensure_ascii=False, indent=2))
+        from tagsmith.cli._json import write_json
+
+        write_json({"loras": [r.to_dict() for r in reports],
+                    "collisions": [c.to_dict() for c in pairs]})
         return
     for r in reports:
         render_lora(console, r, top=top)
