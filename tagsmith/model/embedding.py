@@ -45,7 +45,6 @@ from tagsmith.model.fingerprint import (
     safetensors_fingerprint,
     sample_digest,
 )
-from tagsmith.model.gpu import gpu_possible
 from tagsmith.model.lora import LoraPatch, LoraSpec, LoraState, patches_for_model
 from tagsmith.model.safetensors_file import read_tensor_array
 from tagsmith.model.sources import TextEncoderSource, model_spec_from_settings, resolve_source
@@ -639,8 +638,15 @@ def default_model() -> str:
 
 
 __all__ = [
-    "EncoderSettings", "TagEmbedder", "open_embedder", "open_model", "default_model",
-    "split_context", "gpu_possible", "REPRESENTATIONS", "DEVICES", "DTYPES",
+    "EncoderSettings",
+    "TagEmbedder",
+    "open_embedder",
+    "open_model",
+    "default_model",
+    "split_context",
+    "REPRESENTATIONS",
+    "DEVICES",
+    "DTYPES",
 ]
 
 
