@@ -91,8 +91,12 @@ def nearest_vocab_tags(
 
 
 def table_fingerprint(embedder: Any) -> str | None:
-    """What keys vectors built from the token table alone (shared by base and LoRA models)."""
-    return getattr(embedder, "table_fingerprint", None) or getattr(embedder, "fingerprint", None)
+    """What keys vectors built from the token table alone: the base model's key under a LoRA,
+    unless the LoRA changes the table itself (only full diffs can)."""
+    lora = getattr(embedder, "lora", None)
+    if lora is not None and not lora.changes_table:
+        return getattr(embedder, "base_fingerprint", None)
+    return getattr(embedder, "fingerprint", None)
 
 
 def nearest_shortlist(

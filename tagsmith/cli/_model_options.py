@@ -174,13 +174,13 @@ def settings_from_options(
 
 def model_notices(embedder: object, notice: str | None = None) -> list[str]:
     """The no-model notice, if any, then what --lora applied (one line per LoRA)."""
-    patch = getattr(embedder, "lora_patch", None)
-    return ([notice] if notice else []) + (list(patch.notes) if patch is not None else [])
+    lora = getattr(embedder, "lora", None)
+    return ([notice] if notice else []) + (lora.notes() if lora is not None else [])
 
 
 def open_base_model(embedder: object, settings: object, status=None):  # noqa: ANN001, ANN201
     """With --lora, the same model without it (for the base numbers shown beside); else None."""
-    if embedder is None or getattr(embedder, "lora_patch", None) is None:
+    if embedder is None or getattr(getattr(embedder, "lora", None), "first", None) is None:
         return None
     from tagsmith.model.embedding import open_embedder
     from tagsmith.model.lora import without_loras

@@ -191,7 +191,6 @@ class TagEmbedder:
             self.base_fingerprint = selection_key(
                 self.base_fingerprint, self._selected, settings.representation)
         self.lora = LoraState(patches or {})  # --lora deltas, merged when the weights load
-        self.lora_patch = self.lora.first
         self._preloaded = preloaded  # tensors torch.load gave while inspecting a .ckpt
         self._encoder: Any = None  # encoder.ClipTextEncoder or encoder_np.NumpyTextEncoder
         self._expected_positions = 0
@@ -212,11 +211,6 @@ class TagEmbedder:
     @property
     def fingerprint(self) -> str:
         return self._fingerprint
-
-    @property
-    def table_fingerprint(self) -> str:
-        """The token table's key: the base's unless a LoRA changes the table (a full diff)."""
-        return self._fingerprint if self.lora.changes_table else self.base_fingerprint
 
     @property
     def dim(self) -> int:
@@ -626,10 +620,9 @@ def open_embedder(settings: EncoderSettings) -> TagEmbedder:
             f"Clip skip {settings.clip_skip} needs at least {settings.clip_skip} layers, but "
             f"this text encoder has {layers}."
         )
-    patches = patches_for_model(settings.loras, source, spec, preloaded, settings.clip_skip)
-    return TagEmbedder(settings, source, LoraState(patches).fingerprint(fingerprint),
-                       preloaded=preloaded, cache_dir=cache_dir, patches=patches,
-                       base_fingerprint=fingerprint)
+    p = patches_for_model(settings.loras, source, spec, preloaded, settings.clip_skip)
+    return TagEmbedder(settings, source, LoraState(p).fingerprint(fingerprint), patches=p,
+                       preloaded=preloaded, cache_dir=cache_dir, base_fingerprint=fingerprint)
 
 
 def default_model() -> str:
