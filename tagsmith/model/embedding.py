@@ -40,11 +40,7 @@ from tagsmith.errors import InputError, ModelNotFoundError, UsageError
 from tagsmith.model.cache import CacheVariant, EmbeddingCache, SourceMemo
 from tagsmith.model.config import TOKEN_EMBEDDING, EncoderConfig
 from tagsmith.model.device import gpu_possible
-from tagsmith.model.fingerprint import (
-    FINGERPRINT_VERSION,
-    safetensors_fingerprint,
-    sample_digest,
-)
+from tagsmith.model.fingerprint import memo_identity, safetensors_fingerprint
 from tagsmith.model.lora import LoraPatch, LoraSpec, LoraState, patches_for_model
 from tagsmith.model.safetensors_file import read_tensor_array
 from tagsmith.model.sources import TextEncoderSource, model_spec_from_settings, resolve_source
@@ -557,19 +553,6 @@ def _selected_parts(settings: EncoderSettings, source: TextEncoderSource) -> tup
     return ("l", "g") if settings.encoder == "auto" else (settings.encoder,)
 
 
-def _memo_identity(source: TextEncoderSource) -> dict[str, Any]:
-    cfg = dict(source.folder_config or {})
-    return {
-        "v": FINGERPRINT_VERSION,
-        "format": source.format,
-        "files": source.file_stats(),
-        "samples": [sample_digest(f) for f in source.files],
-        "heads": cfg.get("num_attention_heads"),
-        "act": cfg.get("hidden_act"),
-        "eps": cfg.get("layer_norm_eps"),
-    }
-
-
 def open_embedder(settings: EncoderSettings) -> TagEmbedder:
     """Resolve the model now; load the weights lazily on the first cache miss.
 
@@ -581,7 +564,7 @@ def open_embedder(settings: EncoderSettings) -> TagEmbedder:
     source = resolve_source(spec)
     cache_dir = resolve_cache_dir(settings.cache_dir) if settings.use_cache else None
     memo = SourceMemo(cache_dir) if cache_dir is not None else None
-    identity = _memo_identity(source)
+    identity = memo_identity(source)
     remembered = memo.get(identity) if memo is not None else None
     preloaded = None
     if source.format == "pickle":

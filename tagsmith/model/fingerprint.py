@@ -7,6 +7,7 @@ import json
 import mmap
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -101,3 +102,17 @@ def safetensors_fingerprint(source: TextEncoderSource) -> str:
         for mm in maps.values():
             mm.close()
     return hasher.hexdigest()
+
+
+def memo_identity(source: TextEncoderSource) -> dict[str, Any]:
+    """What identifies a model source's files cheaply, for the fingerprint memo."""
+    cfg = dict(source.folder_config or {})
+    return {
+        "v": FINGERPRINT_VERSION,
+        "format": source.format,
+        "files": source.file_stats(),
+        "samples": [sample_digest(f) for f in source.files],
+        "heads": cfg.get("num_attention_heads"),
+        "act": cfg.get("hidden_act"),
+        "eps": cfg.get("layer_norm_eps"),
+    }
