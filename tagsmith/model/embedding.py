@@ -41,7 +41,13 @@ from tagsmith.model.cache import CacheVariant, EmbeddingCache, SourceMemo
 from tagsmith.model.config import TOKEN_EMBEDDING, EncoderConfig
 from tagsmith.model.device import gpu_possible
 from tagsmith.model.fingerprint import memo_identity, safetensors_fingerprint
-from tagsmith.model.lora import LoraPatch, LoraSpec, LoraState, patches_for_model
+from tagsmith.model.lora import (
+    LoraPatch,
+    LoraSpec,
+    LoraState,
+    merged_torch_tensors,
+    patches_for_model,
+)
 from tagsmith.model.safetensors_file import read_tensor_array
 from tagsmith.model.sources import TextEncoderSource, model_spec_from_settings, resolve_source
 from tagsmith.paths import resolve_cache_dir
@@ -329,7 +335,7 @@ class TagEmbedder:
 
             self._encoder = load_text_encoder(
                 self.source, device=self.settings.device, dtype=self.settings.dtype,
-                tensors=self._preloaded, patch=self.lora.l,
+                tensors=merged_torch_tensors(self.lora.l, self.source, self._preloaded),
             )
             self._preloaded = None
         return self._encoder

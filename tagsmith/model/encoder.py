@@ -30,7 +30,6 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch  # noqa: TID253 - this module is where torch lives
@@ -634,10 +633,9 @@ def load_text_encoder(
     dtype: str = "auto",
     tensors: dict[str, torch.Tensor] | None = None,
     rule: ConditioningRule = SD15_RULE,
-    patch: Any = None,
 ) -> ClipTextEncoder:
     """Build the encoder from a resolved source (``tensors``: already-loaded pickle weights,
-    canonical names; ``patch``: a ``lora.LoraPatch`` whose deltas are merged into them first)."""
+    canonical names; a LoRA merge can change them before this call)."""
     dev = select_device(device)
     dt = select_dtype(dtype, dev)
     if tensors is None:
@@ -649,11 +647,4 @@ def load_text_encoder(
     assert source.config is not None
     tensors = dict(tensors)
     tensors.pop(POSITION_IDS, None)
-    if patch is not None:
-        # merged in float32 by the numpy maths every backend shares, then back to the dtype
-        names = patch.names()
-        arrays = {n: tensors[n].detach().float().cpu().numpy() for n in names}
-        patch.apply(arrays)
-        for n in names:
-            tensors[n] = torch.from_numpy(np.ascontiguousarray(arrays[n])).to(tensors[n].dtype)
     return ClipTextEncoder(source.config, tensors, device=dev, dtype=dt, rule=rule)

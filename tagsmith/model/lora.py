@@ -611,3 +611,25 @@ def without_loras(settings: Any) -> Any:
     from dataclasses import replace
 
     return replace(settings, loras=())
+
+
+def merged_torch_tensors(patch: LoraPatch | None, source: Any, tensors: Any = None) -> Any:
+    """The torch loader's tensors (canonical names) with ``patch`` merged, or ``tensors`` as
+    given when there is no patch; merged in float32 by the numpy maths every backend shares."""
+    if patch is None:
+        return tensors
+    import numpy as np
+    import torch  # noqa: TID253 - only when a LoRA is merged on the torch path
+
+    from tagsmith.model.encoder import inspect_pickle, read_safetensors_tensors
+
+    if tensors is None:
+        is_pickle = source.format == "pickle"
+        tensors = inspect_pickle(source).tensors if is_pickle else read_safetensors_tensors(source)
+    tensors = dict(tensors)
+    names = patch.names()
+    arrays = {n: tensors[n].detach().float().cpu().numpy() for n in names}
+    patch.apply(arrays)
+    for n in names:
+        tensors[n] = torch.from_numpy(np.ascontiguousarray(arrays[n])).to(tensors[n].dtype)
+    return tensors
