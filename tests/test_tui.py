@@ -538,7 +538,7 @@ def test_app_suggest_with_a_model(tmp_path: Path) -> None:
             assert detail.reason == best.reason
             assert {n.tag: n.similarity for n in detail.neighbors} == best.similarity
             pane = app.screen.query_one(DetailPane)
-            text = text_of(pane.query_one("#detail-body"))
+            text = pane.text()
             assert "wine bottle" in text and best.reason[:20] in text
             await pilot.press("3")  # by score, high first: suggest's own order
             assert shown(app) == forms[: len(shown(app))]
@@ -677,6 +677,57 @@ def test_app_fits_80x24_and_goes_side_by_side_when_wide(score_csv: Path) -> None
     assert detail.y > table.y and table.width == 80
     table, detail = run(go((160, 40)))
     assert detail.x > table.x and detail.y == table.y
+
+
+def test_cursor_moves_build_one_detail_and_lay_out_nothing(score_csv: Path,  # noqa: ANN001
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            ) -> None:
+    """A cursor move draws the two rows and builds the new row's detail once; the screen is
+    laid out again only when the detail pane's scrollbar comes or goes, not whenever the
+    detail has another number of lines (that relayout made every key slow on a big file)."""
+    from textual.screen import Screen
+
+    from tagsmith.tui.widgets import DetailPane, RankingView
+
+    layouts = []
+    original = Screen._refresh_layout
+
+    def counted(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        layouts.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Screen, "_refresh_layout", counted)
+
+    async def go() -> None:
+        app = score_app(score_csv)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await loaded(pilot)
+            ranking = app.screen.query_one(RankingView)
+            pane = app.screen.query_one(DetailPane)
+            table = app.screen.table
+            quiet = set()
+            for _ in range(len(table) - 1):
+                shows, pane_layouts = pane.shows, pane.layouts
+                layouts.clear()
+                await pilot.press("down")
+                assert pane.shows == shows + 1
+                if pane.layouts == pane_layouts:  # the scrollbar stayed: no layout at all
+                    assert not layouts
+                    quiet.add(pane.virtual_size.height)
+                row = ranking.current_row
+                assert pane.text().splitlines()[0].startswith(table.detail(row).title)
+            # Rows whose details differ in height were crossed without a layout.
+            assert len(quiet) > 1
+            # Moves that arrive together build the detail of the last row only.
+            shows = pane.shows
+            for _ in range(3):
+                ranking.action_cursor(-1)
+            await pilot.pause()
+            assert pane.shows == shows + 1
+            assert pane.text().splitlines()[0].startswith(
+                table.detail(ranking.current_row).title)
+
+    run(go())
 
 
 def test_app_scrolls_a_long_table(tmp_path: Path) -> None:

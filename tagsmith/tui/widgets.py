@@ -1,4 +1,4 @@
-"""Widgets of the explore app: the virtual ranking table, the detail pane, modal screens.
+"""Widgets of the explore app: the virtual ranking table, the filter box, modal screens.
 
 ``RankingView`` draws only the rows on screen straight from a ``TableView`` (Textual's Line
 API), so 140k rows cost the same to show and scroll as 20: nothing is copied into widgets.
@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from rich.cells import cell_len, set_cell_size
-from rich.console import Group
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
@@ -28,20 +27,11 @@ from textual.strip import Strip
 from textual.widgets import Input, Static
 
 from tagsmith.text.display import shown
-from tagsmith.tui.table import Column, RowDetail, Table, TableView
+from tagsmith.tui.detail import DetailPane, render_detail, similarity_bar  # noqa: F401
+from tagsmith.tui.table import Column, Table, TableView
 
 MARK = "\u25cf"  # ●
 GAP = 1  # blank cells between columns
-PIECE_STYLES = ("bold cyan", "bold magenta", "bold green", "bold yellow")
-ROLE_STYLES = {
-    "keep": "green",
-    "leak": "yellow",
-    "avoid": "red",
-    "nearest": "cyan",
-    "shares": "magenta",
-}
-BAR_WIDTH = 20
-_EIGHTHS = " \u258f\u258e\u258d\u258c\u258b\u258a\u2589"
 
 
 def _fit(text: str, width: int, right: bool = False) -> str:
@@ -112,6 +102,7 @@ class RankingView(ScrollView, can_focus=True):
         self._longest: tuple[Table, int] | None = None
         self._styles: dict[str, Style] = {}
         self._base: Style | None = None
+        self._move_pending = False
 
     # -- data --------------------------------------------------------------------------
     def show(self, view: TableView, *, keep_row: int | None = None) -> None:
@@ -297,6 +288,14 @@ class RankingView(ScrollView, can_focus=True):
         # Only the two rows that changed are drawn again (a scroll redraws everything anyway).
         for pos in (old, new):
             self.refresh_line(pos + 1)  # virtual line: the header is line 0
+        # Moves that arrive together (a held key) are announced once, with the last row:
+        # the detail pane is built for the row the cursor stops on, not for every row passed.
+        if not self._move_pending:
+            self._move_pending = True
+            self.call_later(self._announce_move)
+
+    def _announce_move(self) -> None:
+        self._move_pending = False
         self.post_message(self.CursorMoved(self.current_row))
 
     def watch_has_focus(self, _: bool) -> None:
@@ -344,131 +343,6 @@ class RankingView(ScrollView, can_focus=True):
             self._set_cursor(pos)
             if event.chain >= 2:
                 self.post_message(self.RowActivated(int(self.view.rows[pos])))
-
-
-# -- detail ------------------------------------------------------------------------------------
-
-
-def similarity_bar(value: float | None, width: int = BAR_WIDTH) -> Text:
-    """A horizontal bar for a cosine similarity on a 0..1 scale (eighth-cell resolution)."""
-    if value is None:
-        return Text(" " * width)
-    v = max(0.0, min(1.0, value))
-    eighths = round(v * width * 8)
-    full, part = divmod(eighths, 8)
-    bar = "\u2588" * full + (_EIGHTHS[part] if part else "")
-    return Text(bar.ljust(width), style="bold")
-
-
-def render_pieces(tokens: tuple[str, ...]) -> Text:
-    """Pieces in alternating colours; a dim ``</w>`` marks each word-final piece."""
-    from tagsmith.text.tokenizer import WORD_END, piece_text
-
-    text = Text()
-    for i, piece in enumerate(tokens):
-        if i:
-            text.append(" ")
-        text.append(piece_text(piece), style=PIECE_STYLES[i % len(PIECE_STYLES)])
-        if piece.endswith(WORD_END):
-            text.append(WORD_END, style="dim")
-    return text
-
-
-class FlowLine:
-    """Pieces of text side by side, wrapped only between pieces: ``3 tokens`` never splits
-    into ``3`` at the end of one line and ``tokens`` on the next."""
-
-    def __init__(self, pieces: list[Text], gap: int = 2, style: str = "") -> None:
-        self.pieces = pieces
-        self.gap = gap
-        self.style = style
-
-    def __rich_measure__(self, console: Any, options: Any) -> Any:
-        from rich.measure import Measurement
-
-        widest = max((p.cell_len for p in self.pieces), default=0)
-        total = sum(p.cell_len for p in self.pieces) + self.gap * max(0, len(self.pieces) - 1)
-        return Measurement(min(widest, options.max_width), min(total, options.max_width))
-
-    def __rich_console__(self, console: Any, options: Any) -> Any:
-        width = max(1, options.max_width)
-        line = Text(style=self.style)
-        for piece in self.pieces:
-            if line.cell_len and line.cell_len + self.gap + piece.cell_len > width:
-                yield line
-                line = Text(style=self.style)
-            if line.cell_len:
-                line.append(" " * self.gap)
-            line.append_text(piece)
-        if line.cell_len:
-            yield line
-
-
-def render_detail(d: RowDetail) -> Group:
-    from tagsmith.text.tokenizer import piece_text
-
-    pieces = [Text(shown(d.title))]
-    for label, value in d.facts:
-        fact = Text()
-        if label:
-            fact.append(f"{label} ", style="dim")
-        fact.append(shown(value))
-        pieces.append(fact)
-    lines: list[Any] = [FlowLine(pieces, style="bold")]
-    toks = Text("tokens  ", style="dim")
-    toks.append_text(render_pieces(d.tokens))
-    lines.append(toks)
-    words = Text("words   ", style="dim")
-    visible = [w for w in d.words if not w.punctuation]
-    for i, w in enumerate(visible):
-        if i:
-            words.append("  ")
-        if w.known:
-            words.append(w.text, style="green")
-            words.append(" known", style="dim green")
-        else:
-            words.append(w.text, style="yellow")
-            words.append(" split " + "+".join(piece_text(p) for p in w.pieces), style="dim yellow")
-    lines.append(words)
-    if d.reason:
-        reason = Text("reason  ", style="dim")
-        reason.append(d.reason)
-        lines.append(reason)
-    if d.neighbors:
-        order = {"keep": 0, "avoid": 1, "shares": 2, "leak": 3, "nearest": 4}
-        ranked = sorted(
-            d.neighbors,
-            key=lambda n: (order.get(n.role, 5), -(n.similarity if n.similarity is not None
-                                                   else -2.0)),
-        )
-        for n in ranked:
-            line = Text(f"{n.role:<7} ", style=ROLE_STYLES.get(n.role, ""))
-            bar = similarity_bar(n.similarity)
-            bar.stylize(ROLE_STYLES.get(n.role, ""))
-            line.append_text(bar)
-            line.append(f" {n.similarity:5.2f} " if n.similarity is not None else "   \u2014  ")
-            line.append(shown(n.tag))
-            if n.note:
-                line.append(f"  {n.note}", style="dim")
-            line.no_wrap = True
-            line.overflow = "ellipsis"
-            lines.append(line)
-    return Group(*lines)
-
-
-class DetailPane(VerticalScroll, can_focus=False):
-    """The selected row: token split, neighbours with similarity bars, and the reason."""
-
-    def compose(self) -> ComposeResult:
-        yield Static(id="detail-body")
-
-    def show(self, detail: RowDetail | None, empty: str = "") -> None:
-        body = self.query_one("#detail-body", Static)
-        if detail is None:
-            body.update(Text(empty, style="dim"))
-        else:
-            body.update(render_detail(detail))
-        self.scroll_home(animate=False)
 
 
 class FilterBar(Input):
