@@ -10,10 +10,14 @@ Each run is its own process, timed from its first line (imports included), headl
 
 - tagsmith: ``ExploreApp`` on the file. "first frame" is the first paint (the loading state),
   "first rows" the first paint with data rows in it, "all rows" when the whole file is in the
-  table. Then per-key wall time of PageDown/Down/End on the full table, and of the filter and
-  sort steps on the 140k rows.
+  table. Then per-key latency of Down, PageDown, End and Home on the full table (wall time
+  until the app is idle again, frame drawn, and the process's CPU time in it), and the filter
+  and sort steps on the 140k rows.
 - baseline: what the obvious implementation does: ``read_score_file`` then every row added to
   Textual's ``DataTable`` before the first paint, and the same keys.
+
+Pilot waits for idleness in 20 ms sleeps, so wall times per key are steps of about 20 ms and
+rise with the machine's load; the CPU column is the work itself.
 
     python benchmarks/explore.py [--vocab ../shared/data/danbooru.csv] [--format csv]
     python benchmarks/explore.py --variant tokens --no-baseline
@@ -94,22 +98,31 @@ def _peak_rss_mb() -> float:
 
 
 async def _time_scrolling(pilot) -> dict[str, float]:  # noqa: ANN001
-    """Milliseconds per page down and per row down, and for a jump to the last row."""
-    out = {"pagedown ms": await _time_keys(pilot, "pagedown"),
-           "down ms": await _time_keys(pilot, "down")}
-    t = time.perf_counter()
-    await pilot.press("end")
-    await pilot.pause()
-    out["end ms"] = (time.perf_counter() - t) * 1000
+    """Milliseconds per key press (wall, and CPU of the process) for PageDown and Down, then
+    End and Home pressed in turn (a jump to the last row and back to the first)."""
+    out: dict[str, float] = {}
+    for keys in (["pagedown"], ["down"], ["end", "home"]):
+        out.update(await _time_keys(pilot, keys))
     return out
 
 
-async def _time_keys(pilot, key: str, n: int = KEYS) -> float:  # noqa: ANN001
-    t = time.perf_counter()
+async def _time_keys(pilot, keys: list[str], n: int = KEYS) -> dict[str, float]:  # noqa: ANN001
+    """Each key of ``keys`` pressed in turn ``n`` times; a press is timed until the app is
+    idle again (Pilot's wait), which includes drawing the frame."""
+    wall = dict.fromkeys(keys, 0.0)
+    cpu = dict.fromkeys(keys, 0.0)
     for _ in range(n):
-        await pilot.press(key)
+        for key in keys:
+            t, c = time.perf_counter(), time.process_time()
+            await pilot.press(key)
+            wall[key] += time.perf_counter() - t
+            cpu[key] += time.process_time() - c
     await pilot.pause()
-    return (time.perf_counter() - t) / n * 1000
+    out = {}
+    for key in keys:
+        out[f"{key} ms"] = wall[key] / n * 1000
+        out[f"{key} cpu ms"] = cpu[key] / n * 1000
+    return out
 
 
 def _hook_first_frame(marks: dict[str, float]) -> None:
@@ -254,8 +267,11 @@ def main() -> None:
     ours = run_child("tagsmith", path)
     print("tagsmith: " + json.dumps({k: round(v, 4) for k, v in ours.items()}), flush=True)
     theirs = run_child("baseline", path) if not args.no_baseline else {}
-    keys = ["import s", "first frame s", "first rows s", "all rows s", "rows", "pagedown ms",
-            "down ms", "end ms", "filter step ms", "sort count ms", "sort tag ms", "peak MB"]
+    keys = ["import s", "first frame s", "first rows s", "all rows s", "rows"]
+    for key in ("down", "pagedown", "end", "home"):
+        keys += [f"{key} ms", f"{key} cpu ms"]
+    keys += ["filter step ms", "sort count ms", "sort tag ms", "peak MB"]
+    print(f"load average after the runs: {os.getloadavg()[0]:.1f}")
     print(f"{'':16}{'tagsmith':>12}{'DataTable':>12}{'ratio':>8}")
     for k in keys:
         a, b = ours.get(k), theirs.get(k)
