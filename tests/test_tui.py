@@ -697,6 +697,14 @@ def test_cursor_moves_build_one_detail_and_lay_out_nothing(score_csv: Path,  # n
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Screen, "_refresh_layout", counted)
+    drawn = []
+    draw_row = RankingView._row
+
+    def counted_row(self, *args):  # noqa: ANN001, ANN002, ANN202
+        drawn.append(args[0])
+        return draw_row(self, *args)
+
+    monkeypatch.setattr(RankingView, "_row", counted_row)
 
     async def go() -> None:
         app = score_app(score_csv)
@@ -706,11 +714,16 @@ def test_cursor_moves_build_one_detail_and_lay_out_nothing(score_csv: Path,  # n
             pane = app.screen.query_one(DetailPane)
             table = app.screen.table
             quiet = set()
+            scroll_y = int(ranking.scroll_y)
             for _ in range(len(table) - 1):
                 shows, pane_layouts = pane.shows, pane.layouts
                 layouts.clear()
+                drawn.clear()
                 await pilot.press("down")
                 assert pane.shows == shows + 1
+                if int(ranking.scroll_y) == scroll_y:  # no scroll: only the two rows change
+                    assert set(drawn) <= {ranking.cursor - 1, ranking.cursor}, drawn
+                scroll_y = int(ranking.scroll_y)
                 if pane.layouts == pane_layouts:  # the scrollbar stayed: no layout at all
                     assert not layouts
                     quiet.add(pane.virtual_size.height)

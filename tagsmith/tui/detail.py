@@ -160,7 +160,8 @@ class DetailPane(ScrollView, can_focus=False):
         self._content = Text(empty, style="dim") if detail is None else render_detail(detail)
         self._strips = None
         width = self.scrollable_content_region.width
-        self.scroll_to(y=0, animate=False, force=True)
+        if self.scroll_y:
+            self.scroll_to(y=0, animate=False, force=True)
         if not width:
             self.refresh(layout=True)
             return

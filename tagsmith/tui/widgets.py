@@ -70,7 +70,8 @@ class RankingView(ScrollView, can_focus=True):
         Binding("right,l", "pan(1)", "Scroll right", show=False),
     ]
 
-    cursor: reactive[int] = reactive(0, always_update=True, init=False)
+    # repaint=False: watch_cursor redraws the two rows that change, not the whole table.
+    cursor: reactive[int] = reactive(0, always_update=True, init=False, repaint=False)
 
     class CursorMoved(Message):
         """The highlighted row changed; ``row`` is a table row number or None."""
