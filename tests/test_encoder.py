@@ -314,6 +314,12 @@ def test_token_embedding_table(tiny_models) -> None:  # noqa: ANN001
             table = emb.token_embedding_table()
             assert table.shape == (49408, 128) and table.dtype == np.float32
             assert np.array_equal(table, want)
+    # An fp16 file's table stays fp16 (exactly the stored values; callers widen the rows).
+    with open_embedder(EncoderSettings(model=str(tiny_models.single_file(dtype="fp16")),
+                                       use_cache=False)) as emb:
+        table = emb.token_embedding_table()
+        assert table.dtype == np.float16
+        assert np.array_equal(table, want.astype(np.float16))
     enc = load_text_encoder(resolve_source(str(tiny_models.single_file())), device="cpu")
     assert torch.equal(enc.token_embedding, torch.from_numpy(want))
 

@@ -217,6 +217,7 @@ def test_trigger_penalises_avoid_collision(geometry_table):
 
 
 def test_nearest_shortlist_pool_is_cached_per_model(geometry_table, vocab_file, tmp_path):
+    import tagsmith.analysis.concepts as concepts
     from tagsmith.analysis.concepts import nearest_shortlist, static_vectors
     from tagsmith.text.vocab_index import load_vocab_index
 
@@ -229,9 +230,16 @@ def test_nearest_shortlist_pool_is_cached_per_model(geometry_table, vocab_file, 
     want = static_vectors(index, order, geometry_table)
     want /= np.linalg.norm(want, axis=1, keepdims=True)
     np.testing.assert_allclose(np.load(pool), want, rtol=1e-5, atol=1e-6)
-    # a repeat reads the file: the same shortlist, and a damaged file is recomputed
+    # in the same process a repeat is answered from the ranked rows, without the pool
+    pool.unlink()
+    longer = nearest_shortlist("mayonnaise bottle", index, geometry_table, exclude={
+        index.texts[first[0]]}, fingerprint="abc123", size=len(first))
+    assert longer[: len(first) - 1] == first[1:] and not pool.exists()
+    # a new process reads the file: the same shortlist, and a damaged file is recomputed
+    concepts._RANKED.clear()
     assert nearest_shortlist("mayonnaise bottle", index, geometry_table, exclude=set(),
                              fingerprint="abc123") == first
+    concepts._RANKED.clear()
     pool.write_bytes(b"not numpy")
     assert nearest_shortlist("mayonnaise bottle", index, geometry_table, exclude=set(),
                              fingerprint="abc123") == first

@@ -22,6 +22,11 @@ NEAREST_POOL_TAGS = 20_000
 
 NEAREST_SHORTLIST = 16
 
+# Pool rows ranked by nearness to a text, per (vocabulary index, model, table shape, text):
+# trigger asks again for the heads it shortlisted before its encoder pass, and mapping the
+# pool again then would add its pages on top of the encoder's weights (the run's peak RSS).
+_RANKED: dict[tuple, np.ndarray] = {}
+
 
 @dataclass(frozen=True)
 class Neighbor:
@@ -108,18 +113,29 @@ def nearest_shortlist(
     ``fingerprint`` and a cached vocabulary index, those mean vectors are cached beside it."""
     if len(index) == 0:
         return []
-    tok = load_tokenizer()
-    ids = np.asarray(tok.encode(text), dtype=np.int64)
-    if ids.size == 0:
-        return []
-    order = np.argsort(-index.counts, kind="stable")[:NEAREST_POOL_TAGS]
-    unit = pool_vectors(index, order, table, fingerprint)
-    query = np.asarray(table[ids], dtype=np.float32).mean(axis=0)
-    sims = unit @ (query / (np.linalg.norm(query) or 1.0))
+    cache_file = getattr(index, "cache_file", None)
+    key = None if cache_file is None or not fingerprint else (
+        str(cache_file), fingerprint, table.shape, text)
+    ranked = _RANKED.get(key) if key is not None else None
+    if ranked is None:
+        tok = load_tokenizer()
+        ids = np.asarray(tok.encode(text), dtype=np.int64)
+        if ids.size == 0:
+            return []
+        order = np.argsort(-index.counts, kind="stable")[:NEAREST_POOL_TAGS]
+        unit = pool_vectors(index, order, table, fingerprint)
+        query = np.asarray(table[ids], dtype=np.float32).mean(axis=0)
+        sims = unit @ (query / (np.linalg.norm(query) or 1.0))
+        del unit  # the 61 MB mapping goes before the caller's encoder pass, not after it
+        ranked = order[np.argsort(-sims)]
+        if key is not None:
+            if len(_RANKED) >= 64:
+                _RANKED.clear()
+            _RANKED[key] = ranked
     want = size or NEAREST_SHORTLIST
     out: list[int] = []
-    for j in np.argsort(-sims):
-        row = int(order[j])
+    for r in ranked:
+        row = int(r)
         if index.texts[row] not in exclude:
             out.append(row)
             if len(out) == want:
@@ -189,7 +205,7 @@ def static_vectors(index: Any, rows: np.ndarray, table: np.ndarray) -> np.ndarra
     cols = index.token_ids[offsets].astype(np.int64)
     weights = np.repeat(1.0 / np.maximum(lengths, 1), lengths).astype(np.float32)
     mean = csr_matrix((weights, cols, indptr), shape=(len(rows), table.shape[0]))
-    return np.asarray(mean @ table, dtype=np.float32)
+    return np.asarray(mean @ table.astype(np.float32, copy=False), dtype=np.float32)
 
 
 def baseline_for(embedder: Any, index: Any | None, progress: Progress = no_progress) -> Baseline:

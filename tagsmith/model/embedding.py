@@ -509,7 +509,9 @@ class TagEmbedder:
         return [s for s in out if s is not None]
 
     def token_embedding_table(self) -> np.ndarray:
-        """(49408, dim) float32 input token embeddings (read without torch from safetensors)."""
+        """(49408, dim) input token embeddings (read without torch from safetensors): float32,
+        or float16 where the file stores fp16 (widening is exact: callers widen the rows they
+        read, so a table that is read whole is not held twice as large, 152 MB for SD1.5)."""
         if self._encoder is not None or self.lora.changes_table:
             table = (self._encoder or self.encoder()).token_embedding
             if isinstance(table, np.ndarray):
@@ -517,9 +519,8 @@ class TagEmbedder:
             return table.float().cpu().numpy()
         first = self._parts[self._selected[0]]
         if first.tensors is not None:
-            return read_tensor_array(first.tensors[TOKEN_EMBEDDING]).astype(
-                np.float32, copy=False
-            )
+            table = read_tensor_array(first.tensors[TOKEN_EMBEDDING])
+            return table if table.dtype == np.float16 else table.astype(np.float32, copy=False)
         if self._preloaded is not None:
             pre = self._preloaded[self._selected[0]] if self.source.parts else self._preloaded
             return pre[TOKEN_EMBEDDING].float().numpy().copy()

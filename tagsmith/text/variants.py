@@ -122,7 +122,7 @@ def nearest_known_words(
     piece_ids = tok.encode(word)
     if not piece_ids:
         return []
-    query = table[piece_ids].mean(axis=0)
+    query = np.asarray(table[piece_ids], dtype=np.float32).mean(axis=0)
     cand = _normalized_rows(table, ids)
     sims = cand @ (query / (np.linalg.norm(query) or 1.0))
     skip = {word, *exclude}
