@@ -136,3 +136,35 @@ def test_embed_output_fits(width: int, tiny_model: Path, monkeypatch, capsys) ->
     out = capsys.readouterr().out
     assert "2 x " in out
     assert all(cell_len(line) <= width for line in out.splitlines())
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_suggest_with_a_model_fits_and_keeps_every_number(
+    width: int, tiny_model: Path, tmp_path: Path, monkeypatch, capsys  # noqa: ANN001
+) -> None:
+    """The similarity matrix gives way in the neighbour's name, never in a number or a post
+    count ("-0.…" and "71,…" at 80 columns before)."""
+    from rich.console import Console
+
+    from tagsmith.cli import _console
+
+    monkeypatch.setattr(_console, "console", Console(width=width, height=24))
+    rows = [("mayonnaise_bottle", 144), ("mayonnaise", 526), ("bottle", 71_684),
+            ("holding_bottle", 20_214), ("water_bottle", 11_505), ("wine_bottle", 6_727),
+            ("bottle_cap_on_a_very_long_tag_name_(series_name)", 1_219),
+            ("mayonnaise_on_a_very_long_tag_name_(another_series)", 964),
+            ("perfume_bottle", 1_219), ("in_bottle", 438)]
+    vocab = tmp_path / "big.csv"
+    vocab.write_text("".join(f'{t},0,{c},""\n' for t, c in rows), encoding="utf-8")
+    assert run(["suggest", "mayonnaise bottle", "--vocab", str(vocab),
+                "--model", str(tiny_model)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert all(cell_len(line) <= width for line in out.splitlines())
+    matrix = out.split("similarity (centred cosine", 1)[1].split("Recommended:", 1)[0]
+    rows = [line for line in matrix.splitlines() if line.startswith("│")]
+    assert rows
+    for line in rows:
+        cells = [c.strip() for c in line.strip("│").split("│")]
+        numbers = cells[3:]
+        assert numbers and all(re.fullmatch(r"-?\d\.\d\d|", c) for c in numbers), line
+        assert re.fullmatch(r"[\d,]*", cells[1]), line

@@ -341,7 +341,15 @@ def _render_matrix(console: Any, result: Any) -> None:
     from rich.text import Text
 
     width = console.width or 100
-    n_forms = max(1, min(len(result.candidates), (width - 44) // 8, 6))
+    # Numbers and post counts never shrink into an ellipsis ("-0.…"): the neighbour's name is
+    # the column that gives way, and as many forms are shown as fit beside a 14-wide name.
+    posts_width = max([len(f"{n.count:,}") for n in result.neighbors if n.count is not None],
+                      default=0)
+    posts_width = max(5, posts_width)
+    role_width = 12  # "leak·nearest"
+    fixed = 1 + (posts_width + 3) + (role_width + 3) + 3  # borders and padding included
+    n_forms = max(1, min(len(result.candidates), (width - fixed - 14) // 8, 6))
+    name_width = max(8, min(26, width - fixed - 8 * n_forms))
     forms = result.candidates[:n_forms]
     table = Table(
         title="similarity (centred cosine: 0 = unrelated in this model), top forms by rank "
@@ -350,11 +358,11 @@ def _render_matrix(console: Any, result: Any) -> None:
         header_style="bold",
         pad_edge=False,
     )
-    table.add_column("neighbour", no_wrap=True, overflow="ellipsis", max_width=26)
-    table.add_column("posts", justify="right", style="dim")
-    table.add_column("role", no_wrap=True)
+    table.add_column("neighbour", no_wrap=True, overflow="ellipsis", max_width=name_width)
+    table.add_column("posts", justify="right", style="dim", no_wrap=True, min_width=posts_width)
+    table.add_column("role", no_wrap=True, max_width=role_width, overflow="ellipsis")
     for i in range(1, len(forms) + 1):
-        table.add_column(f"#{i}", justify="right")
+        table.add_column(f"#{i}", justify="right", no_wrap=True, min_width=5)
     for n in result.neighbors:
         values = [rc.similarity.get(n.tag) for rc in forms]
         finite = [v for v in values if v is not None]

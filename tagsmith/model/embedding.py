@@ -633,7 +633,7 @@ __all__ = [
 ]
 
 
-NO_MODEL_NOTICE = "Token analysis only; similarity needs the SD1.5 text encoder. {why}"
+NO_MODEL_NOTICE = "Token analysis only; similarity needs a text encoder (SD1.5 or SDXL). {why}"
 
 
 def open_model(
