@@ -326,10 +326,29 @@ def test_trigger_score_and_dataset_run_on_sdxl(layouts, tmp_path: Path, capsys) 
     assert "model SDXL" in capsys.readouterr().out
     ds = tmp_path / "ds"
     ds.mkdir()
-    for i in range(4):
-        (ds / f"{i}.txt").write_text("1girl, cross tattoo, arm tattoo", encoding="utf-8")
+    # cross tattoo and arm tattoo always together, never with smile: one entangled cluster.
+    for i in range(8):
+        text = "1girl, cross tattoo, arm tattoo" if i % 2 else "1girl, smile, outdoors"
+        (ds / f"{i}.txt").write_text(text, encoding="utf-8")
         (ds / f"{i}.png").write_bytes(b"")
     assert run(["dataset", str(ds), "-m", path, "--json", "--min-support", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    pairs = [p for c in report["clusters"] for p in (c.get("embedding") or {}).get("pairs", [])]
+    assert pairs, "the cluster was not measured in the SDXL model"
+    # Each encoder's similarity is its own centred cosine, against its own baseline.
+    from tagsmith.model.calibration import model_baseline
+
+    emb = open_embedder(EncoderSettings(model=path, device="cpu"))
+    base = model_baseline(emb)
+    for pair in pairs:
+        vec = emb.embed([pair["a"], pair["b"]])
+        assert pair["cosine"] == pytest.approx(float(base.similarity(vec[:1], vec[1:])[0, 0]),
+                                               abs=2e-4)
+        assert set(pair["by_encoder"]) == {"l", "g"}
+        for name, got in pair["by_encoder"].items():
+            part = slice(*base.slices[name])
+            want = base.encoders[name].similarity(vec[:1, part], vec[1:, part])[0, 0]
+            assert got == pytest.approx(float(want), abs=2e-4)
 
 
 def test_eos_representation_is_the_conditioning_at_the_first_eos(layouts, refs) -> None:  # noqa: ANN001

@@ -302,6 +302,9 @@ class ClusterEmbedding:
     pairs: list[tuple[str, str, float, float | None]]  # a, b, cosine, percentile (or None)
     close_pairs: list[tuple[str, str]]  # at or above the COLLISION_PERCENTILE of random pairs
     raw: dict[tuple[str, str], float] = field(default_factory=dict)  # plain cosine per pair
+    # SDXL: each encoder's own centred cosine per pair ({"l": ..., "g": ...}), to show when
+    # CLIP-L and CLIP-G disagree; empty for a one-encoder model.
+    by_encoder: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
 
     @property
     def collision(self) -> bool:
@@ -313,7 +316,9 @@ class ClusterEmbedding:
             "pairs": [
                 {"a": a, "b": b, "cosine": round(c, 4),
                  "percentile": None if p is None else round(p, 1),
-                 "raw": None if (a, b) not in self.raw else round(self.raw[(a, b)], 4)}
+                 "raw": None if (a, b) not in self.raw else round(self.raw[(a, b)], 4),
+                 **({"by_encoder": {k: round(v, 4) for k, v in self.by_encoder[(a, b)].items()}}
+                    if (a, b) in self.by_encoder else {})}
                 for a, b, c, p in self.pairs
             ],
             "close_pairs": [list(p) for p in self.close_pairs],
@@ -448,14 +453,21 @@ def attach_embeddings(
                                reference=f"the dataset's {len(base_idx)} most frequent tags")
     unit = model.unit(vectors) if model is not None else _unit_rows(vectors)
     plain = _unit_rows(vectors)
+    encoders = getattr(model, "encoders", None) or {}
+    enc_units = {name: sub.unit(vectors[:, slice(*model.slices[name])])
+                 for name, sub in encoders.items() if name in model.slices}
     for c in clusters:
         rows: list[tuple[str, str, float, float | None]] = []
         close: list[tuple[str, str]] = []
         raw_cos: dict[tuple[str, str], float] = {}
+        by_encoder: dict[tuple[str, str], dict[str, float]] = {}
         for k, a in enumerate(c.tags):
             for bt in c.tags[k + 1:]:
                 cos = float(unit[pos[a]] @ unit[pos[bt]])
                 raw_cos[(a, bt)] = float(plain[pos[a]] @ plain[pos[bt]])
+                if enc_units:
+                    by_encoder[(a, bt)] = {n: float(u[pos[a]] @ u[pos[bt]])
+                                           for n, u in enc_units.items()}
                 pct = None
                 if model is not None:
                     pct = float(model.percentile(cos))
@@ -465,7 +477,7 @@ def attach_embeddings(
         rows.sort(key=lambda r: -r[2])
         c.embedding = ClusterEmbedding(
             mean_cosine=sum(r[2] for r in rows) / len(rows), pairs=rows, close_pairs=close,
-            raw=raw_cos,
+            raw=raw_cos, by_encoder=by_encoder,
         )
 
 
