@@ -814,3 +814,18 @@ def test_cli_help_does_not_import_textual() -> None:
                          text=True, check=True)
     assert "--neighbor" in out.stdout and "score file" in out.stdout
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_explore_shows_the_encoders_long_tag_note(tiny_model: Path) -> None:
+    """A tag past the 75-token chunk, ranked with a model: the encoder's one-sentence note
+    reaches the result, so explore's notices show it as the CLI does (it used to be CLI-only)."""
+    from tagsmith.analysis.suggest import suggest
+    from tagsmith.model.embedding import EncoderSettings, open_model
+    from tagsmith.tui.loaders import suggest_table
+
+    emb, _ = open_model(EncoderSettings(model=str(tiny_model)), explicit=True)
+    tag = " ".join(["mayonnaise bottle"] * 40)  # 120 tokens
+    result = suggest(tag, embedder=emb)
+    notes = [n for n in result.notices if "only the first 75 tokens count" in n]
+    assert len(notes) == 1 and tag not in notes[0]
+    assert notes[0] in suggest_table(result).notices

@@ -244,6 +244,9 @@ def suggest(
     result.candidates.sort(key=lambda rc: -(rc.score or 0.0))
     result.candidates = limit_generated(result.candidates, options.top, _kind)
     result.model = embedder.model_info()
+    # What the encoder noticed (tags cut at 75 tokens, repaired position_ids) belongs to
+    # the result, so every front end (CLI, TUI, --json) shows it.
+    result.notices += [n for n in getattr(embedder, "notes", []) if n not in result.notices]
     return result
 
 

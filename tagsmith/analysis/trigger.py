@@ -328,6 +328,9 @@ def rank_triggers(
     families.sort(key=lambda f: -(f.score or 0.0))
     result.families = families[: options.top] if options.top else families
     result.model = embedder.model_info()
+    # What the encoder noticed (tags cut at 75 tokens, repaired position_ids) belongs to
+    # the result, so every front end (CLI, TUI, --json) shows it.
+    result.notices += [n for n in getattr(embedder, "notes", []) if n not in result.notices]
     return result
 
 
