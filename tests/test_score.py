@@ -452,7 +452,7 @@ def test_cli_without_model(vocab_path: Path, tmp_path: Path, capsys) -> None:
     cap = capsys.readouterr()
     assert code == 0, cap.err
     notes = [line for line in cap.err.splitlines() if line.startswith("Note: ")]
-    assert len(notes) == 1 and "SD1.5 text encoder" in notes[0]
+    assert len(notes) == 1 and "similarity needs a text encoder" in notes[0]
     assert "Traceback" not in cap.err
     rows = read_score_file(out)
     assert len(rows) == 11 and all(r.neighbors == () and r.leak_similarity is None for r in rows)

@@ -199,8 +199,9 @@ def _print_summary(console: Any, result: Any, output: Path, top: int) -> None:
     pct = 100 * s.n_split / s.n_tags if s.n_tags else 0
     lines = [
         f"Scored {s.n_tags:,} tags -> {output}",
-        f"  {s.n_split:,} ({pct:.1f}%) split a word into sub-word pieces; "
-        f"{s.n_tags - s.n_split:,} use only known whole-word tokens.",
+        # Short enough for 80 columns with six-figure counts.
+        f"  {s.n_split:,} tags ({pct:.1f}%) split a word into sub-word pieces; "
+        f"{s.n_tags - s.n_split:,} do not.",
     ]
     if s.model:
         lines.insert(1, f"  model {s.model.get('label', '?')} {s.model.get('source', '?')} · "
