@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tagsmith.captions.budget import first_cut_in_written_order, shuffled_cut_batch, tag_steps
 from tagsmith.captions.cooccurrence import (
@@ -155,31 +156,10 @@ class DatasetReport:
         }
 
 
-def analyze_dataset(
-    root: str | Path,
-    *,
-    keep_tokens: int = 0,
-    min_support: int | None = None,
-    min_score: float = DEFAULT_MIN_SCORE,
-    max_q: float = DEFAULT_MAX_Q,
-    embed: Callable[[list[str]], object] | None = None,
-    max_pairs: int = 500,
-    max_token_length: int = CHUNK_LENGTH,
-    keep_tokens_separator: str = "",
-    baseline: Callable[[], object] | None = None,
-) -> DatasetReport:
-    """Everything ``tagsmith dataset`` reports. ``embed`` maps texts to vectors (one row each);
-    without it, clusters carry no embedding column. ``baseline()`` gives the model's baseline
-    (tagsmith.model.calibration) that similarities are read against."""
-    if keep_tokens < 0:
-        raise DatasetError("keep_tokens must be 0 or more.")
-    ds = load_dataset(root)
-    return report_from_dataset(
-        ds, keep_tokens=keep_tokens, min_support=min_support, min_score=min_score,
-        max_q=max_q, embed=embed, max_pairs=max_pairs, max_token_length=max_token_length,
-        keep_tokens_separator=keep_tokens_separator,
-        baseline=baseline,
-    )
+def analyze_dataset(root: str | Path, **options: Any) -> DatasetReport:
+    """Everything ``tagsmith dataset`` reports for the dataset at ``root``; ``options`` are
+    ``report_from_dataset``'s."""
+    return report_from_dataset(load_dataset(root), **options)
 
 
 def report_from_dataset(
@@ -195,6 +175,11 @@ def report_from_dataset(
     keep_tokens_separator: str = "",
     baseline: Callable[[], object] | None = None,
 ) -> DatasetReport:
+    """The dataset report. ``embed`` maps texts to vectors (one row each); without it, clusters
+    carry no embedding column. ``baseline()`` gives the model's baseline
+    (tagsmith.model.calibration) that similarities are read against."""
+    if keep_tokens < 0:
+        raise DatasetError("keep_tokens must be 0 or more.")
     caps = ds.captions
     weights = [c.file.weight for c in caps]
     written = [_written_tags(c, keep_tokens_separator) for c in caps]
