@@ -42,40 +42,25 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-DANBOORU = Path("/work/shared/data/danbooru.csv")
-if not DANBOORU.is_file():
-    DANBOORU = ROOT.parent / "shared" / "data" / "danbooru.csv"
+# After the standard library, so benchmarks/tokenize.py cannot shadow it.
+sys.path.append(str(Path(__file__).resolve().parent))
+DANBOORU = ROOT.parent / "shared" / "data" / "danbooru.csv"
 
 
 def build_model(workdir: Path, smoke: bool) -> Path:
     """A CLIPTextModel folder with random weights: full-size ViT-L/14 (fp16, as SD1.5 stores
-    it) or, for --smoke, the tests' tiny model."""
-    import tiny_models as tm
-    import torch
-
-    from tagsmith.model.config import EncoderConfig
-
-    folder = workdir / ("tiny" if smoke else "vit-l-14-fp16")
-    if (folder / "model.safetensors").is_file():
-        return folder
-    cfg = tm.TINY if smoke else EncoderConfig()
-    weights = tm.tiny_weights(seed=0, config=cfg)
+    it; the same folder benchmarks/suggest.py builds) or, for --smoke, the tests' tiny model."""
     if smoke:
-        return tm.save_hf_folder(weights, folder)
-    from safetensors.torch import save_file
+        import tiny_models as tm
 
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"text_model.{k}": v.half().contiguous() for k, v in weights.items()}
-    tensors["text_model.embeddings.position_ids"] = tm.position_ids(cfg)
-    (folder / "config.json").write_text(json.dumps({
-        "architectures": ["CLIPTextModel"], "model_type": "clip_text_model",
-        "hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
-        "num_hidden_layers": 12, "max_position_embeddings": 77, "vocab_size": 49408,
-        "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "torch_dtype": "float16",
-    }))
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    del torch
-    return folder
+        folder = workdir / "tiny"
+        if (folder / "model.safetensors").is_file():
+            return folder
+        return tm.save_hf_folder(tm.tiny_weights(seed=0, config=tm.TINY), folder)
+    from score import full_size_model
+    from suggest import fp16_copy
+
+    return fp16_copy(full_size_model(workdir), workdir)
 
 
 def danbooru_texts(n: int | None) -> list[str]:

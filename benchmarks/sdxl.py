@@ -38,8 +38,6 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DANBOORU = ROOT.parent / "shared" / "data" / "danbooru.csv"
-if not DANBOORU.is_file():
-    DANBOORU = Path("/work/shared/data/danbooru.csv")
 L_CFG = dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
              hidden_act="quick_gelu")
 G_CFG = dict(hidden_size=1280, num_layers=32, num_heads=20, intermediate_size=5120,
