@@ -57,8 +57,8 @@ def build_model(workdir: Path, smoke: bool) -> Path:
         if (folder / "model.safetensors").is_file():
             return folder
         return tm.save_hf_folder(tm.tiny_weights(seed=0, config=tm.TINY), folder)
-    from score import full_size_model
-    from suggest import fp16_copy
+    # suggest.py imports score.py's builder itself (score.py drops benchmarks/ from sys.path).
+    from suggest import fp16_copy, full_size_model
 
     return fp16_copy(full_size_model(workdir), workdir)
 
