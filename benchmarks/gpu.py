@@ -57,7 +57,7 @@ def build_model(workdir: Path, smoke: bool) -> Path:
         if (folder / "model.safetensors").is_file():
             return folder
         return tm.save_hf_folder(tm.tiny_weights(seed=0, config=tm.TINY), folder)
-    # suggest.py imports score.py's builder itself (score.py drops benchmarks/ from sys.path).
+    # suggest.py holds the fp16 copy and re-exports score.py's full-size builder.
     from suggest import fp16_copy, full_size_model
 
     return fp16_copy(full_size_model(workdir), workdir)

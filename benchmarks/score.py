@@ -32,9 +32,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# benchmarks/ holds scripts named like stdlib modules (tokenize.py): keep it off the path.
+# benchmarks/ holds scripts named like stdlib modules (tokenize.py): keep it after the standard
+# library on the path (at the end, where the scripts that import this one still find theirs).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.append(str(Path(__file__).resolve().parent))
 BENCH = ROOT / ".bench"
 DEFAULT_VOCAB = ROOT.parent / "shared" / "data" / "danbooru.csv"
 
