@@ -160,6 +160,31 @@ def test_merged_weights_match_the_formula(tmp_path, base, fmt, backend) -> None:
     assert "0 unknown keys" in note
 
 
+@pytest.mark.parametrize("second", ["peft", "dora-row"])
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_two_loras_stack_in_order(tmp_path, base, second, backend) -> None:  # noqa: ANN001
+    """Two LoRAs on the same layers: the numpy pass keeps two plain LoRAs as factors beside each
+    product (no merged copy); a DoRA second normalises the weight the first one already moved,
+    so there both are merged. Either way the vectors are the sequentially merged model's."""
+    weights, model = base
+    first_path, first = write_format(tmp_path, "lora", weights)
+    second_path, other = write_format(tmp_path, second, weights)
+    settings = EncoderSettings(model=str(model), use_cache=False, device="cpu",
+                               loras=(LoraSpec(first_path, 0.7), LoraSpec(second_path, 0.5)))
+    with open_embedder(settings) as emb:
+        enc = emb.encoder(positions=1, backend=backend)
+        ours = emb.embed(TAGS)
+    if backend == "numpy":
+        factored = [lw.low for lw in enc.layers]
+        assert all(factored) == (second == "peft")
+        if second == "peft":  # both LoRAs' factors side by side: rank 4 + 4
+            assert factored[0]["fc1"][0][0].shape == (weights["encoder.layers.0.mlp.fc1.weight"]
+                                                      .shape[1], 2 * RANK)
+    once = merged_reference(weights, first, "lora", 0.7)
+    want = reference_vectors(merged_reference(once, other, second, 0.5), TAGS)
+    np.testing.assert_allclose(ours, want, atol=2e-5, rtol=1e-4)
+
+
 def test_weight_zero_and_no_te_keys_equal_the_base(tmp_path, base) -> None:  # noqa: ANN001
     weights, model = base
     path, _ = write_format(tmp_path, "lora", weights)

@@ -41,12 +41,14 @@ def _json(capsys, *args: str) -> dict:  # noqa: ANN001
 
 
 def test_header_report_reads_no_tensor(files, capsys, monkeypatch) -> None:  # noqa: ANN001
-    import tagsmith.model.lora as lora_mod
+    import tagsmith.model.lora_patch as patch_mod
+    import tagsmith.model.safetensors_file as st_mod
 
     def boom(ref):  # noqa: ANN001, ANN202
         raise AssertionError("read a tensor")
 
-    monkeypatch.setattr(lora_mod, "read_tensor_array", boom)
+    monkeypatch.setattr(patch_mod, "read_tensor_array", boom)
+    monkeypatch.setattr(st_mod, "read_tensor_array", boom)
     out = _json(capsys, "lora", str(files["mayo"]), "--json")
     r = out["loras"][0]
     assert r["family"] == "sd1" and r["text_encoder_trained"] is True

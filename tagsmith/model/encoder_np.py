@@ -12,8 +12,9 @@ encoder, whose fused element-wise kernels use every core.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,9 @@ SMALL_JOB_POSITIONS = 4096
 # thread, 46.5 ms on two at load 9, 2-core EPYC; the issue measured 4.5 vs 30 ms at load 2-3),
 # and a user's machine is never idle.
 ONE_THREAD_ROWS = 512
+
+_LINEAR = re.compile(r"^encoder\.layers\.(\d+)\.(self_attn\.[qkv]_proj|self_attn\.out_proj|"
+                     r"mlp\.fc[12])\.weight$")
 
 _BLAS: list = []  # a threadpoolctl controller, made once (its library scan costs ~1 ms)
 
@@ -69,6 +73,9 @@ class _Layer:
     fc2_w: np.ndarray
     fc2_b: np.ndarray
     wide: tuple[np.ndarray, ...] | None = None  # fp32 (in, out) views, when stored in fp32
+    # LoRA deltas kept as factors, by product ("qkv", "out", "fc1", "fc2"): (down.T, up.T,
+    # output columns), added as (x @ down.T) @ up.T beside the product with the weight
+    low: dict[str, list[tuple[np.ndarray, np.ndarray, slice]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,7 +127,10 @@ class NumpyTextEncoder:
         tensors: Mapping[str, np.ndarray],
         *,
         rule: ConditioningRule = SD15_RULE,
+        factored: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]] | None = None,
     ) -> None:
+        """``factored``: LoRA deltas by weight name as scaled ``(up, down)`` pairs
+        (``LoraPatch.apply``), applied in the forward pass instead of merged."""
         if not supports(config):
             raise ValueError(f"the numpy encoder does not cover hidden_act {config.hidden_act!r}")
         self.config = config
@@ -162,12 +172,30 @@ class NumpyTextEncoder:
                               layer.fc2_w.T)
                 layer.qkv_w = ()
             self.layers.append(layer)
+        for name, pairs in (factored or {}).items():
+            self._add_factors(name, pairs)
         self.final_ln_w = take("final_layer_norm.weight")
         self.final_ln_b = take("final_layer_norm.bias")
         self.text_projection = take(TEXT_PROJECTION) if config.projection_dim else None
         self._prefixes: dict[tuple[tuple[int, ...], int], _Prefix] = {}
         self._buffers: tuple[np.ndarray, ...] | None = None
         self.positions_run = 0
+
+    def _add_factors(self, name: str, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+        m = _LINEAR.match(name)
+        if m is None or int(m.group(1)) >= len(self.layers):
+            raise ValueError(f"no linear layer {name} to add a LoRA's factors to")
+        h = self.config.hidden_size
+        which = m.group(2)
+        slot, cols = {"self_attn.q_proj": ("qkv", slice(0, h)),
+                      "self_attn.k_proj": ("qkv", slice(h, 2 * h)),
+                      "self_attn.v_proj": ("qkv", slice(2 * h, 3 * h)),
+                      "self_attn.out_proj": ("out", slice(None)),
+                      "mlp.fc1": ("fc1", slice(None)), "mlp.fc2": ("fc2", slice(None))}[which]
+        # several LoRAs on one weight: their factors side by side, one pair of products
+        down_t = np.ascontiguousarray(np.concatenate([d for _, d in pairs]).T, np.float32)
+        up_t = np.ascontiguousarray(np.concatenate([u for u, _ in pairs], axis=1).T, np.float32)
+        self.layers[int(m.group(1))].low.setdefault(slot, []).append((down_t, up_t, cols))
 
     def _wide(self, lw: _Layer) -> tuple[np.ndarray, ...]:
         """The layer's (qkv, out, fc1, fc2) weights as fp32 (in, out) views, widened from
@@ -226,7 +254,11 @@ class NumpyTextEncoder:
         head_dim = width // heads
         scale = np.float32(head_dim**-0.5)
         qkv_wt, out_wt, fc1_wt, fc2_wt = wide
-        qkv = self._layer_norm(x, lw.ln1_w, lw.ln1_b) @ qkv_wt
+        low = lw.low
+        ln = self._layer_norm(x, lw.ln1_w, lw.ln1_b)
+        qkv = ln @ qkv_wt
+        for down_t, up_t, cols in low.get("qkv", ()):
+            qkv[:, cols] += (ln @ down_t) @ up_t
         qkv += lw.qkv_b
         qkv = qkv.reshape(n, 3, heads, head_dim)
         q = qkv[:, 0]
@@ -243,15 +275,23 @@ class NumpyTextEncoder:
             np.exp(scores, out=scores)
             scores /= scores.sum(axis=-1, keepdims=True)
             a[start:stop] = np.einsum("rhc,rchd->rhd", scores, values[ctx])
-        x += a.reshape(n, width) @ out_wt
+        a2 = a.reshape(n, width)
+        x += a2 @ out_wt
+        for down_t, up_t, _ in low.get("out", ()):
+            x += (a2 @ down_t) @ up_t
         x += lw.out_b
-        h = self._layer_norm(x, lw.ln2_w, lw.ln2_b) @ fc1_wt
+        ln = self._layer_norm(x, lw.ln2_w, lw.ln2_b)
+        h = ln @ fc1_wt
+        for down_t, up_t, _ in low.get("fc1", ()):
+            h += (ln @ down_t) @ up_t
         h += lw.fc1_b
         if c.hidden_act == "gelu":
             gelu(h)
         else:  # quick_gelu: h * sigmoid(1.702 h)
             h /= 1.0 + np.exp(np.float32(-1.702) * h)
         x += h @ fc2_wt
+        for down_t, up_t, _ in low.get("fc2", ()):
+            x += (h @ down_t) @ up_t
         x += lw.fc2_b
         return keys, values
 
@@ -356,15 +396,17 @@ def load_numpy_encoder(
     tensors: Mapping[str, np.ndarray] | None = None, patch: Any = None,
 ) -> NumpyTextEncoder:
     """Read a safetensors source's encoder weights without torch (fp16/bf16 widened);
-    ``tensors`` (canonical name -> array) replaces them; ``patch`` (a ``lora.LoraPatch``)
-    merges LoRA deltas into the layers it changes (float32 copies; the rest stay mapped)."""
+    ``tensors`` (canonical name -> array) replaces them; ``patch`` (a ``lora_patch.LoraPatch``)
+    applies LoRA deltas: plain LoRA modules as thin factors beside each product (no copy of
+    the weight), every other kind merged into float32 copies; the rest stay mapped."""
     assert source.config is not None
     if tensors is None:
         tensors = _TensorsOnDisk(source)
+    factored: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     if patch is not None:
         tensors = dict(tensors)
-        patch.apply(tensors)
-    return NumpyTextEncoder(source.config, tensors, rule=rule)
+        patch.apply(tensors, factored)
+    return NumpyTextEncoder(source.config, tensors, rule=rule, factored=factored)
 
 
 class _TensorsOnDisk(Mapping):

@@ -56,10 +56,11 @@ def _tucker(core: np.ndarray, w_a: np.ndarray, w_b: np.ndarray) -> np.ndarray:
     return np.einsum("ij,jr,ip->pr", core, _mat(w_b), _mat(w_a))
 
 
-def lora_delta(t: Mapping[str, np.ndarray], rs_lora: bool = False,
-               alpha_override: float | None = None, factor: float = 1.0) -> np.ndarray:
-    """``scale * factor * up @ down``; the scalars go into the small factor, so the full-size
-    product is written once (72 of them on ViT-L: memory traffic, not arithmetic, is the cost)."""
+def lora_factors(t: Mapping[str, np.ndarray], rs_lora: bool = False,
+                 alpha_override: float | None = None,
+                 factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``(scale * factor * up, down)``: the LoRA's delta is their product, which a forward
+    pass can apply as two thin products instead of merging it (``encoder_np``)."""
     down, up = _mat(t["down"]), _mat(t["up"])
     if "mid" in t:
         raise UnsupportedModelError(
@@ -76,7 +77,15 @@ def lora_delta(t: Mapping[str, np.ndarray], rs_lora: bool = False,
         scale = alpha / math.sqrt(rank)
     else:
         scale = _alpha(t, rank)
-    return (up * np.float32(scale * factor)) @ down
+    return up * np.float32(scale * factor), down
+
+
+def lora_delta(t: Mapping[str, np.ndarray], rs_lora: bool = False,
+               alpha_override: float | None = None, factor: float = 1.0) -> np.ndarray:
+    """``scale * factor * up @ down``; the scalars go into the small factor, so the full-size
+    product is written once (72 of them on ViT-L: memory traffic, not arithmetic, is the cost)."""
+    up, down = lora_factors(t, rs_lora, alpha_override, factor)
+    return up @ down
 
 
 def loha_delta(t: Mapping[str, np.ndarray], factor: float = 1.0) -> np.ndarray:

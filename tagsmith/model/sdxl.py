@@ -391,7 +391,7 @@ def load_sdxl_encoder(
                                              patch=(patches or {}).get(name))
         else:
             from tagsmith.model.encoder import load_text_encoder
-            from tagsmith.model.lora import merged_torch_tensors
+            from tagsmith.model.lora_patch import merged_torch_tensors
 
             given = merged_torch_tensors((patches or {}).get(name), part, given)
             parts[name] = load_text_encoder(part, device=device, dtype=dtype, tensors=given,
