@@ -11,9 +11,14 @@
 4. Warm `tagsmith suggest "mayonnaise bottle" --vocab danbooru.csv` on the full-size model,
    fresh processes: this checkout against ``--before`` (a checkout without calibration, such as
    the main branch before it landed), runs interleaved in one process, median of N.
+5. An adapter's baseline on the full-size model with a rank-32 LoRA on all 72 layers, at
+   weight 1 and 6: the estimate from the control tags (what tagsmith uses) against a full pass
+   over the 1,000 reference tags in base + LoRA. Its cost, and its errors: percentiles at the
+   exact random-pair quantiles 50/90/99/99.9, and centred cosines of 5,000 random reference
+   pairs (against the tie, a tenth of the random-pair spread).
 
     python benchmarks/calibration.py [--vocab ../shared/data/danbooru.csv] [--full-tags 20000]
-        [--before /path/to/older/checkout] [--runs 5]
+        [--before /path/to/older/checkout] [--runs 5] [--skip tiny full inproc warm adapter]
 """
 
 from __future__ import annotations
@@ -156,6 +161,64 @@ def warm_suggest(model: Path, vocab: Path, before: Path, runs: int, workdir: Pat
     print(f"  ratio                   : {ratio:6.3f} (target <= 1.10)")
 
 
+def adapter_estimate(model: Path, texts: list[str], counts: np.ndarray, workdir: Path) -> None:
+    from lora import rank32_lora
+
+    from tagsmith.model.calibration import (
+        CONTROL_TAGS,
+        build_baseline,
+        model_baseline,
+        vocabulary_reference,
+    )
+    from tagsmith.model.embedding import EncoderSettings, open_embedder
+    from tagsmith.model.lora import LoraSpec
+
+    ref = vocabulary_reference(texts, counts)
+    lora = rank32_lora(workdir)
+    rng = np.random.default_rng(1)
+    i = rng.integers(0, len(ref), 5000)
+    j = (i + rng.integers(1, len(ref), 5000)) % len(ref)
+
+    def pair_cos(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+        c = x - mean
+        c /= np.linalg.norm(c, axis=1, keepdims=True)
+        return np.einsum("ij,ij->i", c[i], c[j])
+
+    print(f"\nadapter baseline: {CONTROL_TAGS} control tags of {len(ref):,}, {lora.name}, "
+          f"load {_load()}")
+    base_vecs = None
+    for weight in (1.0, 6.0):
+        settings = EncoderSettings(model=str(model), device="cpu", use_cache=False,
+                                   loras=(LoraSpec(lora, weight),))
+        with open_embedder(settings) as emb:
+            base = emb.adapter_base()
+            if base_vecs is None:
+                base_vecs = base.embed(ref)
+            model_baseline(base, ref)  # the base's own (a full pass; once per model)
+            t = time.perf_counter()
+            exact_vecs = emb.embed(ref)
+            full_s = time.perf_counter() - t
+            t = time.perf_counter()
+            est = model_baseline(emb, ref)
+            est_s = time.perf_counter() - t
+        exact = build_baseline(exact_vecs)
+        b = base_vecs - base_vecs.mean(0)
+        m = exact_vecs - exact.mean
+        moved = float(np.mean(np.sum(b * m, 1) / np.linalg.norm(b, axis=1)
+                              / np.linalg.norm(m, axis=1)))
+        probe = np.quantile(exact.pair_similarities, [0.5, 0.9, 0.99, 0.999])
+        pct = np.abs(est.percentile(probe) - exact.percentile(probe))
+        sim_err = np.abs(pair_cos(exact_vecs, est.mean) - pair_cos(exact_vecs, exact.mean))
+        print(f"  weight {weight:g}: reference tags moved to centred cosine {moved:.3f} of the "
+              f"base's")
+        print(f"    cost: estimate {est_s:5.2f} s, full pass {full_s:5.2f} s "
+              f"({full_s / est_s:.1f}x)")
+        print("    percentile error at 50/90/99/99.9%: "
+              + " / ".join(f"{x:.2f}" for x in pct) + " points")
+        print(f"    centred-cosine error: mean {sim_err.mean():.4f}, max {sim_err.max():.4f} "
+              f"(tie {exact.tie:.4f}: mean {sim_err.mean() / exact.tie:.2f} of a tie)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--vocab", type=Path, default=ROOT.parent / "shared" / "data" / "danbooru.csv")
@@ -163,7 +226,8 @@ def main() -> None:
     ap.add_argument("--tiny-tags", type=int, default=None, help="default: the whole list")
     ap.add_argument("--before", type=Path, default=None)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--skip", nargs="*", default=(), choices=("tiny", "full", "inproc", "warm"))
+    ap.add_argument("--skip", nargs="*", default=(), choices=("tiny", "full", "inproc", "warm",
+                                                                 "adapter"))
     ap.add_argument("--workdir", type=Path,
                     default=Path(tempfile.gettempdir()) / "tagsmith-bench")
     a = ap.parse_args()
@@ -202,6 +266,8 @@ def main() -> None:
             baseline_cost(emb, texts_all[:n])
     if "inproc" not in a.skip:
         warm_in_process(model, a.vocab, max(a.runs, 5), a.workdir)
+    if "adapter" not in a.skip:
+        adapter_estimate(model, texts_all, counts_all, a.workdir)
     if "warm" not in a.skip:
         if a.before is None:
             print("\nwarm suggest skipped: give --before PATH (an older checkout) to compare")

@@ -330,3 +330,134 @@ def test_each_encoder_similarity_is_centred_on_its_own_baseline() -> None:
         x, y = a[sl] - mean, b[sl] - mean
         want = float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
         assert rc.similarity_by_encoder[enc]["wine bottle"] == pytest.approx(want, abs=1e-5)
+
+
+# -- an adapter's baseline: estimated from the control tags, the base model as control --------
+
+
+class AdaptedEmbedder(PlantedEmbedder):
+    """A "LoRA" over a PlantedEmbedder: every state goes through ``change`` (a LoRA moves the
+    whole space a little and some concepts a lot); ``adapter_base()`` is the model without it."""
+
+    def __init__(self, base: PlantedEmbedder, change) -> None:  # noqa: ANN001
+        self.base = base
+        self.states = change(base.states).astype(np.float32)
+        self.texts, self.row = base.texts, base.row
+        self.calls = []
+        self.fingerprint = base.fingerprint + "+lora"
+
+    def adapter_base(self) -> PlantedEmbedder:
+        return self.base
+
+
+def _lora_like(seed: int, strength: float):  # noqa: ANN202
+    """A low-rank change of every state plus a strong pull of one planted cluster."""
+    rng = np.random.default_rng(seed)
+    up, down = rng.standard_normal((DIM, 4)), rng.standard_normal((4, DIM))
+    delta = strength * (up @ down) / DIM
+    pull = strength * 3.0 * rng.standard_normal(DIM)
+
+    def change(x: np.ndarray) -> np.ndarray:
+        out = x + x @ delta.T
+        out[x[:, 0] > 1.5] += pull  # the concept the LoRA was trained on
+        return out
+
+    return change
+
+
+def _errors(est, exact, states: np.ndarray) -> tuple[float, float]:  # noqa: ANN001
+    """(worst percentile error at the exact 50/90/99% quantiles, mean centred-cosine error of
+    random pairs) of ``est`` against ``exact``."""
+    probe = np.quantile(exact.pair_similarities, [0.5, 0.9, 0.99])
+    pct = float(np.abs(est.percentile(probe) - exact.percentile(probe)).max())
+    i, j = _pairs(len(states), 4000, seed=9)
+    sim = np.einsum("ij,ij->i", est.unit(states[i]), est.unit(states[j]))
+    want = np.einsum("ij,ij->i", exact.unit(states[i]), exact.unit(states[j]))
+    return pct, float(np.abs(sim - want).mean())
+
+
+@pytest.mark.parametrize("strength", [0.3, 1.0])
+def test_adapter_baseline_estimates_the_full_pass_from_the_control_tags(strength: float) -> None:
+    from tagsmith.model.calibration import CONTROL_TAGS
+
+    base = PlantedEmbedder(seed=6)
+    lora = AdaptedEmbedder(base, _lora_like(1, strength))
+    ref = base.texts[:500]
+    est = model_baseline(lora, ref)
+    assert [len(c) for c in lora.calls] == [CONTROL_TAGS]  # never a pass over all 500
+    assert base.calls == [ref]  # the base's own baseline: one full pass
+    assert est.estimated_from == CONTROL_TAGS and est.n_reference == 500
+    assert "estimated with the LoRA from 96 of them" in est.describe()
+    assert est.summary()["estimated_from"] == CONTROL_TAGS
+    exact = build_baseline(lora.states[:500])
+    pct, sim = _errors(est, exact, lora.states)
+    assert pct < 2.0 and sim < exact.tie / 3
+    # Far better than reading the LoRA's numbers against the base's baseline: the estimate
+    # really follows what the LoRA changed.
+    naive_pct, naive_sim = _errors(build_baseline(base.states[:500]), exact, lora.states)
+    assert sim < naive_sim / 3
+
+
+def test_adapter_baseline_is_exact_when_nothing_or_everything_moves_alike() -> None:
+    base = PlantedEmbedder(seed=7)
+    ref = base.texts[:300]
+    same = model_baseline(AdaptedEmbedder(base, lambda x: x), ref)
+    plain = model_baseline(base, ref)
+    np.testing.assert_allclose(same.mean, plain.mean, atol=1e-5)
+    np.testing.assert_allclose(same.pair_similarities, plain.pair_similarities, atol=1e-6)
+    # Every state shifted by one vector: the centred space is the base's, exactly.
+    c = np.linspace(-30, 30, DIM).astype(np.float32)
+    shifted = model_baseline(AdaptedEmbedder(base, lambda x: x + c), ref)
+    np.testing.assert_allclose(shifted.mean, plain.mean + c, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(shifted.pair_similarities, plain.pair_similarities, atol=1e-5)
+
+
+def test_adapter_baseline_is_cached_under_its_own_key(tmp_path: Path) -> None:
+    class TwoEncoders(AdaptedEmbedder):
+        def similarity_parts(self):  # noqa: ANN202
+            return {"clip_l": slice(0, 12), "clip_g": slice(12, DIM)}
+
+    class TwoEncoderBase(PlantedEmbedder):
+        def similarity_parts(self):  # noqa: ANN202
+            return {"clip_l": slice(0, 12), "clip_g": slice(12, DIM)}
+
+    base = TwoEncoderBase(seed=8)
+    lora = TwoEncoders(base, _lora_like(2, 0.5))
+    ref = base.texts[:400]
+    built = model_baseline(lora, ref, cache_dir=tmp_path)
+    assert len(list((tmp_path / "baselines").glob("*.npz"))) == 2  # the base's and the LoRA's
+    again = model_baseline(TwoEncoders(base, _lora_like(2, 0.5)), ref, cache_dir=tmp_path)
+    assert len(base.calls) == 1 and len(lora.calls) == 1  # both read back
+    assert again.estimated_from == built.estimated_from > 0
+    np.testing.assert_array_equal(again.pair_similarities, built.pair_similarities)
+    for k in ("clip_l", "clip_g"):  # each encoder's baseline is estimated as well
+        exact = build_baseline(lora.states[:400, slice(*built.slices[k])])
+        pct, sim = _errors(again.encoder(k), exact, lora.states[:, slice(*built.slices[k])])
+        assert again.encoder(k).estimated_from > 0 and pct < 3.0 and sim < exact.tie / 2
+
+
+def test_a_real_lora_embedder_estimates_its_baseline(tmp_path: Path, tiny_models) -> None:  # noqa: ANN001
+    from lora_fixtures import build_lora, save_lora_file
+
+    from tagsmith.model.calibration import CONTROL_TAGS
+    from tagsmith.model.embedding import EncoderSettings, open_embedder
+    from tagsmith.model.lora import LoraSpec
+
+    model = tiny_models.single_file()
+    lora = save_lora_file(tmp_path / "l.safetensors", build_lora("lora", tiny_models.weights,
+                                                                 seed=3, rank=4))
+    ref = common_tags()
+    settings = EncoderSettings(model=str(model), cache_dir=tmp_path / "cache", device="cpu",
+                               loras=(LoraSpec(lora, 2.0),))
+    with open_embedder(settings) as emb:
+        est = model_baseline(emb, ref)
+        assert emb.adapter_base() is emb.adapter_base()  # one base model, shared
+        base = model_baseline(emb.adapter_base(), ref)  # cached by the estimate
+        exact = build_baseline(emb.embed(ref))
+        states = emb.embed(ref)
+        base_states = emb.adapter_base().embed(ref)
+    assert est.estimated_from == CONTROL_TAGS and base.estimated_from == 0
+    assert np.abs(states - base_states).max() > 1e-3  # the LoRA moves the vectors
+    pct, sim = _errors(est, exact, states)
+    naive_pct, naive_sim = _errors(base, exact, states)
+    assert pct < 3.0 and sim < exact.tie / 3 and sim < naive_sim

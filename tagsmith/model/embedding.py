@@ -30,7 +30,7 @@ after ``{}`` changes the ``eos`` vector but never the tag's own states.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,102 +41,27 @@ from tagsmith.model.cache import CacheVariant, EmbeddingCache, SourceMemo
 from tagsmith.model.config import TOKEN_EMBEDDING, EncoderConfig
 from tagsmith.model.device import gpu_possible
 from tagsmith.model.fingerprint import memo_identity, safetensors_fingerprint
-from tagsmith.model.lora import (
+from tagsmith.model.lora_patch import (
     LoraPatch,
-    LoraSpec,
     LoraState,
     merged_torch_tensors,
     patches_for_model,
 )
 from tagsmith.model.safetensors_file import read_tensor_array
+from tagsmith.model.settings import (  # noqa: F401 - re-exported: callers import them from here
+    COMBINES,
+    CONTEXT_SLOT,
+    DEVICES,
+    DTYPES,
+    ENCODERS,
+    MAX_CLIP_SKIP,
+    REPRESENTATIONS,
+    EncoderSettings,
+    split_context,
+)
 from tagsmith.model.sources import TextEncoderSource, model_spec_from_settings, resolve_source
 from tagsmith.paths import resolve_cache_dir
 from tagsmith.text.tokenizer import BOS_ID, CHUNK_LENGTH, EOS_ID
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "fp32", "fp16", "bf16")
-REPRESENTATIONS = ("tag", "eos", "pooled")
-ENCODERS = ("auto", "l", "g")
-COMBINES = ("concat", "balanced")
-CONTEXT_SLOT = "{}"
-MAX_CLIP_SKIP = 12
-
-
-@dataclass(frozen=True)
-class EncoderSettings:
-    model: str | None = None  # None -> $TAGSMITH_MODEL or the SD1.5 hub repo
-    clip_skip: int = 1
-    device: str = "auto"  # auto|cpu|cuda|mps
-    dtype: str = "auto"  # auto|fp32|fp16|bf16
-    representation: str = "tag"  # tag (mean over the tag's own tokens) | eos (pooled EOS state)
-    context: str | None = None  # "1girl, solo, {}": the tag is embedded at {} in this prompt
-    cache_dir: Path | None = None  # None -> $TAGSMITH_CACHE_DIR or the platform cache dir
-    use_cache: bool = True
-    encoder: str = "auto"  # SDXL: auto (both, 2048 wide) | l | g
-    combine: str = "concat"  # SDXL, both encoders: concat (the UNet's view) | balanced
-    loras: tuple[LoraSpec, ...] = ()  # --lora FILE[:WEIGHT], merged into the encoder's weights
-
-    def validated(self) -> EncoderSettings:
-        """The same settings, normalised; UsageError (one sentence) for a bad value."""
-        device = (self.device or "auto").lower()
-        dtype = (self.dtype or "auto").lower()
-        rep = (self.representation or "tag").lower()
-        if device not in DEVICES and not device.startswith("cuda:"):
-            raise UsageError(f"Unknown device '{self.device}'; use one of {', '.join(DEVICES)}.")
-        if dtype not in DTYPES:
-            raise UsageError(f"Unknown dtype '{self.dtype}'; use one of {', '.join(DTYPES)}.")
-        if rep not in REPRESENTATIONS:
-            raise UsageError(
-                f"Unknown representation '{self.representation}'; use tag, eos or pooled."
-            )
-        encoder = (self.encoder or "auto").lower()
-        combine = (self.combine or "concat").lower()
-        if encoder not in ENCODERS:
-            raise UsageError(f"Unknown encoder '{self.encoder}'; use auto, l or g.")
-        if combine not in COMBINES:
-            raise UsageError(f"Unknown combine '{self.combine}'; use concat or balanced.")
-        if not isinstance(self.clip_skip, int) or not 1 <= self.clip_skip <= MAX_CLIP_SKIP:
-            raise UsageError(
-                f"Clip skip must be a whole number from 1 to {MAX_CLIP_SKIP} (A1111 numbering: "
-                f"2 = penultimate layer), not {self.clip_skip}."
-            )
-        context = self.context
-        if context is not None:
-            if not context.strip() or context.strip() == CONTEXT_SLOT:
-                context = None
-            elif context.count(CONTEXT_SLOT) != 1:
-                raise UsageError(
-                    f"The context must contain {CONTEXT_SLOT} exactly once, where the tag goes, "
-                    f"e.g. \"1girl, solo, {CONTEXT_SLOT}\" (got {context!r})."
-                )
-        cache_dir = Path(self.cache_dir).expanduser() if self.cache_dir else None
-        return replace(
-            self, device=device, dtype=dtype, representation=rep, context=context,
-            cache_dir=cache_dir, encoder=encoder, combine=combine,
-        )
-
-    @property
-    def precision(self) -> str:
-        """The numeric precision vectors are computed in, as far as it is known without torch.
-
-        'auto' on both device and dtype means "this machine's default" (fp16 on a GPU, fp32 on
-        CPU), which is stable for a given machine and its cache folder.
-        """
-        if self.dtype != "auto":
-            return self.dtype
-        if self.device == "cpu":
-            return "fp32"
-        if self.device != "auto":
-            return "fp16"
-        return "auto"
-
-
-def split_context(context: str | None) -> tuple[str, str]:
-    if not context:
-        return "", ""
-    before, after = context.split(CONTEXT_SLOT)
-    return before, after
-
 
 ProgressFn = Callable[[int, int], None]
 Ids = Sequence[Sequence[int]] | None  # token ids per text, when a caller has them
@@ -186,6 +111,7 @@ class TagEmbedder:
         self._config: EncoderConfig = self._parts[self._selected[0]].config  # type: ignore[assignment]
         self._fingerprint = fingerprint
         self.base_fingerprint = base_fingerprint or fingerprint
+        self._base_model_fingerprint = self.base_fingerprint  # before any encoder selection
         if source.parts is not None:
             from tagsmith.model.sdxl import selection_key
 
@@ -208,6 +134,8 @@ class TagEmbedder:
         self._context_suffix = suffix
         self._prefix_ids: list[int] | None = None
         self._suffix_ids: list[int] | None = None
+        self.baseline_memo: dict = {}  # tagsmith.model.calibration keeps this one's baselines
+        self._adapter_base: TagEmbedder | None = None
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -300,6 +228,18 @@ class TagEmbedder:
             "layers": self._config.num_layers,
             "loras": self.lora.describe(), "base_fingerprint": self.base_fingerprint,
         }
+
+    def adapter_base(self) -> TagEmbedder | None:
+        """With LoRAs that change the weights, the same model without them (one instance,
+        sharing the source and the cache; its weights load only on a cache miss); else None."""
+        if not self.lora.changing:
+            return None
+        if self._adapter_base is None:
+            self._adapter_base = TagEmbedder(
+                replace(self.settings, loras=()), self.source, self._base_model_fingerprint,
+                preloaded=self._preloaded, cache_dir=self._cache_dir,
+            )
+        return self._adapter_base
 
     # -- encoding ---------------------------------------------------------------------------
     def encoder(self, positions: int | None = None, *, backend: str | None = None) -> Any:
@@ -532,6 +472,8 @@ class TagEmbedder:
             self._cache = None
         self._encoder = None
         self._preloaded = None
+        if self._adapter_base is not None:
+            self._adapter_base.close()
 
     def __enter__(self) -> TagEmbedder:
         return self
