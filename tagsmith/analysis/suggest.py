@@ -97,13 +97,6 @@ class SuggestResult:
     def has_similarity(self) -> bool:
         return self.model is not None
 
-    def set_base(self, base: SuggestResult) -> None:
-        """Keep ``base``'s numbers (the same tag without the LoRA) beside this result's."""
-        self.base = {
-            rc.form: {"score": rc.score, "similarity": dict(rc.similarity)}
-            for rc in base.candidates
-        }
-
     @property
     def recommended(self) -> RankedCandidate | None:
         return self.candidates[0] if self.candidates and self.has_similarity else None
@@ -147,9 +140,12 @@ def suggest(
     notices: Sequence[str] = (),
     progress: Progress = no_progress,
     baseline: Baseline | None = None,
+    base: Any | None = None,
 ) -> SuggestResult:
     """Rank the forms of ``tag``. ``embedder`` is a TagEmbedder, or None for tokens only;
-    ``baseline`` defaults to the model's (``baseline_for``)."""
+    ``baseline`` defaults to the model's (``baseline_for``). ``base`` (with --lora: the same
+    model without the LoRAs) adds each form's score and similarities there, against the same
+    neighbours, measured on its own baseline (``result.base``)."""
     options = options or SuggestOptions()
     text = analysed_tag_text(tag)
     if not text:
@@ -221,16 +217,9 @@ def suggest(
     pct = baseline.percentile(sim)
     by_encoder = encoder_similarities(embedder, cand_vecs, neigh_vecs,
                                       [n.tag for n in result.neighbors], baseline=baseline)
-    roles = [n.role for n in result.neighbors]
-    scores = score_candidates(
-        sim,
-        keep_cols=[j for j, r in enumerate(roles) if r == "keep"],
-        leak_cols=[j for j, r in enumerate(roles) if r == "leak"],
-        avoid_cols=[j for j, r in enumerate(roles) if r == "avoid"],
-        reuse=[known_word_share(c) for c in candidates],
-        n_tokens=[c.n_tokens for c in candidates],
-        weights=options.weights,
-    )
+    scores = _scores(sim, candidates, result.neighbors, options)
+    if base is not None:
+        result.base = _base_numbers(base, index, candidates, result.neighbors, options, progress)
     for i, rc in enumerate(result.candidates):
         rc.score = scores[i].score
         rc.detail = scores[i]
@@ -248,6 +237,39 @@ def suggest(
     # the result, so every front end (CLI, TUI, --json) shows it.
     result.notices += [n for n in getattr(embedder, "notes", []) if n not in result.notices]
     return result
+
+
+def _scores(sim: np.ndarray, candidates: Sequence[Candidate], neighbors: Sequence[Neighbor],
+            options: SuggestOptions) -> list[Any]:
+    roles = [n.role for n in neighbors]
+    return score_candidates(
+        sim,
+        keep_cols=[j for j, r in enumerate(roles) if r == "keep"],
+        leak_cols=[j for j, r in enumerate(roles) if r == "leak"],
+        avoid_cols=[j for j, r in enumerate(roles) if r == "avoid"],
+        reuse=[known_word_share(c) for c in candidates],
+        n_tokens=[c.n_tokens for c in candidates],
+        weights=options.weights,
+    )
+
+
+def _base_numbers(base: Any, index: Any, candidates: Sequence[Candidate],
+                  neighbors: Sequence[Neighbor], options: SuggestOptions,
+                  progress: Progress) -> dict[str, dict[str, Any]]:
+    """{form: {score, similarity}} in the ``base`` model, for the same forms and neighbours."""
+    progress("the base model's numbers")
+    baseline = baseline_for(base, index, progress)
+    texts = list(dict.fromkeys([c.text for c in candidates] + [n.tag for n in neighbors]))
+    vectors = base.embed(texts)
+    row = {t: i for i, t in enumerate(texts)}
+    sim = baseline.similarity(vectors[[row[c.text] for c in candidates]],
+                              vectors[[row[n.tag] for n in neighbors]])
+    scores = _scores(sim, candidates, neighbors, options)
+    return {
+        c.form: {"score": scores[i].score,
+                 "similarity": {n.tag: float(sim[i, j]) for j, n in enumerate(neighbors)}}
+        for i, c in enumerate(candidates)
+    }
 
 
 def _kind(rc: RankedCandidate) -> str:

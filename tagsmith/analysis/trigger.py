@@ -131,13 +131,6 @@ class TriggerResult:
     def has_similarity(self) -> bool:
         return self.model is not None
 
-    def set_base(self, base: TriggerResult) -> None:
-        """Keep ``base``'s numbers (the same concept without the LoRA) beside this result's."""
-        self.base = {}
-        for fam in base.families:
-            d = fam.to_dict()
-            self.base[d["form"]] = {"score": fam.score, "separation": fam.separation}
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "baseline": None if self.baseline is None else self.baseline.summary(),
@@ -164,7 +157,11 @@ def rank_triggers(
     notices: Sequence[str] = (),
     progress: Progress = no_progress,
     baseline: Baseline | None = None,
+    base: Any | None = None,
 ) -> TriggerResult:
+    """Rank trigger-word candidates for ``concept`` (families of forms, one per stem).
+    ``base`` (with --lora: the same model without the LoRAs) adds each family's score and
+    separation there, against the same neighbours, on its own baseline (``result.base``)."""
     options = options or TriggerOptions()
     text = analysed_tag_text(concept)
     if not text:
@@ -282,19 +279,16 @@ def rank_triggers(
     vectors = vectors_of.embed(texts)
     row = {t: i for i, t in enumerate(texts)}
     neigh_vecs = vectors[[row[n.tag] for n in result.neighbors]]
-    roles = [n.role for n in result.neighbors]
-    keep_cols = [j for j, r in enumerate(roles) if r == "keep"]
-    leak_cols = [j for j, r in enumerate(roles) if r == "leak"]
-    avoid_cols = [j for j, r in enumerate(roles) if r == "avoid"]
+    if base is not None:
+        result.base = _base_numbers(base, index, families, result.neighbors, options, progress)
     for fam in families:
         cands = [m.candidate for m in fam.members]
         vecs = vectors[[row[c.text] for c in cands]]
         sim = baseline.similarity(vecs, neigh_vecs)
         raw = cosine_matrix(vecs, neigh_vecs)
         pct = baseline.percentile(sim)
-        scores = score_candidates(sim, keep_cols=keep_cols, leak_cols=leak_cols,
-                                  avoid_cols=avoid_cols, reuse=[known_word_share(c) for c in cands],
-                                  n_tokens=[c.n_tokens for c in cands], weights=options.weights)
+        scores, fam.score, sep, pair = _family_scores(sim, vecs, cands, result.neighbors,
+                                                      baseline, options)
         by_encoder = encoder_similarities(embedder, vecs, neigh_vecs,
                                           [n.tag for n in result.neighbors], baseline=baseline)
         for i, (m, s) in enumerate(zip(fam.members, scores)):
@@ -303,12 +297,9 @@ def rank_triggers(
             m.raw_similarity = {n.tag: float(v) for n, v in zip(result.neighbors, raw[i])}
             m.percentile = {n.tag: float(v) for n, v in zip(result.neighbors, pct[i])}
             m.similarity_by_encoder = by_encoder[i]
-        fam.score = float(np.mean([s.score for s in scores]))
-        if len(cands) > 1:
-            sep, pair = family_separation(baseline.centre(vecs))
+        if sep is not None:
             fam.separation = sep
             fam.closest_pair = (cands[pair[0]].form, cands[pair[1]].form) if pair else None
-            fam.score += options.separation_weight * sep
         held = held_out_forms.get(fam.stem)
         if held is not None:
             hv = vectors[row[held.text]]
@@ -332,6 +323,46 @@ def rank_triggers(
     # the result, so every front end (CLI, TUI, --json) shows it.
     result.notices += [n for n in getattr(embedder, "notes", []) if n not in result.notices]
     return result
+
+
+def _family_scores(sim: np.ndarray, vecs: np.ndarray, cands: Sequence[Candidate],
+                   neighbors: Sequence[Neighbor], baseline: Baseline,
+                   options: TriggerOptions) -> tuple[list[Any], float, float | None, Any]:
+    """(each member's score, the family's score, its separation or None, the closest pair)."""
+    roles = [n.role for n in neighbors]
+    scores = score_candidates(
+        sim, keep_cols=[j for j, r in enumerate(roles) if r == "keep"],
+        leak_cols=[j for j, r in enumerate(roles) if r == "leak"],
+        avoid_cols=[j for j, r in enumerate(roles) if r == "avoid"],
+        reuse=[known_word_share(c) for c in cands], n_tokens=[c.n_tokens for c in cands],
+        weights=options.weights)
+    score = float(np.mean([s.score for s in scores]))
+    sep = pair = None
+    if len(cands) > 1:
+        sep, pair = family_separation(baseline.centre(vecs))
+        score += options.separation_weight * sep
+    return scores, score, sep, pair
+
+
+def _base_numbers(base: Any, index: Any, families: Sequence[TriggerFamily],
+                  neighbors: Sequence[Neighbor], options: TriggerOptions,
+                  progress: Progress) -> dict[str, dict[str, Any]]:
+    """{family form: {score, separation}} in the ``base`` model, against the same neighbours."""
+    progress("the base model's numbers")
+    baseline = baseline_for(base, index, progress)
+    texts = list(dict.fromkeys([m.candidate.text for f in families for m in f.members]
+                               + [n.tag for n in neighbors]))
+    vectors = base.embed(texts)
+    row = {t: i for i, t in enumerate(texts)}
+    neigh_vecs = vectors[[row[n.tag] for n in neighbors]]
+    out = {}
+    for fam in families:
+        cands = [m.candidate for m in fam.members]
+        vecs = vectors[[row[c.text] for c in cands]]
+        _, score, sep, _ = _family_scores(baseline.similarity(vecs, neigh_vecs), vecs, cands,
+                                          neighbors, baseline, options)
+        out[fam.to_dict()["form"]] = {"score": score, "separation": sep}
+    return out
 
 
 def _count(index: Any | None, text: str) -> int | None:

@@ -178,16 +178,14 @@ def model_notices(embedder: object, notice: str | None = None) -> list[str]:
     return ([notice] if notice else []) + (lora.notes() if lora is not None else [])
 
 
-def open_base_model(embedder: object, settings: object, status=None):  # noqa: ANN001, ANN201
-    """With --lora, the same model without it (for the base numbers shown beside); else None."""
+def open_base_model(embedder: object, settings: object = None):  # noqa: ANN001, ANN201
+    """With --lora, the same model without it (for the base numbers shown beside), which the
+    embedder owns and closes; the embedder itself when its LoRAs change no text-encoder weight
+    (its numbers are the base's); else None."""
     if embedder is None or getattr(getattr(embedder, "lora", None), "first", None) is None:
         return None
-    from tagsmith.model.embedding import open_embedder
-    from tagsmith.model.lora import without_loras
-
-    if status is not None:
-        status("the base model's numbers")
-    return open_embedder(without_loras(settings))
+    shared = embedder.adapter_base()  # type: ignore[attr-defined]
+    return shared if shared is not None else embedder
 
 
 def lora_label(model_info: dict) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -205,13 +204,8 @@ def suggest_command(
         embedder, notice = open_model(settings, explicit=model is not None)
         result = suggest(
             tag, options, embedder=embedder, notices=model_notices(embedder, notice),
-            progress=status,
+            progress=status, base=open_base_model(embedder, settings),
         )
-        base = open_base_model(embedder, settings, status)
-        if base is not None:
-            with base:
-                result.set_base(suggest(tag, replace(options, top=None), embedder=base,
-                                        progress=status))
     if csv_path is not None:
         write_suggest_csv(csv_path, result)
     if plot is not None and result.has_similarity:

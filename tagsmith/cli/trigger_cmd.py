@@ -141,13 +141,8 @@ def trigger_command(
         embedder, notice = open_model(settings, explicit=model is not None)
         result = rank_triggers(
             concept, options, embedder=embedder, notices=model_notices(embedder, notice),
-            progress=status,
+            progress=status, base=open_base_model(embedder, settings),
         )
-        base = open_base_model(embedder, settings, status)
-        if base is not None:
-            with base:
-                result.set_base(rank_triggers(concept, replace(options, top=None), embedder=base,
-                                              progress=status))
     if csv_path is not None:
         write_trigger_csv(csv_path, result)
     if plot is not None and result.has_similarity:
