@@ -126,6 +126,8 @@ def test_suggest_with_lora_shows_base_numbers(files, capsys) -> None:  # noqa: A
     assert with_lora["model"]["loras"][0]["weight"] == 0.8
     assert any("applied 18 text-encoder deltas (LoRA, rank 4)" in n for n in with_lora["notices"])
     for c in with_lora["candidates"]:
+        # the base model's numbers are against the same neighbours as the LoRA's
+        assert set(c["base"]["similarity"]) == set(c["similarity"])
         if c["form"] in base:
             assert c["base"]["score"] == pytest.approx(base[c["form"]], abs=1e-6)
     assert any(abs(c["score"] - c["base"]["score"]) > 1e-4 for c in with_lora["candidates"])
@@ -134,7 +136,13 @@ def test_suggest_with_lora_shows_base_numbers(files, capsys) -> None:  # noqa: A
 def test_trigger_with_lora_and_other_commands(files, capsys) -> None:  # noqa: ANN001
     out = _json(capsys, "trigger", "mayo bottle", "--model", str(files["model"]), "--json",
                 "--lora", str(files["cross"]), "--no-cache")
-    assert all("base" in c for c in out["candidates"])
+    plain = _json(capsys, "trigger", "mayo bottle", "--model", str(files["model"]), "--json",
+                  "--no-cache")
+    alone = {c["form"]: c["score"] for c in plain["candidates"]}
+    assert alone and all(c["form"] in alone for c in out["candidates"])
+    for c in out["candidates"]:  # measured in the same run, on the base model's baseline
+        assert c["base"]["score"] == pytest.approx(alone[c["form"]], abs=1e-6)
+    assert any(abs(c["score"] - c["base"]["score"]) > 1e-4 for c in out["candidates"])
     assert run(["embed", "1girl", "--model", str(files["model"]), "--lora", str(files["mayo"]),
                 "--no-cache", "--json"]) == EXIT_OK
     assert "applied 18 text-encoder deltas" in capsys.readouterr().err
