@@ -267,6 +267,7 @@ def _info(embedder: Any) -> Any:
 def baseline_key(embedder: Any, texts: Sequence[str], pairs: int = PAIR_SAMPLE) -> str:
     blob = json.dumps({
         "v": BASELINE_VERSION, "identity": _identity(embedder), "pairs": pairs, "seed": _SEED,
+        "control": CONTROL_TAGS,
         "reference": hashlib.sha256("\n".join(texts).encode("utf-8", "surrogatepass")).hexdigest(),
     }, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
