@@ -36,6 +36,10 @@ _LAYER_PARAMS = tuple(
 
 
 _LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.(.+)$")
+# A transformer layer's linear weight by canonical name: (layer, "self_attn.q_proj" | ... |
+# "mlp.fc2"); what a LoRA's plain low-rank factors can stand beside (tagsmith.model.lora_patch)
+LINEAR_WEIGHT = re.compile(
+    r"^encoder\.layers\.(\d+)\.(self_attn\.(?:q|k|v|out)_proj|mlp\.fc[12])\.weight$")
 
 
 @dataclass(frozen=True)

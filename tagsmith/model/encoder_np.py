@@ -12,7 +12,6 @@ encoder, whose fused element-wise kernels use every core.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tagsmith.model.config import (
+    LINEAR_WEIGHT,
     POSITION_EMBEDDING,
     POSITION_IDS,
     SD15_RULE,
@@ -40,9 +40,6 @@ SMALL_JOB_POSITIONS = 4096
 # thread, 46.5 ms on two at load 9, 2-core EPYC; the issue measured 4.5 vs 30 ms at load 2-3),
 # and a user's machine is never idle.
 ONE_THREAD_ROWS = 512
-
-_LINEAR = re.compile(r"^encoder\.layers\.(\d+)\.(self_attn\.[qkv]_proj|self_attn\.out_proj|"
-                     r"mlp\.fc[12])\.weight$")
 
 _BLAS: list = []  # a threadpoolctl controller, made once (its library scan costs ~1 ms)
 
@@ -182,7 +179,7 @@ class NumpyTextEncoder:
         self.positions_run = 0
 
     def _add_factors(self, name: str, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
-        m = _LINEAR.match(name)
+        m = LINEAR_WEIGHT.match(name)
         if m is None or int(m.group(1)) >= len(self.layers):
             raise ValueError(f"no linear layer {name} to add a LoRA's factors to")
         h = self.config.hidden_size

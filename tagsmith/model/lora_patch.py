@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 
 from tagsmith.errors import UnsupportedModelError
+from tagsmith.model.config import LINEAR_WEIGHT
 from tagsmith.model.lora import FAMILY_NAMES, LoraFile, LoraModule, LoraSpec, read_lora
 from tagsmith.model.lora_math import lora_factors, module_weights
 from tagsmith.model.safetensors_file import read_tensor_array
-
-_LINEAR = re.compile(r"^encoder\.layers\.\d+\.(?:self_attn\.(?:q|k|v|out)_proj|mlp\.fc[12])$")
 
 
 @dataclass
@@ -134,7 +133,7 @@ class LoraPatch:
                 continue
             for m in self.active_modules(f):
                 ok = (m.algo == "LoRA" and not m.dora and "mid" not in m.tensors
-                      and _LINEAR.match(m.target) is not None)
+                      and LINEAR_WEIGHT.match(f"{m.target}.weight") is not None)
                 name = f"{m.target}.weight"
                 plain[name] = plain.get(name, True) and ok
         return {n for n, ok in plain.items() if ok}
