@@ -126,6 +126,21 @@ def score_candidates(
     return out
 
 
+def score_by_role(sim: np.ndarray, candidates: Sequence[Candidate], roles: Sequence[str],
+                  weights: ScoreWeights = ScoreWeights()) -> list[CandidateScore]:
+    """``score_candidates`` for ``candidates`` (rows of ``sim``) against neighbour columns
+    whose ``roles`` ("keep", "leak", "avoid") say how each counts."""
+    return score_candidates(
+        sim,
+        keep_cols=[j for j, r in enumerate(roles) if r == "keep"],
+        leak_cols=[j for j, r in enumerate(roles) if r == "leak"],
+        avoid_cols=[j for j, r in enumerate(roles) if r == "avoid"],
+        reuse=[known_word_share(c) for c in candidates],
+        n_tokens=[c.n_tokens for c in candidates],
+        weights=weights,
+    )
+
+
 def _row_max(row: np.ndarray, cols: Sequence[int]) -> tuple[float | None, int | None]:
     if not len(cols):
         return None, None

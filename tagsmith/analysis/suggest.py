@@ -45,10 +45,9 @@ from tagsmith.analysis.ranking import (
     cosine_matrix,
     describe_kind,
     encoder_similarities,
-    known_word_share,
     known_words,
     no_progress,
-    score_candidates,
+    score_by_role,
     token_reason,
 )
 from tagsmith.errors import InputError
@@ -217,7 +216,8 @@ def suggest(
     pct = baseline.percentile(sim)
     by_encoder = encoder_similarities(embedder, cand_vecs, neigh_vecs,
                                       [n.tag for n in result.neighbors], baseline=baseline)
-    scores = _scores(sim, candidates, result.neighbors, options)
+    scores = score_by_role(sim, candidates, [n.role for n in result.neighbors],
+                           options.weights)
     if base is not None:
         result.base = _base_numbers(base, index, candidates, result.neighbors, options, progress)
     for i, rc in enumerate(result.candidates):
@@ -239,20 +239,6 @@ def suggest(
     return result
 
 
-def _scores(sim: np.ndarray, candidates: Sequence[Candidate], neighbors: Sequence[Neighbor],
-            options: SuggestOptions) -> list[Any]:
-    roles = [n.role for n in neighbors]
-    return score_candidates(
-        sim,
-        keep_cols=[j for j, r in enumerate(roles) if r == "keep"],
-        leak_cols=[j for j, r in enumerate(roles) if r == "leak"],
-        avoid_cols=[j for j, r in enumerate(roles) if r == "avoid"],
-        reuse=[known_word_share(c) for c in candidates],
-        n_tokens=[c.n_tokens for c in candidates],
-        weights=options.weights,
-    )
-
-
 def _base_numbers(base: Any, index: Any, candidates: Sequence[Candidate],
                   neighbors: Sequence[Neighbor], options: SuggestOptions,
                   progress: Progress) -> dict[str, dict[str, Any]]:
@@ -264,7 +250,7 @@ def _base_numbers(base: Any, index: Any, candidates: Sequence[Candidate],
     row = {t: i for i, t in enumerate(texts)}
     sim = baseline.similarity(vectors[[row[c.text] for c in candidates]],
                               vectors[[row[n.tag] for n in neighbors]])
-    scores = _scores(sim, candidates, neighbors, options)
+    scores = score_by_role(sim, candidates, [n.role for n in neighbors], options.weights)
     return {
         c.form: {"score": scores[i].score,
                  "similarity": {n.tag: float(sim[i, j]) for j, n in enumerate(neighbors)}}

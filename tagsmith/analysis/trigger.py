@@ -43,7 +43,7 @@ from tagsmith.analysis.ranking import (
     family_separation,
     known_word_share,
     no_progress,
-    score_candidates,
+    score_by_role,
     token_reason,
 )
 from tagsmith.errors import InputError
@@ -329,13 +329,7 @@ def _family_scores(sim: np.ndarray, vecs: np.ndarray, cands: Sequence[Candidate]
                    neighbors: Sequence[Neighbor], baseline: Baseline,
                    options: TriggerOptions) -> tuple[list[Any], float, float | None, Any]:
     """(each member's score, the family's score, its separation or None, the closest pair)."""
-    roles = [n.role for n in neighbors]
-    scores = score_candidates(
-        sim, keep_cols=[j for j, r in enumerate(roles) if r == "keep"],
-        leak_cols=[j for j, r in enumerate(roles) if r == "leak"],
-        avoid_cols=[j for j, r in enumerate(roles) if r == "avoid"],
-        reuse=[known_word_share(c) for c in cands], n_tokens=[c.n_tokens for c in cands],
-        weights=options.weights)
+    scores = score_by_role(sim, cands, [n.role for n in neighbors], options.weights)
     score = float(np.mean([s.score for s in scores]))
     sep = pair = None
     if len(cands) > 1:

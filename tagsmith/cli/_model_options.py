@@ -178,7 +178,7 @@ def model_notices(embedder: object, notice: str | None = None) -> list[str]:
     return ([notice] if notice else []) + (lora.notes() if lora is not None else [])
 
 
-def open_base_model(embedder: object, settings: object = None):  # noqa: ANN001, ANN201
+def open_base_model(embedder: object):  # noqa: ANN201
     """With --lora, the same model without it (for the base numbers shown beside), which the
     embedder owns and closes; the embedder itself when its LoRAs change no text-encoder weight
     (its numbers are the base's); else None."""

@@ -204,7 +204,7 @@ def suggest_command(
         embedder, notice = open_model(settings, explicit=model is not None)
         result = suggest(
             tag, options, embedder=embedder, notices=model_notices(embedder, notice),
-            progress=status, base=open_base_model(embedder, settings),
+            progress=status, base=open_base_model(embedder),
         )
     if csv_path is not None:
         write_suggest_csv(csv_path, result)

@@ -141,7 +141,7 @@ def trigger_command(
         embedder, notice = open_model(settings, explicit=model is not None)
         result = rank_triggers(
             concept, options, embedder=embedder, notices=model_notices(embedder, notice),
-            progress=status, base=open_base_model(embedder, settings),
+            progress=status, base=open_base_model(embedder),
         )
     if csv_path is not None:
         write_trigger_csv(csv_path, result)

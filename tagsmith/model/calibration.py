@@ -309,14 +309,13 @@ def model_baseline(
         if cached is not None:
             memo[key, label] = cached
             return cached
+    kept = _embeddable(texts)
     if base is not None:
         base_line = model_baseline(base, texts, label=base_label, cache_dir=cache_dir)
-        kept = _embeddable(texts)
         control = [kept[int(i)] for i in control_indices(len(kept))]
         vectors = np.asarray(embedder.embed(control), dtype=np.float32)
         baseline = adapted_baseline(base_line, vectors, reference=label)
     else:
-        kept = _embeddable(texts)
         vectors = np.asarray(embedder.embed(kept), dtype=np.float32)
         baseline = build_baseline(vectors, reference=label, slices=encoder_slices(embedder))
     if path is not None:
