@@ -1,13 +1,17 @@
 """Typer options shared by every command that runs the text encoder.
 
-The agreed interface (names used by suggest/trigger/score/dataset/embed): declare the options
-with these aliases, then build ``EncoderSettings`` with ``settings_from_options``. Values are
+A command that runs the encoder takes them all with ``@with_model_options`` and one
+``model_options: ModelOptions`` argument, whose ``settings()`` are its ``EncoderSettings``
+(``tagsmith lora``, with fewer of them, declares its own with these aliases). Values are
 checked here (bad ones exit 2 with one sentence) so a typo never costs a model load.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated
 
@@ -137,6 +141,66 @@ LoraOption = Annotated[
     ),
 ]
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the cache.")]
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """What the shared model options were given: the raw values, checked only by
+    ``settings()`` so each command decides when (``dataset --no-model`` never does)."""
+
+    model: str | None = None
+    lora: list[str] | None = None
+    clip_skip: int = 1
+    device: str = "auto"
+    dtype: str = "auto"
+    representation: str = "tag"
+    encoder: str = "auto"
+    combine: str = "concat"
+    context: str | None = None
+    cache_dir: Path | None = None
+    no_cache: bool = False
+
+    @property
+    def explicit(self) -> bool:
+        """A model was named (--model or $TAGSMITH_MODEL), so not finding it is an error."""
+        return self.model is not None
+
+    def settings(self):  # noqa: ANN201 - EncoderSettings, imported lazily
+        """``EncoderSettings`` from these values (UsageError, exit 2, for a bad one)."""
+        return settings_from_options(**{f.name: getattr(self, f.name) for f in fields(self)})
+
+
+# The options every model command ends with, in the order --help lists them.
+_SHARED = (
+    ("model", ModelOption, None), ("lora", LoraOption, None),
+    ("clip_skip", ClipSkipOption, 1), ("device", DeviceOption, "auto"),
+    ("dtype", DtypeOption, "auto"), ("representation", RepresentationOption, "tag"),
+    ("encoder", EncoderPartOption, "auto"), ("combine", CombineOption, "concat"),
+    ("context", ContextOption, None), ("cache_dir", CacheDirOption, None),
+    ("no_cache", NoCacheOption, False),
+)
+
+
+def with_model_options(command: Callable) -> Callable:
+    """Give a typer command the shared model options (--model ... --no-cache, after its own)
+    as one ``model_options: ModelOptions`` argument, declared once here for every command."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for name, p in signature.parameters.items() if name != "model_options"]
+    if len(own) == len(signature.parameters):
+        raise TypeError(f"{command.__name__} takes no model_options argument")
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                annotation=alias) for name, alias, default in _SHARED]
+
+    @functools.wraps(command)
+    def run(**given):  # noqa: ANN003, ANN202 - typer passes every option by name
+        chosen = ModelOptions(**{name: given.pop(name) for name, _, _ in _SHARED})
+        return command(model_options=chosen, **given)
+
+    params = own + shared
+    run.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    run.__annotations__["return"] = signature.return_annotation
+    return run
 
 
 def settings_from_options(

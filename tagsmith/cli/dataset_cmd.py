@@ -9,19 +9,9 @@ import typer
 
 from tagsmith.cli._app import app
 from tagsmith.cli._model_options import (
-    CacheDirOption,
-    ClipSkipOption,
-    CombineOption,
-    ContextOption,
-    DeviceOption,
-    DtypeOption,
-    EncoderPartOption,
-    LoraOption,
-    ModelOption,
-    NoCacheOption,
-    RepresentationOption,
+    ModelOptions,
     print_model_notes,
-    settings_from_options,
+    with_model_options,
 )
 from tagsmith.errors import UsageError
 
@@ -78,6 +68,7 @@ class _LazyEmbed:
 
 
 @app.command("dataset")
+@with_model_options
 def dataset_command(
     directory: Path = typer.Argument(
         ..., help="Dataset folder: images with .txt/.caption captions, kohya N_name folders.",
@@ -116,17 +107,7 @@ def dataset_command(
         False, "--no-model", help="Skip the text encoder (no embedding column in clusters).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON."),
-    model: ModelOption = None,
-    lora: LoraOption = None,
-    clip_skip: ClipSkipOption = 1,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    representation: RepresentationOption = "tag",
-    encoder: EncoderPartOption = "auto",
-    combine: CombineOption = "concat",
-    context: ContextOption = None,
-    cache_dir: CacheDirOption = None,
-    no_cache: NoCacheOption = False,
+    model_options: ModelOptions = ModelOptions(),
 ) -> None:
     """Tag statistics, token budgets, and tags entangled in the captions and in the model."""
     from tagsmith.captions.files import load_dataset
@@ -138,13 +119,7 @@ def dataset_command(
     embed = None
     if not no_model:
         # Checked now, so a bad option fails even when no cluster needs the model.
-        embed = _LazyEmbed(settings_from_options(
-            lora=lora,
-            model=model, clip_skip=clip_skip, device=device, dtype=dtype,
-            representation=representation, context=context, cache_dir=cache_dir,
-            encoder=encoder, combine=combine,
-            no_cache=no_cache,
-        ))
+        embed = _LazyEmbed(model_options.settings())
     from tagsmith.cli._progress import Progress
 
     try:

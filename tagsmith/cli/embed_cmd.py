@@ -10,25 +10,16 @@ import typer
 
 from tagsmith.cli._app import app
 from tagsmith.cli._model_options import (
-    CacheDirOption,
-    ClipSkipOption,
-    CombineOption,
-    ContextOption,
-    DeviceOption,
-    DtypeOption,
-    EncoderPartOption,
-    LoraOption,
-    ModelOption,
-    NoCacheOption,
-    RepresentationOption,
+    ModelOptions,
     print_model_notes,
-    settings_from_options,
+    with_model_options,
 )
 
 _PREVIEW_ROWS = 20
 
 
 @app.command("embed")
+@with_model_options
 def embed_command(
     tags: Annotated[
         list[str] | None,
@@ -55,17 +46,7 @@ def embed_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print [{\"tag\", \"vector\"}, ...] to stdout.")
     ] = False,
-    model: ModelOption = None,
-    lora: LoraOption = None,
-    clip_skip: ClipSkipOption = 1,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    representation: RepresentationOption = "tag",
-    encoder: EncoderPartOption = "auto",
-    combine: CombineOption = "concat",
-    context: ContextOption = None,
-    cache_dir: CacheDirOption = None,
-    no_cache: NoCacheOption = False,
+    model_options: ModelOptions = ModelOptions(),
 ) -> None:
     """Embed tags with the SD1.5 text encoder; one row per tag, in input order."""
     from tagsmith.cli._console import console, err_console
@@ -75,12 +56,7 @@ def embed_command(
         raise UsageError("Use either -o/--output or --json, not both.")
     if output is not None and output.suffix.lower() not in (".npy", ".json"):
         raise UsageError(f"The output file must end in .npy or .json, not '{output.name}'.")
-    settings = settings_from_options(
-        lora=lora,
-        model=model, clip_skip=clip_skip, device=device, dtype=dtype,
-        representation=representation, context=context, cache_dir=cache_dir, no_cache=no_cache,
-        encoder=encoder, combine=combine,
-    )
+    settings = model_options.settings()
     from tagsmith.cli.tokenize_cmd import check_tag_arguments
 
     given = check_tag_arguments(tags)

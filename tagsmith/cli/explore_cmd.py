@@ -10,17 +10,8 @@ import typer
 
 from tagsmith.cli._app import app
 from tagsmith.cli._model_options import (
-    CacheDirOption,
-    ClipSkipOption,
-    CombineOption,
-    ContextOption,
-    DeviceOption,
-    DtypeOption,
-    EncoderPartOption,
-    LoraOption,
-    ModelOption,
-    NoCacheOption,
-    RepresentationOption,
+    ModelOptions,
+    with_model_options,
 )
 from tagsmith.cli.suggest_cmd import (
     AvoidOption,
@@ -45,6 +36,7 @@ ExportOption = Annotated[
 
 
 @app.command("explore")
+@with_model_options
 def explore_command(
     target: Annotated[str, typer.Argument(
         metavar="TAG_OR_FILE",
@@ -59,17 +51,7 @@ def explore_command(
     top: ExploreTopOption = None,
     weights: WeightsOption = None,
     export_to: ExportOption = "marked-tags.txt",
-    model: ModelOption = None,
-    lora: LoraOption = None,
-    clip_skip: ClipSkipOption = 1,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    representation: RepresentationOption = "tag",
-    encoder: EncoderPartOption = "auto",
-    combine: CombineOption = "concat",
-    context: ContextOption = None,
-    cache_dir: CacheDirOption = None,
-    no_cache: NoCacheOption = False,
+    model_options: ModelOptions = ModelOptions(),
 ) -> None:
     """Explore a ranking in an interactive table: sort, filter, inspect token splits and
     neighbours, drill into suggest for any tag, mark tags and export them.
@@ -79,22 +61,18 @@ def explore_command(
     """
     from tagsmith.analysis.ranking import ScoreWeights
     from tagsmith.analysis.suggest import SuggestOptions
-    from tagsmith.cli._model_options import settings_from_options
     from tagsmith.cli.tokenize_cmd import check_option_values as given
     from tagsmith.cli.tokenize_cmd import check_tag_arguments
     from tagsmith.tui.loaders import check_score_path, looks_like_lora_file, looks_like_score_file
 
     score_weights = ScoreWeights.parse(weights) if weights else ScoreWeights()
     # Bad option values fail here, not later inside the app; the model itself loads in the app.
-    settings = settings_from_options(
-        lora=lora,
-        model=model, clip_skip=clip_skip, device=device, dtype=dtype,
-        representation=representation, context=context, cache_dir=cache_dir, no_cache=no_cache,
-        encoder=encoder, combine=combine,
-    ).validated()
+    settings = model_options.settings()
     # Options that describe one tag apply to the tag given here; drill-downs get the rest.
-    drill_options = SuggestOptions(vocab_path=vocab, top=top, weights=score_weights,
-                                   cache_dir=cache_dir, use_cache=not no_cache)
+    drill_options = SuggestOptions(
+        vocab_path=vocab, top=top, weights=score_weights, cache_dir=model_options.cache_dir,
+        use_cache=not model_options.no_cache,
+    )
     if looks_like_lora_file(target):
         from tagsmith.model.lora import parse_lora_spec, without_loras
         from tagsmith.tui.app import LoraSource
@@ -103,7 +81,7 @@ def explore_command(
         if not spec.path.is_file():
             raise InputError(f"There is no LoRA file at '{spec.path}'.")
         source: object = LoraSource(
-            Path(target).expanduser(), without_loras(settings) if model is not None else None,
+            Path(target).expanduser(), without_loras(settings) if model_options.explicit else None,
             vocab,
         )
     elif looks_like_score_file(target):
@@ -121,14 +99,14 @@ def explore_command(
             neighbors=given("--neighbor", neighbor), avoid=given("--avoid", avoid),
             keep=given("--keep", keep), candidates=given("--candidate", candidate),
             vocab_path=vocab, top=top, weights=score_weights,
-            cache_dir=cache_dir, use_cache=not no_cache,
+            cache_dir=model_options.cache_dir, use_cache=not model_options.no_cache,
         ))
     _require_terminal()
 
     def load_model():  # noqa: ANN202 - (TagEmbedder | None, notice)
         from tagsmith.model.embedding import open_model
 
-        return open_model(settings, explicit=model is not None)
+        return open_model(settings, explicit=model_options.explicit)
 
     from tagsmith.tui.app import ExploreApp
 

@@ -9,24 +9,15 @@ import typer
 
 from tagsmith.cli._app import app
 from tagsmith.cli._model_options import (
-    CacheDirOption,
-    ClipSkipOption,
-    CombineOption,
-    ContextOption,
-    DeviceOption,
-    DtypeOption,
-    EncoderPartOption,
-    LoraOption,
-    ModelOption,
-    NoCacheOption,
-    RepresentationOption,
-    settings_from_options,
+    ModelOptions,
+    with_model_options,
 )
 
 PHASE_LABELS = {"tokenize": "tokenize", "encode": "encode", "neighbors": "neighbours"}
 
 
 @app.command("score")
+@with_model_options
 def score_command(
     vocab: Annotated[
         Path | None,
@@ -77,17 +68,7 @@ def score_command(
     top: Annotated[
         int, typer.Option("--top", min=0, metavar="N", help="Riskiest tags shown in the summary."),
     ] = 15,
-    model: ModelOption = None,
-    lora: LoraOption = None,
-    clip_skip: ClipSkipOption = 1,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    representation: RepresentationOption = "tag",
-    encoder: EncoderPartOption = "auto",
-    combine: CombineOption = "concat",
-    context: ContextOption = None,
-    cache_dir: CacheDirOption = None,
-    no_cache: NoCacheOption = False,
+    model_options: ModelOptions = ModelOptions(),
 ) -> None:
     """Score every tag of a vocabulary: token split, nearest tags, and leakage risk towards
     more frequent tags that share its head token. Writes one row per tag to OUT."""
@@ -134,15 +115,10 @@ def score_command(
         numbering = vocabulary.numbering
     categories = parse_categories(category or [], numbering)
 
-    settings = settings_from_options(
-        lora=lora,
-        model=model, clip_skip=clip_skip, device=device, dtype=dtype,
-        representation=representation, context=context, cache_dir=cache_dir, no_cache=no_cache,
-        encoder=encoder, combine=combine,
-    )
+    settings = model_options.settings()
     with Progress(err_console) as step:
         step("looking for the text encoder")
-        embedder, notice = open_model(settings, explicit=model is not None)
+        embedder, notice = open_model(settings, explicit=model_options.explicit)
     if notice:
         err_console.print(f"Note: {notice}", style="yellow", highlight=False, markup=False)
 
@@ -152,7 +128,7 @@ def score_command(
         # the vocabulary index suggest caches: a repeat run tokenizes nothing
         step("reading the vocabulary's token ids")
         token_ids = vocabulary_token_ids(vocabulary, cache_dir=settings.cache_dir,
-                                         use_cache=not no_cache)
+                                         use_cache=not model_options.no_cache)
     try:
         with Progress(err_console, labels=PHASE_LABELS) as bars:
             result = score_vocabulary(
@@ -161,7 +137,7 @@ def score_command(
                 token_ids=token_ids,
             )
     except KeyboardInterrupt:
-        if embedder is not None and not no_cache:
+        if embedder is not None and not model_options.no_cache:
             err_console.print(
                 "Stopped. Vectors already computed are in the embedding cache: run the same "
                 f"command again to resume. {output} was not written.",

@@ -9,22 +9,12 @@ import typer
 
 from tagsmith.cli._app import app
 from tagsmith.cli._model_options import (
-    CacheDirOption,
-    ClipSkipOption,
-    CombineOption,
-    ContextOption,
-    DeviceOption,
-    DtypeOption,
-    EncoderPartOption,
-    LoraOption,
-    ModelOption,
-    NoCacheOption,
-    RepresentationOption,
+    ModelOptions,
     base_cell,
     lora_label,
     model_notices,
     open_base_model,
-    settings_from_options,
+    with_model_options,
 )
 
 NeighborOption = Annotated[
@@ -134,6 +124,7 @@ ROLE_STYLE = {"keep": "green", "avoid": "red", "leak": "yellow"}
 
 
 @app.command("suggest")
+@with_model_options
 def suggest_command(
     tag: Annotated[str, typer.Argument(help='The tag to design, e.g. "mayonnaise bottle".')],
     neighbor: NeighborOption = None,
@@ -147,17 +138,7 @@ def suggest_command(
     as_json: JsonOption = False,
     csv_path: CsvOption = None,
     plot: PlotOption = None,
-    model: ModelOption = None,
-    lora: LoraOption = None,
-    clip_skip: ClipSkipOption = 1,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    representation: RepresentationOption = "tag",
-    encoder: EncoderPartOption = "auto",
-    combine: CombineOption = "concat",
-    context: ContextOption = None,
-    cache_dir: CacheDirOption = None,
-    no_cache: NoCacheOption = False,
+    model_options: ModelOptions = ModelOptions(),
 ) -> None:
     """Rank the forms of a tag: keep its meaning, don't leak into neighbours.
 
@@ -182,26 +163,15 @@ def suggest_command(
         vocab_path=vocab,
         top=top,
         weights=ScoreWeights.parse(weights) if weights else ScoreWeights(),
-        cache_dir=cache_dir,
-        use_cache=not no_cache,
+        cache_dir=model_options.cache_dir,
+        use_cache=not model_options.no_cache,
     )
-    settings = settings_from_options(
-        lora=lora,
-        model=model,
-        clip_skip=clip_skip,
-        device=device,
-        dtype=dtype,
-        representation=representation,
-        encoder=encoder, combine=combine,
-        context=context,
-        cache_dir=cache_dir,
-        no_cache=no_cache,
-    )
+    settings = model_options.settings()
     from tagsmith.cli._progress import Progress
 
     with Progress(err_console) as status:
         status("looking for the text encoder")
-        embedder, notice = open_model(settings, explicit=model is not None)
+        embedder, notice = open_model(settings, explicit=model_options.explicit)
         result = suggest(
             tag, options, embedder=embedder, notices=model_notices(embedder, notice),
             progress=status, base=open_base_model(embedder),

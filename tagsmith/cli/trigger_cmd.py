@@ -10,22 +10,12 @@ import typer
 
 from tagsmith.cli._app import app
 from tagsmith.cli._model_options import (
-    CacheDirOption,
-    ClipSkipOption,
-    CombineOption,
-    ContextOption,
-    DeviceOption,
-    DtypeOption,
-    EncoderPartOption,
-    LoraOption,
-    ModelOption,
-    NoCacheOption,
-    RepresentationOption,
+    ModelOptions,
     base_cell,
     lora_label,
     model_notices,
     open_base_model,
-    settings_from_options,
+    with_model_options,
 )
 from tagsmith.cli.suggest_cmd import (
     AvoidOption,
@@ -66,6 +56,7 @@ HeldOutOption = Annotated[
 
 
 @app.command("trigger")
+@with_model_options
 def trigger_command(
     concept: Annotated[str, typer.Argument(help='The concept, e.g. "cross tattoo".')],
     part: PartOption = None,
@@ -80,17 +71,7 @@ def trigger_command(
     as_json: JsonOption = False,
     csv_path: CsvOption = None,
     plot: PlotOption = None,
-    model: ModelOption = None,
-    lora: LoraOption = None,
-    clip_skip: ClipSkipOption = 1,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    representation: RepresentationOption = "tag",
-    encoder: EncoderPartOption = "auto",
-    combine: CombineOption = "concat",
-    context: ContextOption = None,
-    cache_dir: CacheDirOption = None,
-    no_cache: NoCacheOption = False,
+    model_options: ModelOptions = ModelOptions(),
 ) -> None:
     """Rank new trigger words (or part families) for a concept.
 
@@ -119,26 +100,15 @@ def trigger_command(
         vocab_path=vocab,
         top=top,
         weights=_weights(weights, base.weights),
-        cache_dir=cache_dir,
-        use_cache=not no_cache,
+        cache_dir=model_options.cache_dir,
+        use_cache=not model_options.no_cache,
     )
-    settings = settings_from_options(
-        lora=lora,
-        model=model,
-        clip_skip=clip_skip,
-        device=device,
-        dtype=dtype,
-        representation=representation,
-        encoder=encoder, combine=combine,
-        context=context,
-        cache_dir=cache_dir,
-        no_cache=no_cache,
-    )
+    settings = model_options.settings()
     from tagsmith.cli._progress import Progress
 
     with Progress(err_console) as status:
         status("looking for the text encoder")
-        embedder, notice = open_model(settings, explicit=model is not None)
+        embedder, notice = open_model(settings, explicit=model_options.explicit)
         result = rank_triggers(
             concept, options, embedder=embedder, notices=model_notices(embedder, notice),
             progress=status, base=open_base_model(embedder),
