@@ -259,7 +259,97 @@ def test_e621_detected_from_the_file_name(tmp_path: Path) -> None:
     assert read_vocabulary(q).numbering == "danbooru"
 
 
+
+@pytest.mark.parametrize(("numbering", "names"), [
+    ([], {"wolf": "species", "solo": "general", "meta tag": "meta",
+          "some artist": "artist"}),  # e621, from its category 7
+    (["--numbering", "danbooru"], {"wolf": "meta", "solo": "general", "meta tag": None,
+                                   "some artist": "artist"}),
+])
+def test_score_files_name_categories_in_the_lists_numbering(
+    tmp_path: Path, numbering: list[str], names: dict, capsys  # noqa: ANN001
+) -> None:
+    import csv
+
+    from tagsmith.analysis.score_io import read_score_file
+
+    vocab = tmp_path / "tags.csv"
+    vocab.write_text(E621, encoding="utf-8")
+    for ext in ("csv", "jsonl", "parquet"):
+        out = tmp_path / f"s.{ext}"
+        assert run(["score", str(vocab), "-o", str(out), *numbering]) == EXIT_OK, \
+            capsys.readouterr().err
+        assert {r.text: r.category_name for r in read_score_file(out)} == names
+    with (tmp_path / "s.csv").open(encoding="utf-8", newline="") as fh:
+        header = next(csv.reader(fh))
+    assert header[header.index("category") + 1] == "category_name"
+
+
+def test_explore_labels_and_filters_categories_as_the_file_names_them(tmp_path: Path) -> None:
+    from tagsmith.analysis.score import score_vocabulary
+    from tagsmith.analysis.score_io import write_scores
+    from tagsmith.text.vocab import read_vocabulary
+    from tagsmith.tui.loaders import load_score_table
+    from tagsmith.tui.table import TableView
+
+    # No 6-8 in this list, so only the e621 name (or --numbering) says that 5 is species.
+    vocab = tmp_path / "e621_tags.csv"
+    vocab.write_text("wolf,5,900,\nsolo,0,800,\nsome_artist,1,20,\n", encoding="utf-8")
+    rows = score_vocabulary(read_vocabulary(vocab)).rows
+    out = write_scores(rows, tmp_path / "scores.csv")  # the score file's name says nothing
+
+    def shown(table, query: str) -> list[str]:  # noqa: ANN001
+        view = TableView(table)
+        view.set_query(query)
+        return sorted(table.key(int(r)) for r in view.rows)
+
+    table = load_score_table(out)
+    cat = next(c for c in table.columns if c.key == "category")
+    assert cat.labels[5] == "species" and cat.labels[7] == "meta"
+    assert shown(table, "category=species") == ["wolf"]
+    assert shown(table, "category=meta") == []  # e621's meta is 7: not the species row
+    wolf = [table.key(i) for i in range(len(rows))].index("wolf")
+    assert ("", "species") in table.detail(wolf).facts
+
+    # A score file from before category_name: numbers alone, guessed as score guesses a list.
+    old = tmp_path / "old.csv"
+    old.write_text("tag,text,category,n_tokens\nwolf,wolf,5,1\nmeta_tag,meta tag,7,2\n"
+                   "highres,highres,5,1\n", encoding="utf-8")
+    assert shown(load_score_table(old), "category=species") == ["highres", "wolf"]
+    older = tmp_path / "danbooru_old.csv"
+    older.write_text("tag,text,category,n_tokens\nhighres,highres,5,1\n", encoding="utf-8")
+    assert shown(load_score_table(older), "category=meta") == ["highres"]
+
+
 # -- help -------------------------------------------------------------------------------------
+
+
+MODEL_OPTIONS = ["--model", "--lora", "--clip-skip", "--device", "--dtype", "--representation",
+                 "--encoder", "--combine", "--context", "--cache-dir", "--no-cache"]
+
+
+@pytest.mark.parametrize("command", ["suggest", "trigger", "score", "dataset", "embed",
+                                     "explore"])
+def test_model_commands_end_with_the_shared_model_options(command: str, tmp_path: Path,
+                                                          capsys) -> None:  # noqa: ANN001
+    import typer
+
+    from tagsmith.cli._app import app
+
+    params = typer.main.get_command(app).commands[command].params
+    names = [p.opts[0] for p in params if p.opts[0].startswith("--")]
+    assert names[-len(MODEL_OPTIONS):] == MODEL_OPTIONS
+    assert run([command, "--help"]) == EXIT_OK
+    shown = capsys.readouterr().out
+    assert all(opt in shown for opt in MODEL_OPTIONS)
+    # Each value reaches the settings: a bad one is refused by name before any model loads.
+    vocab = tmp_path / "tags.csv"
+    vocab.write_text("solo,0,800,\n", encoding="utf-8")
+    args = {"suggest": ["x"], "trigger": ["x"], "embed": ["x"], "explore": ["x"],
+            "score": [str(vocab), "-o", str(tmp_path / "o.csv")], "dataset": [str(tmp_path)],
+            }[command]
+    assert run([command, *args, "--context", "no slot here"]) == EXIT_USAGE
+    assert "{}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["", "tokenize", "embed", "suggest", "trigger", "score",

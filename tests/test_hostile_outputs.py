@@ -37,7 +37,8 @@ def test_numbers_and_plain_text_are_left_alone(value):
 
 
 def _row(tag: str) -> ScoreRow:
-    return ScoreRow(tag=tag, text=tag, count=5, category=0, tokens=("a</w>",), n_tokens=1,
+    return ScoreRow(tag=tag, text=tag, count=5, category=0, category_name="general",
+                    tokens=("a</w>",), n_tokens=1,
                     known_words=("a",), unknown_words=(), head_token="a", shares_token_with=None,
                     shares_token_count=None, neighbors=(), leak_similarity=-0.5,
                     distinctiveness=0.25, leak_risk=0.1)

@@ -285,9 +285,10 @@ def test_round_trip_without_model(tmp_path: Path, vocab, ext: str) -> None:
 
 def test_round_trip_awkward_tags(tmp_path: Path) -> None:
     rows = [
-        ScoreRow("a,\"b\"\n", "a,\"b\"", None, None, ("a</w>",), 1, ("a",), (), None, None,
+        ScoreRow("a,\"b\"\n", "a,\"b\"", None, None, None, ("a</w>",), 1, ("a",), (), None, None,
                  None, (ScoreNeighbor(":|", 0.5), ScoreNeighbor("x, y", -0.25)), 0.1, None, 0.0),
-        ScoreRow("•_•", "•_•", 3, 5, (), 0, (), (), None, None, None, (), None, None, None),
+        ScoreRow("•_•", "•_•", 3, 5, "species", (), 0, (), (), None, None, None, (), None, None,
+                 None),
     ]
     for ext in ("csv", "jsonl", "parquet"):
         assert read_score_file(write_scores(rows, tmp_path / f"x.{ext}")) == rows
@@ -297,7 +298,7 @@ def test_csv_layout_is_readable(tmp_path: Path, scored) -> None:
     text = write_scores(scored.rows, tmp_path / "o.csv").read_text(encoding="utf-8")
     header, first = text.splitlines()[:2]
     assert header.split(",") == list(COLUMNS)
-    assert first.startswith("bottle,bottle,71684,0,bottle</w>,1,bottle,,bottle</w>,")
+    assert first.startswith("bottle,bottle,71684,0,general,bottle</w>,1,bottle,,bottle</w>,")
 
 
 def test_jsonl_layout(tmp_path: Path, scored) -> None:

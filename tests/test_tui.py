@@ -750,7 +750,8 @@ def test_app_scrolls_a_long_table(tmp_path: Path) -> None:
     from tagsmith.tui.widgets import RankingView
 
     rows = [ScoreRow(tag=f"tag_{i:05d}", text=f"tag {i:05d}", count=3_000 - i, category=0,
-                     tokens=("tag</w>",), n_tokens=1, known_words=("tag",), unknown_words=())
+                     category_name="general", tokens=("tag</w>",), n_tokens=1,
+                     known_words=("tag",), unknown_words=())
             for i in range(3_000)]
     path = write_scores(rows, tmp_path / "long.jsonl")
 

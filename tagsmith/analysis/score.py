@@ -8,8 +8,11 @@ column                 type          meaning
 tag                    str           the tag as written in the vocabulary (``wine_bottle``)
 text                   str           as analysed: underscores to spaces (``wine bottle``)
 count                  int | null    post count from the vocabulary
-category               int | null    category from the vocabulary (Danbooru: 0 general,
-                                     1 artist, 3 copyright, 4 character, 5 meta)
+category               int | null    category from the vocabulary, in its own numbering
+category_name          str | null    that category's name: Danbooru's numbering (0 general,
+                                     1 artist, 3 copyright, 4 character, 5 meta) or e621's
+                                     (5 species, 6 invalid, 7 meta, 8 lore), as score read
+                                     the list (``--numbering``)
 tokens                 list[str]     CLIP BPE pieces, ``</w>`` marks a word end
 n_tokens               int           number of tokens (BOS/EOS not counted)
 known_words            list[str]     words that are one whole-word token
@@ -75,7 +78,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from tagsmith.errors import InputError, UsageError
-from tagsmith.text.vocab import RowProblem, VocabEntry, Vocabulary
+from tagsmith.text.vocab import RowProblem, VocabEntry, Vocabulary, category_names
 
 DEFAULT_K = 5
 
@@ -90,10 +93,6 @@ RISKIEST = 20
 
 
 _DECIMALS = 4
-
-
-# Danbooru's categories, as the tagcomplete list and WD14 files number them.
-CATEGORY_NAMES = {"general": 0, "artist": 1, "copyright": 3, "character": 4, "meta": 5}
 
 
 # (phase, done, total); phases: "tokenize", "encode", "neighbors".
@@ -113,6 +112,7 @@ class ScoreRow:
     text: str
     count: int | None
     category: int | None
+    category_name: str | None
     tokens: tuple[str, ...]
     n_tokens: int
     known_words: tuple[str, ...]
@@ -315,8 +315,12 @@ def score_vocabulary(
     memory_budget: int | None = None,
     baseline: Any | None = None,
     token_ids: Sequence[Sequence[int]] | None = None,
+    numbering: str | None = None,
 ) -> ScoreResult:
     """Score the tags of ``vocab``; ``embedder`` is a TagEmbedder, or None for tokens only.
+
+    ``numbering``: whose category numbers the list uses, "danbooru" or "e621" (default: as
+    ``vocab.numbering`` detects it); it names the ``category_name`` column.
 
     ``token_ids``: every entry's ids, when known (``vocab_index.vocabulary_token_ids`` reads
     them from the cached vocabulary index): nothing is tokenized then, here or in the encoder.
@@ -422,6 +426,7 @@ def score_vocabulary(
             leak[js] = np.einsum("ij,ij->i", unit[mine], unit[other])
         timings["neighbors"] = time.perf_counter() - t0
 
+    names = category_names(numbering or vocab.numbering)
     rows: list[ScoreRow] = []
     for j, i in enumerate(selected):
         e: VocabEntry = entries[i]
@@ -452,6 +457,7 @@ def score_vocabulary(
                 text=e.text,
                 count=e.count,
                 category=e.category,
+                category_name=None if e.category is None else names.get(e.category),
                 tokens=tuple(tt.tokens),
                 n_tokens=tt.n_tokens,
                 known_words=tuple(tt.known_words),

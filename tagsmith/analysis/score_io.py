@@ -69,7 +69,7 @@ def _csv_cells(r: ScoreRow) -> list[str]:
         return "" if v is None else str(v)
 
     return [
-        r.tag, r.text, opt(r.count), opt(r.category),
+        r.tag, r.text, opt(r.count), opt(r.category), opt(r.category_name),
         " ".join(r.tokens), str(r.n_tokens), " ".join(r.known_words), " ".join(r.unknown_words),
         opt(r.head_token), opt(r.shares_token_with), opt(r.shares_token_count),
         json.dumps([[n.tag, n.similarity] for n in r.neighbors], ensure_ascii=False)
@@ -95,7 +95,8 @@ def _arrow_schema(pa):  # noqa: ANN001, ANN202
     strs = pa.list_(pa.string())
     return pa.schema([
         ("tag", pa.string()), ("text", pa.string()), ("count", pa.int64()),
-        ("category", pa.int64()), ("tokens", strs), ("n_tokens", pa.int64()),
+        ("category", pa.int64()), ("category_name", pa.string()), ("tokens", strs),
+        ("n_tokens", pa.int64()),
         ("known_words", strs), ("unknown_words", strs), ("head_token", pa.string()),
         ("shares_token_with", pa.string()), ("shares_token_count", pa.int64()),
         ("neighbors", pa.list_(pa.struct([("tag", pa.string()),
@@ -186,6 +187,7 @@ def _row_from_values(v: dict[str, Any]) -> ScoreRow:
         text=str(v.get("text") or v["tag"]),
         count=opt_int(v.get("count")),
         category=opt_int(v.get("category")),
+        category_name=v.get("category_name") or None,
         tokens=words(v.get("tokens")),
         n_tokens=int(v.get("n_tokens") or 0),
         known_words=words(v.get("known_words")),

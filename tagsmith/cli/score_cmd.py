@@ -134,7 +134,7 @@ def score_command(
             result = score_vocabulary(
                 vocabulary, embedder, k=neighbors, min_count=min_count,
                 categories=categories or None, limit=limit, progress=bars.count,
-                token_ids=token_ids,
+                token_ids=token_ids, numbering=numbering,
             )
     except KeyboardInterrupt:
         if embedder is not None and not model_options.no_cache:

@@ -28,7 +28,7 @@ import itertools
 import math
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +102,19 @@ CATEGORY_NUMBERINGS: dict[str, dict[str, int]] = {
 _E621_ONLY = frozenset({6, 7, 8})
 
 
+def category_names(numbering: str) -> dict[int, str]:
+    """Category number -> name in ``numbering`` ("danbooru" or "e621")."""
+    return {number: name for name, number in CATEGORY_NUMBERINGS[numbering].items()}
+
+
+def guess_numbering(categories: Iterable[int | None], file_name: str = "") -> str:
+    """"e621" when the file is named so or uses e621's own numbers (6 invalid, 7 meta,
+    8 lore), else "danbooru" (tagcomplete's and WD14's numbering)."""
+    if "e621" in file_name.lower():
+        return "e621"
+    return "e621" if any(c in _E621_ONLY for c in categories) else "danbooru"
+
+
 @dataclass
 class Vocabulary:
     """The tags read from one file, in file order, one entry per normalised text."""
@@ -131,11 +144,8 @@ class Vocabulary:
     def numbering(self) -> str:
         """Whose category numbers the file uses: "e621" when it is named so or uses e621's
         own numbers (6 invalid, 7 meta, 8 lore), else "danbooru"."""
-        if self.path is not None and "e621" in self.path.name.lower():
-            return "e621"
-        if any(e.category in _E621_ONLY for e in self.entries):
-            return "e621"
-        return "danbooru"
+        return guess_numbering((e.category for e in self.entries),
+                               self.path.name if self.path is not None else "")
 
     def summary(self) -> str:
         """One line for users: how many tags, merged duplicates and skipped rows."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from tagsmith.errors import FileFormatError, InputError
 from tagsmith.fileio import require_regular_file
 from tagsmith.model.calibration import top_share
 from tagsmith.text.tokenizer import WORD_END
+from tagsmith.text.vocab import CATEGORY_NUMBERINGS, category_names, guess_numbering
 from tagsmith.tui.table import (
     BOOL,
     FLOAT,
@@ -33,8 +35,6 @@ from tagsmith.tui.table import (
 Progress = Callable[[str], None]
 
 SCORE_SUFFIXES = (".csv", ".jsonl", ".parquet")
-# Danbooru's tag categories, as tagcomplete and WD14 number them.
-CATEGORY_NAMES = {0: "general", 1: "artist", 3: "copyright", 4: "character", 5: "meta"}
 
 
 def _nothing(_: str) -> None:
@@ -91,11 +91,34 @@ SCORE_COLUMNS = [
     Column("shares_token_count", "its count", INT, 9, aliases=("shares_count",),
            help="posts of that tag"),
     Column("head_token", "head", TEXT, 10, aliases=("head",), help="the tag's head token"),
-    Column("category", "cat", INT, 5, aliases=("cat",), labels=CATEGORY_NAMES,
-           help="general, artist, copyright, character, meta (or 0, 1, 3, 4, 5)"),
+    Column("category", "cat", INT, 5, aliases=("cat",),
+           help="the category's name or number (as the file numbers them)"),
     Column("split", "split", TEXT, 26, aliases=("pieces",),
            help="its words; split words as pieces joined by +"),
 ]
+
+
+def category_labels(numbers: np.ndarray, names: Sequence[str], source: str = ""
+                    ) -> dict[int, str]:
+    """Category number -> name for one score file: the names it stores (``score`` writes
+    each row's, in the list's own numbering), else Danbooru's or e621's numbering, guessed
+    from the numbers it uses (e621's 6-8) and the file's name, as ``score`` guesses a list's."""
+    known = ~np.isnan(numbers)
+    found, first = np.unique(numbers[known], return_index=True)
+    rows = np.flatnonzero(known)[first]
+    stored = {int(c): names[i] for c, i in zip(found, rows) if names[i]}
+    numbering = guess_numbering((int(c) for c in found), Path(source).name)
+    agree = [n for n in CATEGORY_NUMBERINGS
+             if all(category_names(n).get(c) == name for c, name in stored.items())]
+    if agree and numbering not in agree:
+        numbering = agree[0]
+    return {**category_names(numbering), **stored}
+
+
+def _category_help(labels: dict[int, str]) -> str:
+    shown = sorted(labels.items())
+    return (f"{', '.join(name for _, name in shown)} "
+            f"(or {', '.join(str(number) for number, _ in shown)})")
 
 
 def score_table(data: Any, source: str) -> Table:
@@ -122,7 +145,11 @@ def score_table(data: Any, source: str) -> Table:
         "category": nums["category"],
         "split": [split_text(t.split(" ")) if t else "" for t in cols.text["tokens"]],
     }
-    columns = [c for c in SCORE_COLUMNS if c.key in ("tag", "split") or _has_values(values[c.key])]
+    labels = category_labels(nums["category"], cols.text["category_name"], source)
+    columns = [
+        replace(c, labels=labels, help=_category_help(labels)) if c.key == "category" else c
+        for c in SCORE_COLUMNS if c.key in ("tag", "split") or _has_values(values[c.key])
+    ]
 
     def detail(row: int) -> RowDetail:
         return score_detail(cols.row(row))
@@ -189,7 +216,8 @@ def score_detail(r: Any) -> RowDetail:
     if r.count is not None:
         facts.append(("posts", f"{r.count:,}"))
     if r.category is not None:
-        facts.append(("", CATEGORY_NAMES.get(r.category, f"category {r.category}")))
+        facts.append(("", r.category_name or category_names(
+            guess_numbering([r.category])).get(r.category, f"category {r.category}")))
     facts.append(("", f"{r.n_tokens} token{'s' if r.n_tokens != 1 else ''}"))
     if r.leak_risk is not None:
         facts.append(("risk", f"{r.leak_risk:.2f}"))

@@ -36,8 +36,8 @@ _NUMERIC = ("count", "category", "n_tokens", "shares_token_count", "leak_similar
             "nearest_percentile")
 # 4 decimals, as score writes
 _ROUNDED = ("leak_similarity", "distinctiveness", "leak_risk", "leak_similarity_raw")
-_TEXT = ("tag", "text", "tokens", "unknown_words", "known_words", "head_token",
-         "shares_token_with")
+_TEXT = ("tag", "text", "category_name", "tokens", "unknown_words", "known_words",
+         "head_token", "shares_token_with")
 
 
 class _Unreadable(Exception):
@@ -81,6 +81,7 @@ class ScoreColumns:
             text=self.text["text"][i] or self.text["tag"][i],
             count=opt_int("count"),
             category=opt_int("category"),
+            category_name=self.text["category_name"][i] or None,
             tokens=words("tokens"),
             n_tokens=opt_int("n_tokens") or 0,
             known_words=words("known_words"),
@@ -103,6 +104,7 @@ class ScoreColumns:
         text = {
             "tag": [r.tag for r in rows],
             "text": [r.text for r in rows],
+            "category_name": [r.category_name or "" for r in rows],
             "tokens": [" ".join(r.tokens) for r in rows],
             "known_words": [" ".join(r.known_words) for r in rows],
             "unknown_words": [" ".join(r.unknown_words) for r in rows],
