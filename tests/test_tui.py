@@ -830,3 +830,41 @@ def test_explore_shows_the_encoders_long_tag_note(tiny_model: Path) -> None:
     notes = [n for n in result.notices if "only the first 75 tokens count" in n]
     assert len(notes) == 1 and tag not in notes[0]
     assert notes[0] in suggest_table(result).notices
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+def test_the_app_is_sized_by_its_terminal_when_stdout_is_redirected(tmp_path: Path) -> None:
+    """``explore scores.csv > picked.txt``: stdout is a file, the app draws on stderr's
+    terminal, and must take that terminal's size (the standard library says 80x24)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 41, 133, 0, 0))
+        code = (
+            "import shutil\n"
+            "from tagsmith.tui.app import ExploreApp, terminal_size\n"
+            "driver = ExploreApp(None).driver_class\n"
+            "print(tuple(shutil.get_terminal_size()), terminal_size(),"
+            " driver._get_terminal_size(None))\n"
+        )
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        out = tmp_path / "picked.txt"
+        with out.open("w") as fh:
+            subprocess.run([sys.executable, "-c", code], stdin=slave, stderr=slave, stdout=fh,
+                           env=env, check=True, timeout=60)
+        stdlib, ours, drivers = out.read_text().strip().rsplit(") (", 2)
+        assert stdlib == "(80, 24"  # what Textual's own driver would have used
+        assert ours == drivers[:-1] == "133, 41"
+        env["COLUMNS"] = "100"  # an explicit size still wins, as everywhere
+        with out.open("w") as fh:
+            subprocess.run([sys.executable, "-c", code], stdin=slave, stderr=slave, stdout=fh,
+                           env=env, check=True, timeout=60)
+        assert "(100, 41)" in out.read_text()
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -448,6 +448,36 @@ class RankingScreen(Screen[None]):
             self.notify("This is the first table; q quits.", timeout=3)
 
 
+def terminal_size() -> tuple[int, int]:
+    """(columns, lines) of the terminal the app draws on: $COLUMNS/$LINES when set, else the
+    first of stderr (where Textual draws), stdin and stdout that is a terminal. Not stdout
+    first, as the standard library does: ``explore scores.csv > picked.txt`` would draw in
+    80x24."""
+    import os
+    import sys
+
+    size = None
+    for stream in (sys.__stderr__, sys.__stdin__, sys.__stdout__):
+        try:
+            size = os.get_terminal_size(stream.fileno())
+            break
+        except (AttributeError, ValueError, OSError):
+            continue
+    columns, lines = (size.columns, size.lines) if size is not None else (80, 24)
+    env = {name: os.environ.get(name, "") for name in ("COLUMNS", "LINES")}
+    columns = int(env["COLUMNS"]) if env["COLUMNS"].isdigit() else columns
+    lines = int(env["LINES"]) if env["LINES"].isdigit() else lines
+    return columns or 80, lines or 24
+
+
+def sized_by_the_terminal(driver: type) -> type:
+    """``driver`` measuring the terminal with ``terminal_size`` (Textual's own drivers ask
+    the standard library, which looks at stdout only)."""
+    if not hasattr(driver, "_get_terminal_size"):
+        return driver
+    return type(driver.__name__, (driver,), {"_get_terminal_size": lambda _self: terminal_size()})
+
+
 class ExploreApp(App[list[str]]):
     """Explore a score file or suggest's ranking. ``run()`` returns the marked tags."""
 
@@ -478,6 +508,9 @@ class ExploreApp(App[list[str]]):
         self._model_lock = threading.Lock()
         self._model: tuple[Any, str | None] | None = None
         self.failure: str | None = None  # the first screen's load error, if any
+
+    def get_driver_class(self) -> type:
+        return sized_by_the_terminal(super().get_driver_class())
 
     def on_mount(self) -> None:
         self.push_screen(RankingScreen(self.source))
