@@ -1,3 +1,4 @@
-"""tagsmith: tokenizer-aware tag design for Stable Diffusion 1.5 LoRA training and prompting."""
+"""tagsmith: tokenizer-aware tag design for Stable Diffusion (SD1.5 and SDXL: Pony, Illustrious,
+NoobAI) LoRA training and prompting."""
 
 __version__ = "0.1.0"

@@ -61,7 +61,8 @@ _plain_help_names()
 app = typer.Typer(
     name="tagsmith",
     help=(
-        "Tokenizer-aware tag design for Stable Diffusion 1.5: see how tags split into CLIP "
+        "Tokenizer-aware tag design for Stable Diffusion (SD1.5, SDXL: Pony, Illustrious, "
+        "NoobAI): see how tags split into CLIP "
         "tokens, compare tag forms against neighbour concepts, and rank trigger words."
     ),
     no_args_is_help=True,
@@ -100,4 +101,4 @@ def _root(
         callback=_print_version,
     ),
 ) -> None:
-    """Tokenizer-aware tag design for Stable Diffusion 1.5."""
+    """Tokenizer-aware tag design for Stable Diffusion (SD1.5 and SDXL)."""

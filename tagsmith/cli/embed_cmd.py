@@ -48,7 +48,7 @@ def embed_command(
     ] = False,
     model_options: ModelOptions = ModelOptions(),
 ) -> None:
-    """Embed tags with the SD1.5 text encoder; one row per tag, in input order."""
+    """Embed tags with the model's text encoder (SD1.5 or SDXL); one row per tag, in input order."""
     from tagsmith.cli._console import console, err_console
     from tagsmith.errors import UsageError
 

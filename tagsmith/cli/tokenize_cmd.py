@@ -119,7 +119,7 @@ def tokenize_command(
     ),
     steps: int = typer.Option(
         20, "--steps", min=1, metavar="N",
-        help="--prompt: sampling steps, for prompt editing such as [from:to:0.5].",
+        help="--prompt: sampling steps, for prompt editing such as \\[from:to:0.5].",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array, one object per tag."),
 ) -> None:
