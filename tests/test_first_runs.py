@@ -324,6 +324,24 @@ def test_explore_labels_and_filters_categories_as_the_file_names_them(tmp_path: 
 # -- help -------------------------------------------------------------------------------------
 
 
+def test_no_help_text_is_eaten_as_rich_markup() -> None:
+    """Help is rendered as Rich markup, where ``[from:to:0.5]`` is a style tag and vanishes:
+    every bracket meant literally must be escaped (``\\[``)."""
+    import typer
+    from rich.markup import render
+
+    from tagsmith.cli import _load_app
+
+    root = typer.main.get_command(_load_app())
+    texts = [("tagsmith", root.help or "")]
+    for name, command in root.commands.items():
+        texts.append((name, command.help or ""))
+        texts += [(f"{name} {p.name}", getattr(p, "help", None) or "") for p in command.params]
+    eaten = [where for where, text in texts
+             if render(text).plain != text.replace("\\[", "[")]
+    assert eaten == []
+
+
 MODEL_OPTIONS = ["--model", "--lora", "--clip-skip", "--device", "--dtype", "--representation",
                  "--encoder", "--combine", "--context", "--cache-dir", "--no-cache"]
 
@@ -334,9 +352,9 @@ def test_model_commands_end_with_the_shared_model_options(command: str, tmp_path
                                                           capsys) -> None:  # noqa: ANN001
     import typer
 
-    from tagsmith.cli._app import app
+    from tagsmith.cli import _load_app
 
-    params = typer.main.get_command(app).commands[command].params
+    params = typer.main.get_command(_load_app()).commands[command].params
     names = [p.opts[0] for p in params if p.opts[0].startswith("--")]
     assert names[-len(MODEL_OPTIONS):] == MODEL_OPTIONS
     assert run([command, "--help"]) == EXIT_OK
@@ -373,3 +391,25 @@ def test_progress_lines_defuse_terminal_escapes_in_names() -> None:
         say("reading the captions in evil\x1b[2Jdir [bold]x[/bold]")
     line = buf.getvalue()
     assert "\x1b" not in line and "[bold]x[/bold]" in line
+
+
+def test_explore_filters_explain_left_out_columns_and_unknown_names(tmp_path: Path) -> None:
+    from tagsmith.analysis.score import score_vocabulary
+    from tagsmith.analysis.score_io import write_scores
+    from tagsmith.text.vocab import read_vocabulary
+    from tagsmith.tui.loaders import load_score_table
+    from tagsmith.tui.table import TableView
+
+    vocab = tmp_path / "danbooru.csv"
+    vocab.write_text("solo,0,800,\nhighres,5,900,\nhatsune_miku,4,100,\n", encoding="utf-8")
+    out = write_scores(score_vocabulary(read_vocabulary(vocab)).rows, tmp_path / "s.csv")
+    view = TableView(load_score_table(out))  # no model: no similarity columns
+    view.set_query("leak>0.5")
+    assert "'leak>0.5': empty here (scored without a text encoder)" in view.status()
+    view.set_query("category=species")  # an e621 name in a Danbooru file
+    assert ("'category=species': not a category here; use general, artist, copyright, "
+            "character, meta or a number") in view.status()
+    view.set_query("category=character")
+    assert [view.table.key(int(r)) for r in view.rows] == ["hatsune miku"]
+    view.set_query("nosuch>3")  # still read as words; says what the columns are
+    assert "'nosuch' is no column" in view.status()

@@ -112,6 +112,19 @@ def test_plain_with_counts(tmp_path: Path) -> None:
     assert [(e.text, e.count) for e in v] == [("bottle", 71684), ("wine bottle", 6727)]
 
 
+@pytest.mark.parametrize("text", [
+    "mayonnaise_bottle\nlong hair,500\nsolo\n",  # mostly single tags
+    "long hair,500\nmayonnaise_bottle\nsolo,9\n",  # mostly with counts
+])
+def test_plain_lines_with_and_without_a_count_mix(tmp_path: Path, text: str) -> None:
+    v = read_vocabulary(write(tmp_path, text, "tags.txt"))
+    assert v.format == "plain" and v.problems == []
+    counts = {"mayonnaise bottle": None, "long hair": 500, "solo": 9 if "solo,9" in text else None}
+    assert {e.text: e.count for e in v} == counts
+    bad = read_vocabulary(write(tmp_path, "solo\nhello, world\nlong hair,500\n", "x.txt"))
+    assert [p.line for p in bad.problems] == [2] and "count" in bad.problems[0].message
+
+
 def test_plain_quoted_tag_with_comma(tmp_path: Path) -> None:
     v = read_vocabulary(write(tmp_path, 'bottle\n"oh, no"\nwine_bottle\n'))
     assert v.texts == ["bottle", "oh, no", "wine bottle"]

@@ -174,16 +174,16 @@ def _print_summary(console: Any, result: Any, output: Path, top: int) -> None:
     s = result.summary
     pct = 100 * s.n_split / s.n_tags if s.n_tags else 0
     lines = [
-        f"Scored {s.n_tags:,} tags -> {output}",
+        f"Scored {_tags(s.n_tags)} -> {output}",
         # Short enough for 80 columns with six-figure counts.
-        f"  {s.n_split:,} tags ({pct:.1f}%) split a word into sub-word pieces; "
-        f"{s.n_tags - s.n_split:,} do not.",
+        f"  {_tags(s.n_split)} ({pct:.1f}%) split a word into sub-word pieces; "
+        f"{s.n_tags - s.n_split:,} {'does' if s.n_tags - s.n_split == 1 else 'do'} not.",
     ]
     if s.model:
         lines.insert(1, f"  model {s.model.get('label', '?')} {s.model.get('source', '?')} · "
                         f"clip skip {s.model.get('clip_skip')}")
     if s.filtered_out:
-        lines.append(f"  {s.filtered_out:,} tags left out by --min-count/--category/--limit.")
+        lines.append(f"  {_tags(s.filtered_out)} left out by --min-count/--category/--limit.")
     if s.timings:
         lines.append("  time: " + ", ".join(
             f"{PHASE_LABELS.get(k, k)} {v:.1f}s" for k, v in s.timings.items()
@@ -223,3 +223,7 @@ def _print_summary(console: Any, result: Any, output: Path, top: int) -> None:
             cells += [_fmt(r.leak_similarity), _fmt(r.leak_risk)]
         table.add_row(*cells)
     console.print(table)
+
+
+def _tags(n: int) -> str:
+    return f"{n:,} tag{'s' if n != 1 else ''}"

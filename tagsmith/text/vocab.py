@@ -9,8 +9,8 @@ The format is detected from the content, not the file name:
   columns, normally ``tag_id,name,category,count``. Any header that names a ``name`` or ``tag``
   column (plus optional ``category``/``type``, ``count``/``post_count``, ``aliases``) is read
   the same way, by column name.
-- **plain**: one tag per line, or two columns ``tag,count`` (the second column of a two-column
-  file without a header is read as a post count, not a category).
+- **plain**: one tag per line, each optionally followed by its count (``tag,count``; the second
+  column of a two-column file without a header is read as a post count, not a category).
 
 Accepted everywhere: gzip compression (detected by its magic bytes), a UTF-8 byte-order mark,
 CRLF line ends, CSV quoting (a quoted tag may contain commas), blank rows, and counts written
@@ -150,7 +150,8 @@ class Vocabulary:
     def summary(self) -> str:
         """One line for users: how many tags, merged duplicates and skipped rows."""
         name = self.path.name if self.path else "vocabulary"
-        parts = [f"{len(self.entries):,} tags from {name} ({self.format})"]
+        n = len(self.entries)
+        parts = [f"{n:,} tag{'s' if n != 1 else ''} from {name} ({self.format})"]
         if self.duplicates_removed:
             n = self.duplicates_removed
             parts.append(f"{n:,} duplicate{'s' if n != 1 else ''} merged")
@@ -405,11 +406,10 @@ def _detect_layout(records: list[tuple[int, list[str]]], where: str) -> _Layout:
             f"{where} has no header row; read its columns as tag_id,name,category,count."
         )
         return layout
-    if best == "plain-count":
-        return _Layout("plain", 0, None, 1, None, 2, 2)
     if best == "tagcomplete":
         return _Layout("tagcomplete", 0, 1, 2, 3, 2, 4)
-    return _Layout("plain", 0, None, None, None, 1, 1)
+    # plain or plain-count: each line is a tag, with or without its count
+    return _Layout("plain", 0, None, 1, None, 1, 2)
 
 
 def _parse_count(cell: str) -> int | None:

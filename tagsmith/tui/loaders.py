@@ -146,8 +146,11 @@ def score_table(data: Any, source: str) -> Table:
         "split": [split_text(t.split(" ")) if t else "" for t in cols.text["tokens"]],
     }
     labels = category_labels(nums["category"], cols.text["category_name"], source)
+    used = {int(c) for c in np.unique(nums["category"][~np.isnan(nums["category"])])}
+    cat_width = max([5] + [len(name) for c, name in labels.items() if c in used])
     columns = [
-        replace(c, labels=labels, help=_category_help(labels)) if c.key == "category" else c
+        replace(c, labels=labels, help=_category_help(labels), width=min(cat_width, 10))
+        if c.key == "category" else c
         for c in SCORE_COLUMNS if c.key in ("tag", "split") or _has_values(values[c.key])
     ]
 
@@ -155,10 +158,15 @@ def score_table(data: Any, source: str) -> Table:
         return score_detail(cols.row(row))
 
     has_risk = any(c.key == "leak_risk" for c in columns)
+    why = ("empty here (scored without a text encoder)"
+           if not _has_values(values["distinctiveness"]) else "empty in this file")
+    shown = {c.key for c in columns}
+    left_out = {name.lower(): why for c in SCORE_COLUMNS if c.key not in shown
+                for name in c.names()}
     return Table(
         title=source, columns=columns, values=values, key_column="tag", detail=detail,
         default_sort=("leak_risk", True) if has_risk else None,
-        source=source, empty_message=f"{source} holds no rows.",
+        source=source, empty_message=f"{source} holds no rows.", left_out=left_out,
     )
 
 

@@ -106,6 +106,9 @@ class Table:
     notices: list[str] = field(default_factory=list)
     source: str = ""  # file name or "suggest"
     empty_message: str = "No rows."
+    # Columns this kind of table has but this one leaves out, by every name a filter may use
+    # ("leak": "empty here (scored without a text encoder)").
+    left_out: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._column_of: dict[str, Column] = {}
@@ -244,6 +247,9 @@ def parse_filter(query: str, table: Table) -> Filter:
         if m:
             name = m.group(1).lower()
             column = MARKED if name in MARKED.names() else table.column(name)
+        if m is not None and column is None and m.group(1).lower() in table.left_out:
+            errors.append(f"'{term}': {table.left_out[m.group(1).lower()]}")
+            continue
         if m is None or column is None:
             if m is not None:
                 lookalikes.append(m.group(1))
@@ -286,6 +292,9 @@ def _parse_value(column: Column, op: str, raw: str) -> Any:
     try:
         return float(text) * scale
     except ValueError:
+        if column.labels:
+            names = ", ".join(name for _, name in sorted(column.labels.items()))
+            raise ValueError(f"not a {column.key} here; use {names} or a number") from None
         raise ValueError(f"{column.key} takes a number, not '{raw}'") from None
 
 
