@@ -414,3 +414,23 @@ def test_a_kill_during_the_backup_touches_no_caption(tmp_path, monkeypatch):
 
 def test_tag_key_used_for_matching_is_the_dataset_key():
     assert tag_key("Mayonnaise_Bottle") == "mayonnaise bottle"
+
+
+@pytest.mark.parametrize(("old", "new", "shown_old", "shown_new"), [
+    # a long caption: two unchanged tags either side of the change, the rest cut to "…"
+    ("a, b, c, d, e, f, g, h, i", "a, b, c, d, E, f, g, h, i",
+     "…, c, d, e, f, g, …", "…, c, d, E, f, g, …"),
+    # two changes far apart keep their own context; a short run between them stays whole
+    ("x, a, b, c, d, e, f, g, h, y", "X, a, b, c, d, e, f, g, h, Y",
+     "x, a, b, …, g, h, y", "X, a, b, …, g, h, Y"),
+    ("one, two, three", "one, 2, three", "one, two, three", "one, 2, three"),  # short: whole
+    ("a,b,c,d,e,f", "a,b,c,d,e,F", "…,d,e,f", "…,d,e,F"),  # no spaces after the commas
+    # a duplicate removed: the tag before it loses its comma, so it is part of the change
+    ("a, b, m, c, d, e, m", "a, b, m, c, d, e", "…, c, d, e, m", "…, c, d, e"),
+])
+def test_retag_diff_shows_each_change_with_its_neighbours(old: str, new: str, shown_old: str,
+                                                         shown_new: str) -> None:
+    from tagsmith.cli.dataset_cmd import _highlighted_pair
+
+    a, b = _highlighted_pair(old, new)
+    assert (a.plain, b.plain) == (shown_old, shown_new)

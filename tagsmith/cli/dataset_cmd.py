@@ -446,8 +446,13 @@ def retag_command(
         )
 
 
+DIFF_CONTEXT = 2  # unchanged tags shown on each side of a change; the rest is "…"
+
+
 def _highlighted_pair(old: str, new: str):  # noqa: ANN202 - two rich Texts
-    """The two lines with the comma-separated pieces that differ in bold, the rest dimmed."""
+    """The two lines with the comma-separated pieces that differ in bold, and around each
+    change ``DIFF_CONTEXT`` unchanged tags, dimmed; longer unchanged runs are cut to "…"
+    (``--json`` has the whole lines)."""
     import difflib
     import re
 
@@ -458,10 +463,23 @@ def _highlighted_pair(old: str, new: str):  # noqa: ANN202 - two rich Texts
     old_parts, new_parts = pieces.findall(old), pieces.findall(new)
     a, b = Text(style="red"), Text(style="green")
     matcher = difflib.SequenceMatcher(None, old_parts, new_parts, autojunk=False)
-    for op, i1, i2, j1, j2 in matcher.get_opcodes():
-        same = op == "equal"
-        a.append("".join(old_parts[i1:i2]), style="dim red" if same else "bold red")
-        b.append("".join(new_parts[j1:j2]), style="dim green" if same else "bold green")
+    ops = matcher.get_opcodes()
+    for n, (op, i1, i2, j1, j2) in enumerate(ops):
+        if op != "equal":
+            a.append("".join(old_parts[i1:i2]), style="bold red")
+            b.append("".join(new_parts[j1:j2]), style="bold green")
+            continue
+        same = old_parts[i1:i2]
+        first, last = n == 0, n == len(ops) - 1
+        keep_head = 0 if first else DIFF_CONTEXT
+        keep_tail = 0 if last else DIFF_CONTEXT
+        if len(same) <= keep_head + keep_tail + 1:
+            shown = "".join(same)
+        else:
+            head, tail = "".join(same[:keep_head]), "".join(same[len(same) - keep_tail:])
+            shown = (f"{head} …" if head else "…") + (f",{tail}" if tail else "")
+        a.append(shown, style="dim red")
+        b.append(shown, style="dim green")
     return a, b
 
 
