@@ -408,7 +408,7 @@ def test_explore_filters_explain_left_out_columns_and_unknown_names(tmp_path: Pa
     assert "'leak>0.5': empty here (scored without a text encoder)" in view.status()
     view.set_query("category=species")  # an e621 name in a Danbooru file
     assert ("'category=species': not a category here; use general, artist, copyright, "
-            "character, meta or a number") in view.status()
+            "character, meta, rating or a number") in view.status()
     view.set_query("category=character")
     assert [view.table.key(int(r)) for r in view.rows] == ["hatsune miku"]
     view.set_query("nosuch>3")  # still read as words; says what the columns are

@@ -7,6 +7,8 @@ import csv
 import io
 import json
 import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -166,3 +168,31 @@ def test_a_temp_file_a_live_writer_holds_is_left_alone(tmp_path):
     assert target.read_text() == "done"
 
 
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_a_terminated_command_removes_its_half_written_output(tmp_path, signame):
+    """A job killed with SIGTERM (or its terminal closed) leaves neither a half-written output
+    nor a hidden temporary file beside it, and an existing output stays as it was."""
+    import signal
+
+    target = tmp_path / "scores.csv"
+    target.write_text("the old complete file\n", encoding="utf-8")
+    code = (
+        "import sys, time\n"
+        "from tagsmith.cli import exit_on_termination\n"
+        "from tagsmith.fileio import atomic_writer\n"
+        "exit_on_termination()\n"
+        f"with atomic_writer({str(target)!r}) as fh:\n"
+        "    fh.write('half of the new file'); fh.flush()\n"
+        "    print('writing', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    assert len(list(tmp_path.iterdir())) == 2  # the output and its temporary file
+    proc.send_signal(getattr(signal, signame))
+    assert proc.wait(timeout=60) == 128 + getattr(signal, signame)
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.csv"]
+    assert target.read_text(encoding="utf-8") == "the old complete file\n"

@@ -434,3 +434,18 @@ def test_retag_diff_shows_each_change_with_its_neighbours(old: str, new: str, sh
 
     a, b = _highlighted_pair(old, new)
     assert (a.plain, b.plain) == (shown_old, shown_new)
+
+
+def test_a_map_that_changes_nothing_says_why(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from tagsmith.cli import EXIT_OK, run
+
+    folder = tmp_path / "1_a"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes(b"")
+        (folder / f"{i}.txt").write_text("1girl, smile" if i else "solo", encoding="utf-8")
+    assert run(["retag", str(tmp_path), "--map", "1girl=1girl", "--dry-run"]) == EXIT_OK
+    assert ("2 of 3 captions have '1girl' written as '1girl' already; nothing to change."
+            in capsys.readouterr().out)
+    assert run(["retag", str(tmp_path), "--map", "2girls=1girl", "--dry-run"]) == EXIT_OK
+    assert "No caption of 3 mentions '2girls'; nothing to change." in capsys.readouterr().out

@@ -156,6 +156,11 @@ def test_explicit_missing_model_is_an_error(tmp_path, capsys):
         (["suggest", "bottle", "--weights", "bogus=1"], EXIT_USAGE, "Unknown weight"),
         (["suggest", "bottle", "--weights", "leakage=x"], EXIT_USAGE, "must be a number"),
         (["trigger", "cross tattoo", "--part", ""], EXIT_USAGE, "--part is empty"),
+        # empty once prompt syntax is removed: the same usage error, in the text as given
+        (["suggest", "<lora:x:1>"], EXIT_USAGE, "The tag is empty"),
+        (["trigger", "(:1.2)"], EXIT_USAGE, "The concept is empty"),
+        (["trigger", "cross tattoo", "--part", "[]"], EXIT_USAGE, "A --part is empty"),
+        (["score", "nope:x:.csv", "-o", "x.csv"], EXIT_FAILURE, "nope:x:.csv does not exist"),
     ],
 )
 def test_bad_input(args, code, message, capsys):

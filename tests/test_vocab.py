@@ -339,7 +339,8 @@ tag_text = st.text(
 @given(st.text(max_size=40))
 def test_fast_normalize_matches_normalize_tag(tag: str) -> None:
     for underscores in (True, False):
-        assert _normalize(tag.strip(), underscores) == normalize_tag(tag, underscores=underscores)
+        assert _normalize(tag.strip(), underscores) == normalize_tag(
+            tag, underscores=underscores).lower()
 
 
 @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -363,7 +364,7 @@ def test_tagcomplete_round_trip(tmp_path: Path, rows, crlf: bool) -> None:
     )
     expected: dict[str, tuple[int, ...]] = {}
     for tag, _cat, count, _ in rows:
-        text = normalize_tag(tag)
+        text = normalize_tag(tag).lower()
         if text and tag.strip():
             expected[text] = max(expected.get(text, (-1,)), (count,))
     if not expected:
@@ -385,7 +386,7 @@ def test_plain_round_trip(tags: list[str]) -> None:
     v = parse_vocabulary(buf.getvalue())
     # A plain list reads each line as tokenize does: prompt syntax around a tag ("[0]") goes.
     expected = list(dict.fromkeys(
-        normalize_tag(strip_tag_syntax(t.strip())) for t in tags
+        normalize_tag(strip_tag_syntax(t.strip())).lower() for t in tags
     ))
     if v.format == "plain" and not v.problems:
         assert v.texts == expected
@@ -408,3 +409,10 @@ def test_real_danbooru_list(danbooru_csv: Path) -> None:
     assert by["1girl"].aliases == ("1girls", "sole_female")
     non_ascii = [e for e in v if not (e.tag + ",".join(e.aliases)).isascii()]
     assert len(non_ascii) == 28
+
+
+def test_tags_differing_only_in_case_are_one_tag(tmp_path: Path) -> None:
+    v = read_vocabulary(write(tmp_path, "long_hair,0,4350743,\nLong_Hair,0,5,\nlong hair,0,7,\n"
+                                        "LONG_HAIR,0,9\nHatsune_Miku,4,10,\n"))
+    assert [(e.text, e.count) for e in v] == [("long hair", 4350743), ("hatsune miku", 10)]
+    assert v.duplicates_removed == 3

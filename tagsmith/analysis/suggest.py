@@ -50,7 +50,7 @@ from tagsmith.analysis.ranking import (
     score_by_role,
     token_reason,
 )
-from tagsmith.errors import InputError
+from tagsmith.errors import UsageError
 from tagsmith.model.calibration import Baseline, percentile_note, top_share
 from tagsmith.text.prompt import analysed_tag_text
 from tagsmith.text.tokenizer import CHUNK_LENGTH, load_tokenizer
@@ -148,7 +148,7 @@ def suggest(
     options = options or SuggestOptions()
     text = analysed_tag_text(tag)
     if not text:
-        raise InputError("The tag is empty; give a tag such as \"mayonnaise bottle\".")
+        raise UsageError("The tag is empty; give a tag such as \"mayonnaise bottle\".")
     tok = load_tokenizer()
     words = tag_words(tag)
 

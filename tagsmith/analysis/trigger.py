@@ -46,7 +46,7 @@ from tagsmith.analysis.ranking import (
     score_by_role,
     token_reason,
 )
-from tagsmith.errors import InputError
+from tagsmith.errors import UsageError
 from tagsmith.model.calibration import Baseline, closeness, percentile_note
 from tagsmith.text.prompt import analysed_tag_text
 from tagsmith.text.tokenizer import load_tokenizer
@@ -165,10 +165,10 @@ def rank_triggers(
     options = options or TriggerOptions()
     text = analysed_tag_text(concept)
     if not text:
-        raise InputError("The concept is empty; give one such as \"cross tattoo\".")
+        raise UsageError("The concept is empty; give one such as \"cross tattoo\".")
     parts = [analysed_tag_text(p) for p in options.parts]
     if any(not p for p in parts):
-        raise InputError("A --part is empty; give body parts or variants such as --part arm.")
+        raise UsageError("A --part is empty; give body parts or variants such as --part arm.")
     tok = load_tokenizer()
 
     index = None

@@ -223,6 +223,7 @@ class RetagPlan:
     changes: list[FileChange]
     scanned: int
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
+    already: int = 0  # captions that hold an old tag only as its new spelling already
 
     @property
     def renamed(self) -> Counter:
@@ -282,6 +283,8 @@ def plan_retag(root: str | Path, mappings: Sequence[TagMapping]) -> RetagPlan:
             continue
         new_text, edits = rewrite_caption_text(decoded.text, mappings)
         if new_text == decoded.text:
+            keys = {m.key for m in mappings}
+            plan.already += any(t.key in keys for t in parse_caption_text(decoded.text))
             continue
         plan.changes.append(
             FileChange(

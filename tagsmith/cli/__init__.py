@@ -88,7 +88,23 @@ def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[
     return tuple(exits), tuple(aborts), tuple(errors)
 
 
+def exit_on_termination() -> None:
+    """SIGTERM (a killed job, a timeout) and SIGHUP (the terminal closed) end the command as an
+    exception, so every half-written output's temporary file is removed on the way out (the
+    default action ends the process on the spot and leaves it behind). Exit 128 + signal."""
+    import signal
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is not None:
+            signal.signal(number, stop)
+
+
 def main() -> None:
+    exit_on_termination()
     code = run()
     try:
         sys.stdout.flush()

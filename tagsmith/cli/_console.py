@@ -38,7 +38,12 @@ def safe_text(text: Text) -> Text:
 
 
 class SafeConsole(Console):
-    """A rich Console that escapes unsafe characters in everything it renders."""
+    """A rich Console that escapes unsafe characters in everything it renders, and never
+    turns ``:name:`` into an emoji (``<lora:x:1>`` is not ``<lora❌1>``)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - rich's arguments
+        kwargs.setdefault("emoji", False)
+        super().__init__(*args, **kwargs)
 
     def render_str(self, text: str, **kwargs) -> Text:  # noqa: ANN003 - rich's keywords
         return safe_text(super().render_str(text, **kwargs))

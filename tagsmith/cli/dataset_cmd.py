@@ -492,9 +492,16 @@ def _print_plan(plan, *, all_files: bool) -> None:  # noqa: ANN001 - RetagPlan
         console.print(Text(f"Skipped {path}: {why}.", style="yellow"))
     if not plan.changes:
         olds = ", ".join(repr(m.old) for m in plan.mappings)
-        console.print(
-            Text(f"No caption of {plan.scanned} mentions {olds}; nothing to change.")
-        )
+        if plan.already:
+            news = ", ".join(repr(m.new) for m in plan.mappings)
+            console.print(Text(
+                f"{plan.already} of {plan.scanned} captions have {olds} written as {news} "
+                "already; nothing to change."
+            ))
+        else:
+            console.print(
+                Text(f"No caption of {plan.scanned} mentions {olds}; nothing to change.")
+            )
         return
     shown = plan.changes if all_files else plan.changes[:DIFF_FILES_BEFORE_WRITE]
     for ch in shown:

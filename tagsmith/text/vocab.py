@@ -17,7 +17,8 @@ CRLF line ends, CSV quoting (a quoted tag may contain commas), blank rows, and c
 as floats with no fraction (``1234.0``). Bad rows (empty tag, wrong number of columns, a count
 that is not a whole number, a header row where the format has none) are skipped and reported
 as ``RowProblem`` with their 1-based physical line number. Tags that normalise to the same text
-(``long_hair`` and ``long hair``) are merged into one entry, keeping the highest count.
+(``long_hair``, ``Long Hair`` and ``long hair``: CLIP lowercases) are merged into one entry,
+keeping the highest count.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ class RowProblem:
 # How tag lists number their categories. tagcomplete's danbooru.csv and WD14 files use
 # Danbooru's numbers; tagcomplete's e621.csv uses e621's, where 5 is species, not meta.
 CATEGORY_NUMBERINGS: dict[str, dict[str, int]] = {
-    "danbooru": {"general": 0, "artist": 1, "copyright": 3, "character": 4, "meta": 5},
+    # 9: the rating tags (general, sensitive, questionable, explicit) of WD14's selected_tags
+    "danbooru": {"general": 0, "artist": 1, "copyright": 3, "character": 4, "meta": 5,
+                 "rating": 9},
     "e621": {"general": 0, "artist": 1, "copyright": 3, "character": 4, "species": 5,
              "invalid": 6, "meta": 7, "lore": 8},
 }
@@ -518,11 +521,12 @@ def _normalize(tag: str, underscores: bool) -> str:
     """
     if "\ufeff" in tag:  # a BOM left inside the file (files joined with cat) is no character
         tag = tag.replace("\ufeff", "")
+    # Lowercased, as CLIP reads every text: Long_Hair and long hair are one tag (same tokens).
     if len(tag) <= 5 or "\\" in tag:
-        return normalize_tag(tag, underscores=underscores)
+        return normalize_tag(tag, underscores=underscores).lower()
     if underscores:
         tag = tag.replace("_", " ")
-    return " ".join(tag.split())
+    return " ".join(tag.split()).lower()
 
 
 def _header_message(layout: _Layout) -> str:

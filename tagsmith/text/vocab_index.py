@@ -22,7 +22,7 @@ from tagsmith.fileio import atomic_write_bytes
 from tagsmith.paths import resolve_cache_dir
 from tagsmith.text.vocab import Vocabulary, problem_lines, read_vocabulary
 
-_FORMAT_VERSION = 2  # 2: the bad rows' lines are kept
+_FORMAT_VERSION = 3  # 2: the bad rows' lines are kept; 3: tags merged case-insensitively
 
 
 @dataclass
