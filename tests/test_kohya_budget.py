@@ -156,3 +156,26 @@ def test_tag_tokens_of_a_weighted_form(tmp_path):  # noqa: ANN001
     n = {t.tag: t.n_tokens for t in report.tags}
     assert n == {"masterpiece": len(REF.ids("masterpiece")), "1girl": 2,
                  "long hair": len(REF.ids("long_hair"))}
+
+
+def test_separator_without_commas_around_it_splits_tags_as_kohya_does(tmp_path):  # noqa: ANN001
+    """``a ||| b`` are two tags (kohya splits at the separator, commas or not), cut where the
+    line as written passes 75 tokens; only the first two separators split (kohya's)."""
+    flex = [f"tag number {i}" for i in range(30)]
+    line = "mychar, 1girl ||| " + ", ".join(flex) + " ||| masterpiece, best quality"
+    write_caption(tmp_path, "a", line)
+    write_caption(tmp_path, "b", "mychar|||smile|||end|||extra")
+    report = analyze_dataset(tmp_path, min_support=1, keep_tokens_separator="|||")
+    # The reference: each tag's end in the line, tokenized as written (separators included).
+    units = ["mychar", "1girl", *flex, "masterpiece", "best quality"]
+    ends, at = [], 0
+    for u in units:
+        at = line.index(u, at) + len(u)
+        ends.append(at)
+    first = next(i for i, end in enumerate(ends) if len(REF.ids(line[:end])) > 75)
+    (long_caption,) = report.tokens.over_limit
+    assert long_caption.cut_tags == units[first:]
+    rates = {t.tag: t.cut_rate_file_order for t in report.tags}
+    assert rates["tag number 29"] == rates["masterpiece"] == 1.0
+    assert rates[units[first - 1]] == 0.0
+    assert {"smile", "end|||extra"} <= set(rates) and "extra" not in rates

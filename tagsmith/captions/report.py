@@ -252,19 +252,45 @@ def report_from_dataset(
 
 def _written_tags(caption, separator: str) -> list[tuple[str, str]]:  # noqa: ANN001 - Caption
     """(text, key) of a caption's first-line tags; a kohya ``keep_tokens_separator`` inside a
-    tag's text separates tags too (``a ||| b`` is ``a`` and ``b``)."""
+    tag's text separates tags too (``a ||| b`` is ``a`` and ``b``), its first two in the line
+    only, as kohya splits (``a|||b|||c|||d``: ``a``, ``b`` and ``c|||d``)."""
     if not separator or separator not in caption.first_line:
         return [(t.text, t.key) for t in caption.first_line_tags]
     out = []
+    splits_left = 2
     for t in caption.first_line_tags:
-        if separator not in t.text:
+        if separator not in t.text or not splits_left:
             out.append((t.text, t.key))
             continue
-        for piece in t.text.split(separator):
+        pieces = t.text.split(separator, splits_left)
+        splits_left -= len(pieces) - 1
+        for piece in pieces:
             text = strip_weight_syntax(piece)
             if text and tag_key(text):
                 out.append((text, tag_key(text)))
     return out
+
+
+def _written_units(line: str, separator: str) -> list[tuple[int, int]]:
+    """(start, end) of each tag of ``line`` as written: split at commas and, when given, at
+    kohya's first two ``keep_tokens_separator``s; ``end`` leaves trailing spaces out."""
+    cuts: list[tuple[int, int]] = []  # delimiter spans
+    if separator:
+        at = -len(separator)
+        for _ in range(2):
+            at = line.find(separator, at + len(separator))
+            if at < 0:
+                break
+            cuts.append((at, at + len(separator)))
+    units, start = [], 0
+    for i, ch in enumerate(line):
+        if ch == "," and not any(a <= i < b for a, b in cuts):
+            cuts.append((i, i + 1))
+    for a, b in sorted(cuts):
+        units.append((start, start + len(line[start:a].rstrip())))
+        start = b
+    units.append((start, start + len(line[start:].rstrip())))
+    return units
 
 
 def _token_stats(
@@ -311,17 +337,17 @@ def _token_stats(
         # As written: where each tag's tokens fall in the first line as it stands.
         cut_here: list[str] = []
         if total > limit:
-            ends, pos = [], 0
-            for raw in cap.first_line.split(","):
-                ends.append(pos + len(raw.rstrip()))
-                pos += len(raw) + 1
-            first = first_cut_in_written_order(cap.first_line, ends, limit)
+            units = _written_units(cap.first_line, separator)
+            first = first_cut_in_written_order(cap.first_line, [end for _, end in units], limit)
             if first is not None:
-                for p in cap.parts[first:]:
+                for start, end in units[first:]:
+                    p = cap.first_line[start:end].strip()
+                    key = part_keys[p] if p in part_keys else (
+                        tag_key(strip_weight_syntax(p)) if p else "")
                     if p:
                         cut_here.append(p)
-                        if part_keys[p]:
-                            cut_file[part_keys[p]] = cut_file.get(part_keys[p], 0.0) + w
+                        if key:
+                            cut_file[key] = cut_file.get(key, 0.0) + w
         # Shuffled: fixed tags and the suffix sit where they are; the rest move.
         suffix_start = sum(sizes[p][1] for p in fixed) + sum(sizes[p][1] for p in flex)
         for tags_in_place, pos in ((fixed, 0), (suffix, suffix_start)):
