@@ -391,3 +391,20 @@ def test_hub_download_fetches_both_encoders_only(weights, tmp_path: Path, monkey
     sd15 = [f for f in files if not f.startswith("text_encoder_2/")]
     assert resolve_hub("org/sd15", fetch=fetch, list_files=lambda r: sd15,
                        layouts=SECOND_ENCODER, required=False) is None
+
+
+def test_balanced_vectors_are_the_same_read_from_the_cache(layouts, tmp_path: Path) -> None:  # noqa: ANN001
+    """score reads a resumed run's vectors through ``cached``: with --combine balanced they
+    must be scaled as ``embed`` scales them (they were once given unscaled, so a warm rerun
+    scored concat cosines against a balanced baseline)."""
+    from tagsmith.analysis.score import embed_in_chunks
+
+    base = dict(model=layouts["single-file"], device="cpu", cache_dir=tmp_path)
+    cold = open_embedder(EncoderSettings(**base, combine="balanced", use_cache=False)).embed(TAGS)
+    open_embedder(EncoderSettings(**base)).embed(TAGS[:2])  # a concat run fills the cache
+    warm = open_embedder(EncoderSettings(**base, combine="balanced"))
+    assert set(warm.cached(TAGS)) == set(TAGS[:2])
+    got = embed_in_chunks(warm, TAGS, cache_progress=lambda done, total: None)
+    np.testing.assert_allclose(got, cold, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(np.stack([warm.cached(TAGS)[t] for t in TAGS]), cold,
+                               atol=1e-6, rtol=0)

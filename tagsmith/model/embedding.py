@@ -384,7 +384,23 @@ class TagEmbedder:
             found.update(cache.get_many(variant, unique[start:start + chunk]))
             if progress is not None:
                 progress(min(start + chunk, len(unique)), len(unique))
+        if found and self._balanced():
+            keys = list(found)
+            found = dict(zip(keys, self._combined(np.stack([found[k] for k in keys]))))
         return found
+
+    def _balanced(self) -> bool:
+        return bool(self.similarity_parts()) and self.settings.combine == "balanced"
+
+    def _combined(self, vectors: np.ndarray) -> np.ndarray:
+        """Vectors as this embedder gives them: the cache stores them unscaled, and
+        ``--combine balanced`` scales each SDXL encoder's part on the way out (``embed`` and
+        ``cached`` alike)."""
+        if not self._balanced():
+            return vectors
+        from tagsmith.model.sdxl import balance
+
+        return balance(vectors, self.similarity_parts())
 
     def embed(self, texts: Sequence[str], *, progress: ProgressFn | None = None,
               token_ids: Ids = None) -> np.ndarray:
@@ -423,12 +439,7 @@ class TagEmbedder:
                     progress(done, total)
         for row, text in enumerate(texts):
             out[row] = found[text]
-        parts = self.similarity_parts()
-        if parts and self.settings.combine == "balanced":
-            from tagsmith.model.sdxl import balance
-
-            out = balance(out, parts)
-        return out
+        return self._combined(out)
 
     def token_states(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Per tag, its tokens' final states (n_tokens, dim): what cross-attention reads.
