@@ -205,3 +205,40 @@ def test_explore_exits_non_zero_when_the_model_is_refused(tiny_models, tmp_path)
 
     asyncio.run(go())
     assert not marker.exists()
+
+
+def test_a_real_checkpoint_named_safetensors_loads_as_its_ckpt_does(tiny_models, tmp_path):
+    """torch.load picks its safetensors reader by the name: a .ckpt renamed .safetensors (the
+    README says such files are read) was refused as damaged. And correct int64 position_ids
+    are not "repaired"."""
+    import shutil
+
+    from tiny_models import save_ckpt
+
+    from tagsmith.model.embedding import EncoderSettings, open_embedder
+
+    ckpt = save_ckpt(tiny_models.weights, tmp_path / "model.ckpt")
+    renamed = tmp_path / "model.safetensors"
+    shutil.copy(ckpt, renamed)
+    vectors = []
+    for path in (ckpt, renamed):
+        embedder = open_embedder(EncoderSettings(model=str(path), device="cpu", use_cache=False))
+        vectors.append(embedder.embed(["red hair"]))
+        assert not [n for n in embedder.notes if "position_ids" in n]
+    np.testing.assert_array_equal(vectors[0], vectors[1])
+
+
+def test_nan_weights_are_refused_not_scored(tiny_models, tmp_path, capsys):
+    """A broken merge with one NaN weight made every similarity 'nan' and exit 0."""
+    from tiny_models import save_single_file
+
+    weights = {k: v.clone() for k, v in tiny_models.weights.items()}
+    fc1 = next(k for k in weights if k.endswith("layers.1.mlp.fc1.weight"))
+    weights[fc1][0, 0] = float("nan")
+    path = save_single_file(weights, tmp_path / "broken.safetensors")
+    cache = tmp_path / "cache"
+    for _ in range(2):  # and nothing was cached on the way
+        assert run(["suggest", "mayonnaise bottle", "--model", str(path), "--cache-dir",
+                    str(cache)]) == EXIT_FAILURE
+        err = capsys.readouterr().err
+        assert "NaN or infinite" in err and "Traceback" not in err

@@ -362,3 +362,12 @@ def test_sdxl_lora_on_an_sdxl_model_matches_the_formula(tmp_path, backend) -> No
                          metadata=KOHYA_METADATA)
     with pytest.raises(UnsupportedModelError, match="is for SD1.5.*SDXL"):
         open_embedder(EncoderSettings(model=str(model), use_cache=False, loras=(LoraSpec(sd1),)))
+
+
+def test_factors_of_different_ranks_are_one_sentence_not_a_traceback() -> None:
+    from tagsmith.errors import UnsupportedModelError
+    from tagsmith.model.lora_math import lora_factors
+
+    t = {"down": np.zeros((4, 16), np.float32), "up": np.zeros((8, 3), np.float32)}
+    with pytest.raises(UnsupportedModelError, match=r"lora_up \(8, 3\) and lora_down \(4, 16\)"):
+        lora_factors(t)

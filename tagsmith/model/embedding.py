@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from tagsmith.errors import InputError, ModelNotFoundError, UsageError
+from tagsmith.errors import InputError, ModelError, ModelNotFoundError, UsageError
 from tagsmith.model.cache import CacheVariant, EmbeddingCache, SourceMemo
 from tagsmith.model.config import TOKEN_EMBEDDING, EncoderConfig
 from tagsmith.model.device import gpu_possible
@@ -430,6 +430,12 @@ class TagEmbedder:
             for idx, vectors in enc.encode(
                 seqs, prefix=[BOS_ID, *prefix_ids], clip_skip=self.settings.clip_skip, pool=pool
             ):
+                if not np.isfinite(vectors).all():  # never cached, never scored
+                    raise ModelError(
+                        f"{self.label()} gives NaN or infinite numbers for some tags: its text "
+                        "encoder (or a --lora) holds NaN/inf weights, as a broken fp16 merge "
+                        "can; use an intact copy of the file."
+                    )
                 batch = [(missing[i], vectors[row]) for row, i in enumerate(idx)]
                 found.update(batch)
                 if cache is not None:

@@ -55,10 +55,8 @@ from tagsmith.model.sources import TextEncoderSource
 
 EOS_ID = 49407
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_DTYPE_CODES = {
-    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-    torch.int64: "I64", torch.int32: "I32",
-}
+_DTYPE_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                torch.float64: "F64", torch.int64: "I64", torch.int32: "I32"}
 
 
 # -- device and dtype -------------------------------------------------------------------------
@@ -166,9 +164,11 @@ def torch_load_checkpoint(path: Path) -> object:
         with warnings.catch_warnings():
             # torch warns about pickle protocols it may not parse; the outcome is what counts
             warnings.simplefilter("ignore", UserWarning)
-            return torch.load(
-                str(path), map_location="cpu", weights_only=True, mmap=fmt == "zip-pickle"
-            )
+            if path.suffix.lower() == ".safetensors":  # torch would read it as safetensors
+                with open(path, "rb") as fh:
+                    return torch.load(fh, map_location="cpu", weights_only=True)
+            mmap = fmt == "zip-pickle"
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         detail = f"{exc} {exc.__cause__ or ''} {exc.__context__ or ''}"
         found = _GLOBAL_NAME.search(detail)
@@ -243,9 +243,9 @@ def inspect_pickle(source: TextEncoderSource) -> PickleInspection:
     notes = list(source.notes)
     pos = canonical.get(POSITION_IDS)
     if pos is not None:
+        wide = torch.float64 if pos.is_floating_point() else torch.int64  # not "stored as floats"
         note = position_ids_note(
-            pos.detach().to(torch.float64).numpy(), _DTYPE_CODES.get(pos.dtype, "?"),
-            config.max_positions,
+            pos.detach().to(wide).numpy(), _DTYPE_CODES.get(pos.dtype, "?"), config.max_positions,
         )
         if note:
             notes.append(note)

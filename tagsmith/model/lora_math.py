@@ -68,6 +68,11 @@ def lora_factors(t: Mapping[str, np.ndarray], rs_lora: bool = False,
             "encoder has none, so the file does not fit this model."
         )
     rank = down.shape[0]
+    if up.shape[1] != rank:
+        raise UnsupportedModelError(
+            f"its lora_up {tuple(up.shape)} and lora_down {tuple(down.shape)} have different "
+            "ranks, so they do not multiply; the file is damaged."
+        )
     if "scale" in t:
         scale = float(np.asarray(t["scale"]).reshape(-1)[0])
     elif alpha_override is not None:
