@@ -408,3 +408,22 @@ def test_balanced_vectors_are_the_same_read_from_the_cache(layouts, tmp_path: Pa
     np.testing.assert_allclose(got, cold, atol=1e-6, rtol=0)
     np.testing.assert_allclose(np.stack([warm.cached(TAGS)[t] for t in TAGS]), cold,
                                atol=1e-6, rtol=0)
+
+
+def test_a_unet_only_lora_naming_no_family_is_not_refused_on_sdxl(layouts, tmp_path) -> None:  # noqa: ANN001
+    """Diffusers' SDXL LoRAs are often UNet-only, with no metadata: nothing says SD1.5, and
+    they cannot change the encoder, so the numbers are the base model's (with the notice)."""
+    from safetensors.torch import save_file
+
+    from tagsmith.model.lora import LoraSpec
+
+    lora = tmp_path / "unet_only.safetensors"
+    key = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
+    save_file({f"{key}.lora_A.weight": torch.zeros(4, 2048),
+               f"{key}.lora_B.weight": torch.zeros(640, 4)}, str(lora))
+    base = dict(model=layouts["single-file"], device="cpu", use_cache=False)
+    plain = open_embedder(EncoderSettings(**base)).embed(TAGS)
+    with open_embedder(EncoderSettings(**base, loras=(LoraSpec(lora),))) as emb:
+        np.testing.assert_array_equal(emb.embed(TAGS), plain)
+        assert any("no text-encoder keys" in n or "only through the UNet" in n
+                   for n in emb.notes)

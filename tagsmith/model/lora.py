@@ -223,6 +223,9 @@ def _rank(algo: str, t: Mapping[str, TensorRef]) -> int | None:
     return None
 
 
+NO_FAMILY_EVIDENCE = "nothing in it names another family"
+
+
 def _family(metadata: Mapping[str, str], encoders: set[str], unet: list[str],
             widths: set[int]) -> tuple[str, str]:
     version = str(metadata.get("ss_base_model_version", ""))
@@ -250,7 +253,7 @@ def _family(metadata: Mapping[str, str], encoders: set[str], unet: list[str],
         return "sd1", f"its metadata says ss_base_model_version {version}"
     if arch:
         return "sd1", f"its metadata says modelspec.architecture {arch}"
-    return "sd1", "nothing in it names another family"
+    return "sd1", NO_FAMILY_EVIDENCE
 
 
 def read_lora(path: Path | str) -> LoraFile:

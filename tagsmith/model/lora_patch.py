@@ -19,7 +19,14 @@ import numpy as np
 
 from tagsmith.errors import UnsupportedModelError
 from tagsmith.model.config import LINEAR_WEIGHT
-from tagsmith.model.lora import FAMILY_NAMES, LoraFile, LoraModule, LoraSpec, read_lora
+from tagsmith.model.lora import (
+    FAMILY_NAMES,
+    NO_FAMILY_EVIDENCE,
+    LoraFile,
+    LoraModule,
+    LoraSpec,
+    read_lora,
+)
 from tagsmith.model.lora_math import lora_factors, module_weights
 from tagsmith.model.safetensors_file import read_tensor_array
 
@@ -196,7 +203,10 @@ def build_patch(
     notes: list[str] = []
     for spec in specs:
         f = read_lora(spec.path)
-        if f.family != model_family:
+        # SD1.5 is only the guess for a file that names no family; a UNet-only one of those
+        # (diffusers' SDXL LoRAs often are) cannot change this encoder, so it is not refused.
+        guessed = f.family_why == NO_FAMILY_EVIDENCE and not f.modules
+        if f.family != model_family and not guessed:
             fam = FAMILY_NAMES.get(f.family, f.family)
             raise UnsupportedModelError(
                 f"The LoRA '{f.name}' is for {fam} ({f.family_why}), but the model "
