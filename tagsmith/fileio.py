@@ -327,14 +327,24 @@ def read_tag_lines(path: str | Path) -> list[tuple[int, str]]:
         except OSError as exc:
             raise InputError(f"Cannot read {p}: {exc.strerror or exc}.") from exc
         label = str(p)
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    elif raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raw_text = raw.decode("utf-16")
-        return _numbered(raw_text, label)
-    elif b"\x00" in raw and (codec := bomless_utf16(raw)):
-        return _numbered(raw.decode(codec), label)
-    return _numbered(decode_utf8(raw, label), label)
+    return _numbered(decode_text(raw, label), label)
+
+
+def decode_text(data: bytes, label: str) -> str:
+    """A text file's bytes as str, the same for every reader of tag lists: UTF-8 (a BOM
+    dropped), or UTF-16 with a byte-order mark or recognisably without one (what Windows
+    Notepad's "Unicode" saves); anything else is refused in one sentence."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise FileFormatError(
+                f"{label} starts with a UTF-16 byte-order mark but is not UTF-16 text; save it "
+                "as UTF-8 and try again."
+            ) from None
+    if b"\x00" in data and (codec := bomless_utf16(data)):
+        return data.decode(codec)
+    return decode_utf8(data, label)
 
 
 def decode_utf8(data: bytes, label: str) -> str:
@@ -365,11 +375,14 @@ def bomless_utf16(data: bytes) -> str | None:
     return None
 
 
+_LINE_ENDS = re.compile(r"\r\n|\r|\n")
+
+
 def _numbered(text: str, label: str) -> list[tuple[int, str]]:
     out = []
-    # split("\n"), not splitlines(): line numbers must match what an editor shows.
-    for i, line in enumerate(text.split("\n"), start=1):
-        line = line.rstrip("\r")
+    # CRLF, LF or a lone CR, as editors and the csv module break lines (not splitlines(),
+    # which also breaks at form feeds and the like: line numbers must match an editor's).
+    for i, line in enumerate(_LINE_ENDS.split(text), start=1):
         if not line.strip():
             continue
         if len(line) > MAX_LINE_CHARS:

@@ -194,3 +194,30 @@ def test_python_dash_m_entry_point():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)[0]["ids"] == [48136]
+
+
+def test_tokenize_file_reads_a_tag_list_as_vocab_and_embed_do(tmp_path, capsys) -> None:  # noqa: ANN001
+    """A tagcomplete CSV gives its tags (not whole CSV rows); a lone-CR or UTF-16 text file
+    gives its lines; lines of prompts that are no tag list stay lines."""
+    import json
+
+    from tagsmith.cli import EXIT_OK, run
+
+    def tags(path) -> list[str]:  # noqa: ANN001
+        assert run(["tokenize", "--file", str(path), "--json"]) == EXIT_OK
+        return [row["tag"] for row in json.loads(capsys.readouterr().out)]
+
+    csv_file = tmp_path / "danbooru.csv"
+    csv_file.write_text('1girl,0,6008644,"1girls,sole_female"\nlong_hair,0,4350743,\n',
+                        encoding="utf-8")
+    assert tags(csv_file) == ["1girl", "long_hair"]
+    cr = tmp_path / "cr.txt"
+    cr.write_bytes(b"red hair\rblue eyes\r")
+    assert tags(cr) == ["red hair", "blue eyes"]
+    u16 = tmp_path / "u16.txt"
+    u16.write_bytes("red hair\ncaf\u00e9\n".encode("utf-16"))
+    assert tags(u16) == ["red hair", "caf\u00e9"]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("masterpiece, best quality, 1girl\nsolo, smile, outdoors\n",
+                       encoding="utf-8")
+    assert tags(prompts) == ["masterpiece, best quality, 1girl", "solo, smile, outdoors"]

@@ -290,9 +290,16 @@ def test_unclosed_quote(tmp_path: Path) -> None:
     ]
 
 
-def test_utf16_file(tmp_path: Path) -> None:
-    with pytest.raises(FileFormatError, match=r"UTF-16 text; save it as UTF-8"):
-        read_vocabulary(write(tmp_path, TAGCOMPLETE.encode("utf-16")))
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-le", "utf-16-be", "utf-8-sig"])
+def test_utf16_and_lone_cr_files_read_as_utf8_ones_do(tmp_path: Path, codec: str) -> None:
+    """The same decoding as every tag-list reader (tokenize --file, embed --file)."""
+    want = read_vocabulary(write(tmp_path, TAGCOMPLETE, "want.csv"))
+    got = read_vocabulary(write(tmp_path, TAGCOMPLETE.encode(codec), "got.csv"))
+    assert [(e.text, e.count) for e in got] == [(e.text, e.count) for e in want]
+    cr = read_vocabulary(write(tmp_path, TAGCOMPLETE.replace("\n", "\r"), "cr.csv"))
+    assert [e.text for e in cr] == [e.text for e in want]
+    with pytest.raises(FileFormatError, match="not UTF-16 text"):
+        read_vocabulary(write(tmp_path, b"\xff\xfea\x00b", "odd.csv"))
 
 
 def test_broken_gzip(tmp_path: Path) -> None:

@@ -110,22 +110,9 @@ def embed_command(
 
 
 def _tags_from_file(path: Path) -> list[str]:
-    from tagsmith.cli._console import err_console
-    from tagsmith.fileio import read_tag_lines
+    from tagsmith.cli.tokenize_cmd import tags_from_file
 
-    if str(path) == "-":
-        return [line.strip() for _, line in read_tag_lines(path)]
-    from tagsmith.text.vocab import read_vocabulary
-
-    vocab = read_vocabulary(path, underscores=True)
-    if vocab.format == "plain":
-        # every line is a row of output, duplicates included, in file order
-        return [line.strip() for _, line in read_tag_lines(path)]
-    from tagsmith.text.vocab import problem_lines
-
-    for line in problem_lines(vocab.problems):
-        err_console.print(f"{path}: {line}", style="yellow", highlight=False, markup=False)
-    return [e.tag for e in vocab.entries]
+    return [tag for _, tag in tags_from_file(path)]
 
 
 def _embed_with_progress(embedder, texts: list[str], err_console):  # noqa: ANN001, ANN202

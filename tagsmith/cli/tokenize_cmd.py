@@ -32,19 +32,41 @@ def check_option_values(option: str, values: list[str] | None) -> list[str]:
 
 def gather_tags(tags: list[str] | None, file: Path | None) -> list[tuple[str, str]]:
     """(label, tag) pairs from arguments and --file, in order; labels name where a tag came from."""
-    from tagsmith.fileio import read_tag_lines
-
     out: list[tuple[str, str]] = []
     for i, tag in enumerate(check_tag_arguments(tags), start=1):
         out.append((f"argument {i}", tag))
     if file is not None:
-        name = "standard input" if str(file) == "-" else str(file)
-        out.extend((f"line {n} of {name}", line) for n, line in read_tag_lines(file))
+        out.extend(tags_from_file(file))
     if not out:
         if file is not None:
             raise InputError(f"{file} holds no tags (every line is blank).")
         raise UsageError("Give at least one tag, or --file PATH (- for standard input).")
     return out
+
+
+def tags_from_file(path: Path) -> list[tuple[str, str]]:
+    """(label, tag) of a ``--file``: one tag per line (``-``: standard input), or the tags of
+    a tagcomplete or WD14 CSV, read as ``--vocab`` reads it (its bad rows named on stderr)."""
+    from tagsmith.fileio import read_tag_lines
+
+    if str(path) != "-":
+        from tagsmith.errors import InputError
+        from tagsmith.text.vocab import problem_lines, read_vocabulary
+
+        try:
+            vocab = read_vocabulary(path, underscores=True)
+        except InputError:  # no tag list by --vocab's rules (prompts, say, or no file at
+            vocab = None  # all): its lines, or what the line reader says is wrong
+        if vocab is not None and vocab.format != "plain":
+            from tagsmith.cli._console import err_console
+
+            for line in problem_lines(vocab.problems):
+                err_console.print(f"{path}: {line}", style="yellow", highlight=False,
+                                  markup=False)
+            return [(f"tag {i} of {path}", e.tag) for i, e in enumerate(vocab.entries, 1)]
+    name = "standard input" if str(path) == "-" else str(path)
+    # every line is a row of output, duplicates included, in file order
+    return [(f"line {n} of {name}", line.strip()) for n, line in read_tag_lines(path)]
 
 
 def render_pieces(tokens, *, start_style: int = 0):  # noqa: ANN001, ANN201 - rich Text

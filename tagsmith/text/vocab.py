@@ -37,7 +37,7 @@ from tagsmith.errors import FileFormatError, InputError
 from tagsmith.fileio import (
     MAX_LIST_BYTES,
     bomless_utf16,
-    decode_utf8,
+    decode_text,
     gunzip_bounded,
     read_regular_bytes,
 )
@@ -284,16 +284,10 @@ def _read_text(path: Path) -> str:
             ) from exc
     if not data.strip():
         raise FileFormatError(f"Vocabulary file {path} is empty.")
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise FileFormatError(f"{path} is UTF-16 text; save it as UTF-8 and try again.")
-    if b"\x00" in data:
-        if bomless_utf16(data):
-            raise FileFormatError(
-                f"{path} is UTF-16 text without a byte-order mark; save it as UTF-8 and try "
-                "again."
-            )
+    bom16 = data.startswith((b"\xff\xfe", b"\xfe\xff"))
+    if b"\x00" in data and not bom16 and not bomless_utf16(data):
         raise FileFormatError(f"{path} is a binary file, not {_FORMAT_HINT}.")
-    return decode_utf8(data, str(path))
+    return decode_text(data, str(path))  # UTF-8 or UTF-16, as every tag-list reader takes
 
 
 # -- rows ------------------------------------------------------------------------------------
