@@ -315,7 +315,9 @@ def test_explore_labels_and_filters_categories_as_the_file_names_them(tmp_path: 
     old = tmp_path / "old.csv"
     old.write_text("tag,text,category,n_tokens\nwolf,wolf,5,1\nmeta_tag,meta tag,7,2\n"
                    "highres,highres,5,1\n", encoding="utf-8")
-    assert shown(load_score_table(old), "category=species") == ["highres", "wolf"]
+    old_table = load_score_table(old)
+    assert shown(old_table, "category=species") == ["highres", "wolf"]
+    assert ("", "species") in old_table.detail(0).facts  # the pane names it as the table does
     older = tmp_path / "danbooru_old.csv"
     older.write_text("tag,text,category,n_tokens\nhighres,highres,5,1\n", encoding="utf-8")
     assert shown(load_score_table(older), "category=meta") == ["highres"]

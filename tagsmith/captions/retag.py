@@ -267,6 +267,7 @@ def plan_retag(root: str | Path, mappings: Sequence[TagMapping]) -> RetagPlan:
             ".png/.jpg/.jpeg/.webp/.bmp); nothing to retag."
         )
     plan = RetagPlan(root=files.root, mappings=list(mappings), changes=[], scanned=len(every))
+    old_keys = {m.key for m in mappings}
     for cf in every:
         if cf.path.is_symlink():
             plan.skipped.append((cf.rel, "it is a symbolic link"))
@@ -283,8 +284,7 @@ def plan_retag(root: str | Path, mappings: Sequence[TagMapping]) -> RetagPlan:
             continue
         new_text, edits = rewrite_caption_text(decoded.text, mappings)
         if new_text == decoded.text:
-            keys = {m.key for m in mappings}
-            plan.already += any(t.key in keys for t in parse_caption_text(decoded.text))
+            plan.already += any(t.key in old_keys for t in parse_caption_text(decoded.text))
             continue
         plan.changes.append(
             FileChange(

@@ -99,26 +99,31 @@ SCORE_COLUMNS = [
 
 
 def category_labels(numbers: np.ndarray, names: Sequence[str], source: str = ""
-                    ) -> dict[int, str]:
-    """Category number -> name for one score file: the names it stores (``score`` writes
-    each row's, in the list's own numbering), else Danbooru's or e621's numbering, guessed
-    from the numbers it uses (e621's 6-8) and the file's name, as ``score`` guesses a list's."""
+                    ) -> tuple[dict[int, str], set[int]]:
+    """(category number -> name, the numbers used) for one score file: the names it stores
+    (``score`` writes each row's, in the list's own numbering), else Danbooru's or e621's
+    numbering, guessed from the numbers it uses (e621's 6-8) and the file's name, as
+    ``score`` guesses a list's."""
     known = ~np.isnan(numbers)
     found, first = np.unique(numbers[known], return_index=True)
+    used = {int(c) for c in found}
     rows = np.flatnonzero(known)[first]
     stored = {int(c): names[i] for c, i in zip(found, rows) if names[i]}
-    numbering = guess_numbering((int(c) for c in found), Path(source).name)
+    numbering = guess_numbering(used, Path(source).name)
     agree = [n for n in CATEGORY_NUMBERINGS
              if all(category_names(n).get(c) == name for c, name in stored.items())]
     if agree and numbering not in agree:
         numbering = agree[0]
-    return {**category_names(numbering), **stored}
+    return {**category_names(numbering), **stored}, used
 
 
-def _category_help(labels: dict[int, str]) -> str:
+def _category_column(column: Column, labels: dict[int, str], used: set[int]) -> Column:
+    """The category column labelled for one file, as wide as the names it uses."""
     shown = sorted(labels.items())
-    return (f"{', '.join(name for _, name in shown)} "
-            f"(or {', '.join(str(number) for number, _ in shown)})")
+    help_text = (f"{', '.join(name for _, name in shown)} "
+                 f"(or {', '.join(str(number) for number, _ in shown)})")
+    width = max([5] + [len(name) for c, name in labels.items() if c in used])
+    return replace(column, labels=labels, help=help_text, width=min(width, 10))
 
 
 def score_table(data: Any, source: str) -> Table:
@@ -145,17 +150,14 @@ def score_table(data: Any, source: str) -> Table:
         "category": nums["category"],
         "split": [split_text(t.split(" ")) if t else "" for t in cols.text["tokens"]],
     }
-    labels = category_labels(nums["category"], cols.text["category_name"], source)
-    used = {int(c) for c in np.unique(nums["category"][~np.isnan(nums["category"])])}
-    cat_width = max([5] + [len(name) for c, name in labels.items() if c in used])
+    labels, used = category_labels(nums["category"], cols.text["category_name"], source)
     columns = [
-        replace(c, labels=labels, help=_category_help(labels), width=min(cat_width, 10))
-        if c.key == "category" else c
+        _category_column(c, labels, used) if c.key == "category" else c
         for c in SCORE_COLUMNS if c.key in ("tag", "split") or _has_values(values[c.key])
     ]
 
     def detail(row: int) -> RowDetail:
-        return score_detail(cols.row(row))
+        return score_detail(cols.row(row), labels)
 
     has_risk = any(c.key == "leak_risk" for c in columns)
     why = ("empty here (scored without a text encoder)"
@@ -216,16 +218,16 @@ def load_score_table(path: Path, progress: Progress = _nothing,
     return table
 
 
-def score_detail(r: Any) -> RowDetail:
-    """The detail pane for one ``ScoreRow``."""
+def score_detail(r: Any, labels: dict[int, str] | None = None) -> RowDetail:
+    """The detail pane for one ``ScoreRow`` (``labels``: its file's category names)."""
     toks = tuple(r.tokens)
     words = words_from_pieces(toks)
     facts: list[tuple[str, str]] = []
     if r.count is not None:
         facts.append(("posts", f"{r.count:,}"))
     if r.category is not None:
-        facts.append(("", r.category_name or category_names(
-            guess_numbering([r.category])).get(r.category, f"category {r.category}")))
+        facts.append(("", r.category_name or (labels or {}).get(r.category)
+                      or f"category {r.category}"))
     facts.append(("", f"{r.n_tokens} token{'s' if r.n_tokens != 1 else ''}"))
     if r.leak_risk is not None:
         facts.append(("risk", f"{r.leak_risk:.2f}"))
